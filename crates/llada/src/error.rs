@@ -1,0 +1,77 @@
+//! One error type for the engine: every variant names the file, field or tensor at fault.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not valid JSON for {what}: {source}")]
+    Json {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("unsupported architecture {found:?} in {path} (llada runs LLaDA2MoeModelLM / model_type llada2_moe)")]
+    UnsupportedArchitecture { path: PathBuf, found: String },
+
+    #[error("no weights in {dir}: expected model.safetensors or model.safetensors.index.json")]
+    NoWeights { dir: PathBuf },
+
+    #[error("safetensors file {path} is unreadable (truncated or corrupt?): {message}")]
+    CorruptWeights { path: PathBuf, message: String },
+
+    #[error("shard {shard} listed in {index} does not exist")]
+    MissingShard { index: PathBuf, shard: PathBuf },
+
+    #[error("tensor {name} is missing from the checkpoint in {dir}")]
+    MissingTensor { name: String, dir: PathBuf },
+
+    #[error("tensor {name} has shape {found:?}, but the config implies {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    #[error("tensor {name} has dtype {dtype}; llada loads f32, bf16 and f16 weights")]
+    UnsupportedDtype { name: String, dtype: String },
+
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    #[error("prompt of {prompt} tokens plus {gen} generated tokens needs {needed} positions, but the model's context is {context} (max_position_embeddings)")]
+    ContextOverflow {
+        prompt: usize,
+        gen: usize,
+        needed: usize,
+        context: usize,
+    },
+
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { id: u32, vocab: usize },
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

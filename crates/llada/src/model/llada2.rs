@@ -1,0 +1,599 @@
+//! LLaDA2 MoE (`LLaDA2MoeModelLM`): the forward pass of the official PyTorch modeling
+//! file, with a block-causal mask and a cache of finished blocks.
+//!
+//! Weight paths read exactly like the HF tensor names (`model.layers.{i}.attention...`).
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Embedding, Linear, Module};
+
+use crate::cache::KvCache;
+use crate::config::{Llada2Config, MoeShape};
+use crate::error::{Error, Result};
+use crate::weights::WeightStore;
+
+/// One sequence's share of a forward pass.
+pub struct SeqStep<'a> {
+    /// Tokens at positions `start..start + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// Absolute position of `tokens[0]`; must equal `cache.len()`.
+    pub start: usize,
+    /// Block length of the block-causal mask among `tokens`.
+    pub block_length: usize,
+    /// The first `commit` tokens are final: their keys/values are appended to `cache`.
+    pub commit: usize,
+    /// Indices into `tokens` whose logits are wanted (may be empty).
+    pub logit_rows: &'a [usize],
+    pub cache: &'a mut KvCache,
+}
+
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
+}
+
+/// Rotary tables for a run of positions: `[len, rope_dim / 2]` each.
+struct RopeSlice {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+struct Rotary {
+    inv_freq: Vec<f32>,
+    rope_dim: usize,
+}
+
+impl Rotary {
+    fn new(cfg: &Llada2Config) -> Self {
+        let rope_dim = cfg.rope_dim();
+        // Computed in f32 as the reference's default RoPE init does.
+        let base = cfg.rope_theta as f32;
+        let inv_freq = (0..rope_dim / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / rope_dim as f32))
+            .collect();
+        Self { inv_freq, rope_dim }
+    }
+
+    fn slice(&self, start: usize, len: usize, device: &Device) -> Result<RopeSlice> {
+        let half = self.rope_dim / 2;
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for pos in start..start + len {
+            for &f in &self.inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(RopeSlice {
+            cos: Tensor::from_vec(cos, (len, half), device)?,
+            sin: Tensor::from_vec(sin, (len, half), device)?,
+        })
+    }
+
+    /// Rotate-half RoPE on the first `rope_dim` dims of `x: [heads, len, head_dim]`.
+    fn apply(&self, x: &Tensor, rope: &RopeSlice) -> candle_core::Result<Tensor> {
+        if self.rope_dim == 0 {
+            return Ok(x.clone());
+        }
+        let head_dim = x.dim(D::Minus1)?;
+        let half = self.rope_dim / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rot1 = (x1.broadcast_mul(&rope.cos)? - x2.broadcast_mul(&rope.sin)?)?;
+        let rot2 = (x2.broadcast_mul(&rope.cos)? + x1.broadcast_mul(&rope.sin)?)?;
+        if self.rope_dim == head_dim {
+            Tensor::cat(&[rot1, rot2], D::Minus1)
+        } else {
+            let pass = x.narrow(D::Minus1, self.rope_dim, head_dim - self.rope_dim)?;
+            Tensor::cat(&[rot1, rot2, pass], D::Minus1)
+        }
+    }
+}
+
+fn linear(store: &WeightStore, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    let w = store.get(&format!("{name}.weight"), &[out, inp])?;
+    let b = if bias {
+        Some(store.get(&format!("{name}.bias"), &[out])?)
+    } else {
+        None
+    };
+    Ok(Linear::new(w, b))
+}
+
+/// SwiGLU MLP; gate and up projections are fused into one matmul at load time.
+struct Mlp {
+    gate_up: Tensor,
+    down: Tensor,
+    intermediate: usize,
+}
+
+impl Mlp {
+    fn load(store: &WeightStore, prefix: &str, hidden: usize, intermediate: usize) -> Result<Self> {
+        let gate = store.get(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?;
+        let up = store.get(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?;
+        let down = store.get(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?;
+        Ok(Self {
+            gate_up: Tensor::cat(&[gate, up], 0)?,
+            down,
+            intermediate,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gu = x.matmul(&self.gate_up.t()?)?;
+        let gate = gu.narrow(1, 0, self.intermediate)?;
+        let up = gu.narrow(1, self.intermediate, self.intermediate)?;
+        (candle_nn::ops::silu(&gate)? * up)?.matmul(&self.down.t()?)
+    }
+}
+
+/// Sigmoid router with group-limited top-k and `expert_bias` for selection only.
+struct Router {
+    weight: Tensor,
+    expert_bias: Vec<f32>,
+    shape: MoeShape,
+    scaling: f32,
+}
+
+/// Expert choices of one token.
+struct Route {
+    experts: Vec<usize>,
+    weights: Vec<f32>,
+}
+
+impl Router {
+    fn route(&self, x: &Tensor) -> Result<Vec<Route>> {
+        // Router logits in f32, as `router_dtype: fp32` asks.
+        let logits = x
+            .to_dtype(DType::F32)?
+            .matmul(&self.weight.t()?)?
+            .to_vec2::<f32>()?;
+        Ok(logits.iter().map(|row| self.route_token(row)).collect())
+    }
+
+    fn route_token(&self, logits: &[f32]) -> Route {
+        let s = &self.shape;
+        let group_size = s.num_experts / s.n_group;
+        let scores: Vec<f32> = logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect();
+        let biased: Vec<f32> = scores
+            .iter()
+            .zip(&self.expert_bias)
+            .map(|(a, b)| a + b)
+            .collect();
+        // A group scores the sum of its two best biased scores.
+        let group_scores: Vec<f32> = biased
+            .chunks(group_size)
+            .map(|g| top_indices(g, 2.min(g.len())).iter().map(|&i| g[i]).sum())
+            .collect();
+        let kept_groups = top_indices(&group_scores, s.topk_group);
+        let mut candidates = vec![f32::NEG_INFINITY; s.num_experts];
+        for g in kept_groups {
+            let range = g * group_size..(g + 1) * group_size;
+            candidates[range.clone()].copy_from_slice(&biased[range]);
+        }
+        let experts = top_indices(&candidates, s.experts_per_token);
+        let chosen: Vec<f32> = experts.iter().map(|&e| scores[e]).collect();
+        let weights = if s.experts_per_token > 1 {
+            let sum: f32 = chosen.iter().sum::<f32>() + 1e-20;
+            chosen.iter().map(|w| w / sum * self.scaling).collect()
+        } else {
+            chosen.iter().map(|w| w * self.scaling).collect()
+        };
+        Route { experts, weights }
+    }
+}
+
+/// Indices of the `k` largest values, largest first (ties: lower index first).
+fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+struct SparseMoe {
+    router: Router,
+    experts: Vec<Mlp>,
+    shared: Option<Mlp>,
+}
+
+impl SparseMoe {
+    fn load(store: &WeightStore, prefix: &str, cfg: &Llada2Config, shape: MoeShape) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let e = shape.num_experts;
+        let weight = store.get(&format!("{prefix}.gate.weight"), &[e, h])?;
+        let bias_name = format!("{prefix}.gate.expert_bias");
+        // The reference registers expert_bias as a zero buffer; checkpoints trained with
+        // the bias enabled must carry it.
+        let expert_bias = match store.get_optional(&bias_name, &[e])? {
+            Some(t) => t.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            None if cfg.moe_router_enable_expert_bias => return Err(store.missing(&bias_name)),
+            None => vec![0.0; e],
+        };
+        let experts = (0..e)
+            .map(|i| Mlp::load(store, &format!("{prefix}.experts.{i}"), h, shape.intermediate))
+            .collect::<Result<Vec<_>>>()?;
+        let shared = if shape.shared_intermediate > 0 {
+            Some(Mlp::load(store, &format!("{prefix}.shared_experts"), h, shape.shared_intermediate)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            router: Router {
+                weight: weight.to_dtype(DType::F32)?,
+                expert_bias,
+                shape,
+                scaling: cfg.routed_scaling_factor as f32,
+            },
+            experts,
+            shared,
+        })
+    }
+
+    /// Tokens are grouped by expert so each expert runs once per step on all its tokens.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let routes = self.router.route(x)?;
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
+        let mut weights: Vec<Vec<f32>> = vec![Vec::new(); self.experts.len()];
+        for (token, route) in routes.iter().enumerate() {
+            for (&e, &w) in route.experts.iter().zip(&route.weights) {
+                rows[e].push(token as u32);
+                weights[e].push(w);
+            }
+        }
+        let device = x.device();
+        let mut outputs = Vec::new();
+        let mut all_rows = Vec::new();
+        for (e, expert) in self.experts.iter().enumerate() {
+            if rows[e].is_empty() {
+                continue;
+            }
+            let n = rows[e].len();
+            let index = Tensor::new(rows[e].as_slice(), device)?;
+            let y = expert.forward(&x.index_select(&index, 0)?)?;
+            let w = Tensor::from_vec(std::mem::take(&mut weights[e]), (n, 1), device)?;
+            outputs.push(y.broadcast_mul(&w)?);
+            all_rows.extend_from_slice(&rows[e]);
+        }
+        let routed = Tensor::cat(&outputs, 0)?;
+        let index = Tensor::new(all_rows.as_slice(), device)?;
+        let mut y = x.zeros_like()?.index_add(&index, &routed, 0)?;
+        if let Some(shared) = &self.shared {
+            y = (y + shared.forward(x)?)?;
+        }
+        Ok(y)
+    }
+}
+
+enum FeedForward {
+    Dense(Mlp),
+    Moe(SparseMoe),
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            FeedForward::Dense(mlp) => Ok(mlp.forward(x)?),
+            FeedForward::Moe(moe) => moe.forward(x),
+        }
+    }
+}
+
+struct Attention {
+    query_key_value: Linear,
+    query_layernorm: Option<Tensor>,
+    key_layernorm: Option<Tensor>,
+    dense: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+}
+
+impl Attention {
+    fn load(store: &WeightStore, prefix: &str, cfg: &Llada2Config) -> Result<Self> {
+        let (h, nh, nkv, d) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
+        let norm = |name: &str| -> Result<Option<Tensor>> {
+            if cfg.use_qk_norm {
+                Ok(Some(store.get(&format!("{prefix}.{name}.weight"), &[d])?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            query_key_value: linear(
+                store,
+                &format!("{prefix}.query_key_value"),
+                (nh + 2 * nkv) * d,
+                h,
+                cfg.use_qkv_bias,
+            )?,
+            query_layernorm: norm("query_layernorm")?,
+            key_layernorm: norm("key_layernorm")?,
+            dense: linear(store, &format!("{prefix}.dense"), h, nh * d, cfg.use_bias)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    /// Attention of one sequence's new tokens `x: [len, hidden]` over its cache plus
+    /// themselves; returns the per-head outputs `[len, heads * head_dim]` (before `dense`).
+    fn attend(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        rotary: &Rotary,
+        rope: &RopeSlice,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        commit: usize,
+    ) -> Result<Tensor> {
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let len = x.dim(0)?;
+        let qkv = self.query_key_value.forward(x)?.reshape((len, nh + 2 * nkv, d))?;
+        let mut q = qkv.narrow(1, 0, nh)?;
+        let mut k = qkv.narrow(1, nh, nkv)?;
+        let v = qkv.narrow(1, nh + nkv, nkv)?.transpose(0, 1)?.contiguous()?;
+        // QK-norm comes before RoPE.
+        if let Some(w) = &self.query_layernorm {
+            q = rms_norm(&q, w, self.eps)?;
+        }
+        if let Some(w) = &self.key_layernorm {
+            k = rms_norm(&k, w, self.eps)?;
+        }
+        let q = rotary.apply(&q.transpose(0, 1)?.contiguous()?, rope)?;
+        let k = rotary.apply(&k.transpose(0, 1)?.contiguous()?, rope)?;
+
+        let (k_all, v_all) = cache.with_new(layer, &k, &v)?;
+        if commit > 0 {
+            cache.append(
+                layer,
+                k.narrow(1, 0, commit)?.contiguous()?,
+                v.narrow(1, 0, commit)?.contiguous()?,
+            )?;
+        }
+        // GQA without copying K/V: query heads of one KV group are adjacent, so
+        // [heads, len, d] regroups to [kv_heads, group * len, d].
+        let group = nh / nkv;
+        let q = (q * (d as f64).powf(-0.5))?.reshape((nkv, group * len, d))?;
+        let mut scores = q.matmul(&k_all.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(&v_all)?
+            .reshape((nh, len, d))?
+            .transpose(0, 1)?
+            .reshape((len, nh * d))?;
+        Ok(out)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    attention: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: FeedForward,
+}
+
+pub struct Llada2Model {
+    cfg: Llada2Config,
+    word_embeddings: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Linear,
+    rotary: Rotary,
+    device: Device,
+}
+
+/// Per-sequence data of one forward pass that every layer shares.
+struct SeqPlan {
+    offset: usize,
+    len: usize,
+    rope: RopeSlice,
+    mask: Option<Tensor>,
+}
+
+impl Llada2Model {
+    pub fn load(cfg: &Llada2Config, store: &WeightStore) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let v = cfg.vocab_size;
+        let embed = store.get("model.word_embeddings.weight", &[v, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mlp = if cfg.is_moe_layer(i) {
+                let shape = cfg.moe_shape().expect("validated: MoE layers have a shape");
+                FeedForward::Moe(SparseMoe::load(store, &format!("{p}.mlp"), cfg, shape)?)
+            } else {
+                let inter = cfg.intermediate_size.unwrap_or(0);
+                FeedForward::Dense(Mlp::load(store, &format!("{p}.mlp"), h, inter)?)
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: store.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                attention: Attention::load(store, &format!("{p}.attention"), cfg)?,
+                post_attention_layernorm: store
+                    .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp,
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
+            Linear::new(embed.clone(), None)
+        } else {
+            linear(store, "lm_head", v, h, false)?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            word_embeddings: Embedding::new(embed, h),
+            layers,
+            norm: store.get("model.norm.weight", &[h])?,
+            lm_head,
+            rotary: Rotary::new(cfg),
+            device: store.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Llada2Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Runs the model on every sequence of `batch` in one pass: the linear and MoE parts
+    /// see all tokens together, attention runs per sequence over its own cache.
+    /// Returns, per sequence, the logits `[logit_rows.len(), vocab]` (f32).
+    pub fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Vec<Option<Tensor>>> {
+        let _span = tracing::trace_span!("forward", seqs = batch.len()).entered();
+        let mut ids = Vec::new();
+        let mut plans = Vec::with_capacity(batch.len());
+        for step in batch.iter() {
+            self.check(step)?;
+            plans.push(SeqPlan {
+                offset: ids.len(),
+                len: step.tokens.len(),
+                rope: self.rotary.slice(step.start, step.tokens.len(), &self.device)?,
+                mask: self.block_mask(step)?,
+            });
+            ids.extend_from_slice(step.tokens);
+        }
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let mut h = self.word_embeddings.forward(&ids)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let a = rms_norm(&h, &layer.input_layernorm, self.cfg.rms_norm_eps)?;
+            let mut heads = Vec::with_capacity(batch.len());
+            for (step, plan) in batch.iter_mut().zip(&plans) {
+                heads.push(layer.attention.attend(
+                    &a.narrow(0, plan.offset, plan.len)?,
+                    li,
+                    &self.rotary,
+                    &plan.rope,
+                    plan.mask.as_ref(),
+                    step.cache,
+                    step.commit,
+                )?);
+            }
+            let heads = if heads.len() == 1 {
+                heads.pop().expect("one sequence")
+            } else {
+                Tensor::cat(&heads, 0)?
+            };
+            h = (h + layer.attention.dense.forward(&heads)?)?;
+            let b = rms_norm(&h, &layer.post_attention_layernorm, self.cfg.rms_norm_eps)?;
+            h = (h + layer.mlp.forward(&b)?)?;
+        }
+        let mut logits = Vec::with_capacity(batch.len());
+        for (step, plan) in batch.iter_mut().zip(&plans) {
+            step.cache.advance(step.commit);
+            if step.logit_rows.is_empty() {
+                logits.push(None);
+                continue;
+            }
+            // Only the rows a decoder will read go through the final norm and lm_head.
+            let rows: Vec<u32> = step
+                .logit_rows
+                .iter()
+                .map(|&r| (plan.offset + r) as u32)
+                .collect();
+            let rows = Tensor::new(rows.as_slice(), &self.device)?;
+            let x = rms_norm(&h.index_select(&rows, 0)?, &self.norm, self.cfg.rms_norm_eps)?;
+            logits.push(Some(self.lm_head.forward(&x)?.to_dtype(DType::F32)?));
+        }
+        Ok(logits)
+    }
+
+    /// Full-sequence forward without cache; logits of every position. This is what the
+    /// reference computes; the engine uses it for verification.
+    pub fn forward_full(&self, tokens: &[u32], block_length: usize) -> Result<Tensor> {
+        let mut cache = self.new_cache();
+        let rows: Vec<usize> = (0..tokens.len()).collect();
+        let mut step = [SeqStep {
+            tokens,
+            start: 0,
+            block_length,
+            commit: 0,
+            logit_rows: &rows,
+            cache: &mut cache,
+        }];
+        let mut out = self.forward(&mut step)?;
+        Ok(out.pop().flatten().expect("rows were requested"))
+    }
+
+    fn check(&self, step: &SeqStep<'_>) -> Result<()> {
+        let vocab = self.cfg.vocab_size;
+        if let Some(&id) = step.tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab });
+        }
+        let bad = |msg: String| Err(Error::InvalidRequest(msg));
+        if step.tokens.is_empty() {
+            return bad("a forward step needs at least one token".into());
+        }
+        if step.block_length == 0 {
+            return bad("block length must be positive".into());
+        }
+        if step.start != step.cache.len() {
+            return bad(format!(
+                "step starts at position {} but the cache holds {} positions",
+                step.start,
+                step.cache.len()
+            ));
+        }
+        if step.commit > step.tokens.len() {
+            return bad("cannot commit more tokens than the step has".into());
+        }
+        if step.logit_rows.iter().any(|&r| r >= step.tokens.len()) {
+            return bad("logit row outside the step".into());
+        }
+        let end = step.start + step.tokens.len();
+        if end > self.cfg.max_position_embeddings {
+            return bad(format!(
+                "positions up to {end} exceed max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            ));
+        }
+        Ok(())
+    }
+
+    /// Additive block-causal mask `[group * len, cache + len]` for a step whose tokens
+    /// span more than one block; `None` when they all lie in one block (no mask needed:
+    /// the cache holds only earlier, fully visible blocks).
+    fn block_mask(&self, step: &SeqStep<'_>) -> Result<Option<Tensor>> {
+        let b = step.block_length;
+        let len = step.tokens.len();
+        let (first, last) = (step.start / b, (step.start + len - 1) / b);
+        if first == last {
+            return Ok(None);
+        }
+        let cached = step.cache.len();
+        let keys = cached + len;
+        let mut row = vec![0f32; keys];
+        let mut mask = Vec::with_capacity(len * keys);
+        for i in 0..len {
+            let q_block = (step.start + i) / b;
+            for (j, m) in row.iter_mut().enumerate().skip(cached) {
+                let k_block = (step.start + j - cached) / b;
+                *m = if k_block <= q_block { 0.0 } else { f32::NEG_INFINITY };
+            }
+            mask.extend_from_slice(&row);
+        }
+        let mask = Tensor::from_vec(mask, (len, keys), &self.device)?;
+        let group = self.cfg.num_attention_heads / self.cfg.num_key_value_heads;
+        Ok(Some(if group == 1 {
+            mask
+        } else {
+            Tensor::cat(&vec![&mask; group], 0)?
+        }))
+    }
+}

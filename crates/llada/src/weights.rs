@@ -1,0 +1,142 @@
+//! Safetensors checkpoints: one file or HF shards (`model.safetensors.index.json`),
+//! memory-mapped, every tensor checked for presence, shape and dtype before use.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+use safetensors::Dtype;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The weights of one model folder, opened lazily: tensors are read when asked for.
+pub struct WeightStore {
+    dir: PathBuf,
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    routing: HashMap<String, usize>,
+    device: Device,
+    dtype: DType,
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+impl WeightStore {
+    /// Opens `model.safetensors` or every shard named by `model.safetensors.index.json`.
+    /// Tensors are returned in `dtype` (f32 for CPU compute).
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let index_path = dir.join(INDEX_FILE);
+        let single = dir.join(SINGLE_FILE);
+        let paths: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: index_path.clone(),
+                what: "a safetensors shard index",
+                source,
+            })?;
+            let shards: BTreeSet<&String> = index.weight_map.values().collect();
+            let mut paths = Vec::with_capacity(shards.len());
+            for shard in shards {
+                let path = dir.join(shard);
+                if !path.is_file() {
+                    return Err(Error::MissingShard {
+                        index: index_path.clone(),
+                        shard: path,
+                    });
+                }
+                paths.push(path);
+            }
+            paths
+        } else if single.is_file() {
+            vec![single]
+        } else {
+            return Err(Error::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        };
+
+        let mut files = Vec::with_capacity(paths.len());
+        let mut routing = HashMap::new();
+        for path in paths {
+            // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on
+            // it not being truncated by another process while the model is loaded.
+            let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| {
+                Error::CorruptWeights {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, files.len());
+            }
+            files.push((path, st));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            routing,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.routing.contains_key(name)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Loads `name`, which must exist with exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_optional(name, shape)?
+            .ok_or_else(|| self.missing(name))
+    }
+
+    /// The error for a tensor the checkpoint should have but lacks.
+    pub fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Loads `name` if the checkpoint has it; a wrong shape or dtype is still an error.
+    pub fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        let Some(&file) = self.routing.get(name) else {
+            return Ok(None);
+        };
+        let (path, st) = &self.files[file];
+        let view = st.get(name).map_err(|e| Error::CorruptWeights {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if !matches!(view.dtype(), Dtype::F32 | Dtype::BF16 | Dtype::F16) {
+            return Err(Error::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+            });
+        }
+        if view.shape() != shape {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let tensor = view.load(&self.device)?.to_dtype(self.dtype)?;
+        Ok(Some(tensor))
+    }
+}
