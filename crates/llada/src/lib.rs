@@ -14,7 +14,7 @@ pub mod weights;
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 
 pub use config::{GenerationConfig, Llada2Config, ModelFiles};
 pub use decode::{Decoder, DecoderConfig};
@@ -23,6 +23,8 @@ pub use generate::{generate, GenerateOutput, GenerateParams, GenerateStats};
 pub use model::Llada2Model;
 pub use sampling::SamplingParams;
 pub use weights::WeightStore;
+
+pub use candle_core::Device;
 
 /// A loaded model with the files it came from.
 pub struct LoadedModel {
