@@ -46,17 +46,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(ids) => ids,
         None => synthetic_prompt(args.prompt_length, loaded.model.config().vocab_size, &base),
     };
-    let mut modes: Vec<(&'static str, GenerateParams)> = Vec::new();
-    modes.push(("cached", base));
-    modes.push(("no-cache (reference loop)", GenerateParams { use_cache: false, ..base }));
-    modes.push((
-        "AR: block 1, cached",
-        GenerateParams {
-            block_length: 1,
-            steps: 1,
-            ..base
-        },
-    ));
+    let modes = [
+        ("cached", base),
+        (
+            "no-cache (reference loop)",
+            GenerateParams {
+                use_cache: false,
+                ..base
+            },
+        ),
+        (
+            "AR: block 1, cached",
+            GenerateParams {
+                block_length: 1,
+                steps: 1,
+                ..base
+            },
+        ),
+    ];
     let mut rows = Vec::new();
     for (mode, params) in modes {
         generate(&loaded.model, &prompt, &params, &mut |_| {})?;
@@ -93,7 +100,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "| {:<26} | {:>6} | {:>8} | {:>6} | {:>10} | {:>9} | {:>8} |",
         "mode", "tokens", "forwards", "TPF", "ms/forward", "tokens/s", "vs cache"
     );
-    println!("|{:-<28}|{:->8}|{:->10}|{:->8}|{:->12}|{:->11}|{:->10}|", "", "", "", "", "", "", "");
+    println!(
+        "|{:-<28}|{:->8}|{:->10}|{:->8}|{:->12}|{:->11}|{:->10}|",
+        "", "", "", "", "", "", ""
+    );
     let reference = rows[0].tokens_per_second;
     for r in &rows {
         println!(

@@ -1,14 +1,18 @@
 //! `llada`: run, benchmark (and later chat with, serve and train) LLaDA2 diffusion LMs.
 //! A thin binary: flags are parsed here and handed to the library crates.
 
-mod bench;
 mod args;
+mod bench;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "llada", version, about = "Block-diffusion language models (LLaDA2) on your machine")]
+#[command(
+    name = "llada",
+    version,
+    about = "Block-diffusion language models (LLaDA2) on your machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

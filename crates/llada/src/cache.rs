@@ -38,7 +38,12 @@ impl KvCache {
     }
 
     /// Keys and values of `layer` followed by `k`/`v` of the tokens being computed.
-    pub(crate) fn with_new(&self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn with_new(
+        &self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         match &self.layers[layer] {
             None => Ok((k.clone(), v.clone())),
             Some(kv) => Ok((Tensor::cat(&[&kv.k, k], 1)?, Tensor::cat(&[&kv.v, v], 1)?)),

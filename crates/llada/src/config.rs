@@ -274,7 +274,9 @@ impl Llada2Config {
         }
         if self.num_experts.is_some() && self.first_k_dense_replace < self.num_hidden_layers {
             let Some(moe) = self.moe_shape() else {
-                return Err(bad("moe_intermediate_size is required for MoE layers".into()));
+                return Err(bad(
+                    "moe_intermediate_size is required for MoE layers".into()
+                ));
             };
             if self.score_function != "sigmoid" {
                 return Err(bad(format!(
@@ -295,8 +297,7 @@ impl Llada2Config {
                     moe.topk_group, moe.n_group
                 )));
             }
-            if moe.experts_per_token == 0 || moe.experts_per_token > moe.topk_group * group_size
-            {
+            if moe.experts_per_token == 0 || moe.experts_per_token > moe.topk_group * group_size {
                 return Err(bad(format!(
                     "num_experts_per_tok ({}) must be between 1 and topk_group * experts per group ({})",
                     moe.experts_per_token,

@@ -59,7 +59,9 @@ impl GenerateParams {
         }
         for (name, id) in [("mask id", self.mask_id), ("eos id", self.eos_id)] {
             if id as usize >= vocab {
-                return bad(format!("{name} {id} is outside the vocabulary (size {vocab})"));
+                return bad(format!(
+                    "{name} {id} is outside the vocabulary (size {vocab})"
+                ));
             }
         }
         self.sampling.validate()
@@ -164,7 +166,15 @@ pub fn generate(
                 // previous block, or the prompt's full blocks): one pass, not two.
                 let start = cache.len();
                 let rows: Vec<usize> = masked.iter().map(|&i| i - start).collect();
-                run(model, &x[start..be], start, b, bs - start, &rows, &mut cache)?
+                run(
+                    model,
+                    &x[start..be],
+                    start,
+                    b,
+                    bs - start,
+                    &rows,
+                    &mut cache,
+                )?
             } else {
                 let mut scratch = model.new_cache();
                 run(model, &x[..be], 0, b, 0, &masked, &mut scratch)?

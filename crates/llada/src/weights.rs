@@ -35,7 +35,8 @@ impl WeightStore {
         let index_path = dir.join(INDEX_FILE);
         let single = dir.join(SINGLE_FILE);
         let paths: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
             let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: index_path.clone(),
                 what: "a safetensors shard index",
@@ -67,12 +68,11 @@ impl WeightStore {
         for path in paths {
             // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on
             // it not being truncated by another process while the model is loaded.
-            let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| {
-                Error::CorruptWeights {
+            let st =
+                unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::CorruptWeights {
                     path: path.clone(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             for (name, _) in st.tensors() {
                 routing.insert(name, files.len());
             }

@@ -58,7 +58,9 @@ pub fn transfer_schedule(block_length: usize, steps: usize) -> Vec<usize> {
     }
     let base = block_length / steps;
     let remainder = block_length % steps;
-    (0..steps).map(|i| base + usize::from(i < remainder)).collect()
+    (0..steps)
+        .map(|i| base + usize::from(i < remainder))
+        .collect()
 }
 
 #[cfg(test)]

@@ -53,21 +53,30 @@ mod tests {
     #[test]
     fn accepts_all_confident_positions_when_enough() {
         let mut d = Threshold::new(0.9);
-        let info = StepInfo { step: 0, scheduled: 1 };
+        let info = StepInfo {
+            step: 0,
+            scheduled: 1,
+        };
         assert_eq!(d.select(info, &cands(&[0.95, 0.2, 0.99])), vec![0, 2]);
     }
 
     #[test]
     fn falls_back_to_the_scheduled_top_k() {
         let mut d = Threshold::new(0.9);
-        let info = StepInfo { step: 0, scheduled: 2 };
+        let info = StepInfo {
+            step: 0,
+            scheduled: 2,
+        };
         assert_eq!(d.select(info, &cands(&[0.5, 0.95, 0.7])), vec![1, 2]);
     }
 
     #[test]
     fn threshold_is_strict() {
         let mut d = Threshold::new(0.5);
-        let info = StepInfo { step: 0, scheduled: 0 };
+        let info = StepInfo {
+            step: 0,
+            scheduled: 0,
+        };
         assert!(d.select(info, &cands(&[0.5])).is_empty());
     }
 }

@@ -108,9 +108,15 @@ struct Mlp {
 
 impl Mlp {
     fn load(store: &WeightStore, prefix: &str, hidden: usize, intermediate: usize) -> Result<Self> {
-        let gate = store.get(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?;
+        let gate = store.get(
+            &format!("{prefix}.gate_proj.weight"),
+            &[intermediate, hidden],
+        )?;
         let up = store.get(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?;
-        let down = store.get(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?;
+        let down = store.get(
+            &format!("{prefix}.down_proj.weight"),
+            &[hidden, intermediate],
+        )?;
         Ok(Self {
             gate_up: Tensor::cat(&[gate, up], 0)?,
             down,
@@ -197,7 +203,12 @@ struct SparseMoe {
 }
 
 impl SparseMoe {
-    fn load(store: &WeightStore, prefix: &str, cfg: &Llada2Config, shape: MoeShape) -> Result<Self> {
+    fn load(
+        store: &WeightStore,
+        prefix: &str,
+        cfg: &Llada2Config,
+        shape: MoeShape,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let e = shape.num_experts;
         let weight = store.get(&format!("{prefix}.gate.weight"), &[e, h])?;
@@ -210,10 +221,22 @@ impl SparseMoe {
             None => vec![0.0; e],
         };
         let experts = (0..e)
-            .map(|i| Mlp::load(store, &format!("{prefix}.experts.{i}"), h, shape.intermediate))
+            .map(|i| {
+                Mlp::load(
+                    store,
+                    &format!("{prefix}.experts.{i}"),
+                    h,
+                    shape.intermediate,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let shared = if shape.shared_intermediate > 0 {
-            Some(Mlp::load(store, &format!("{prefix}.shared_experts"), h, shape.shared_intermediate)?)
+            Some(Mlp::load(
+                store,
+                &format!("{prefix}.shared_experts"),
+                h,
+                shape.shared_intermediate,
+            )?)
         } else {
             None
         };
@@ -329,17 +352,21 @@ impl Attention {
         x: &Tensor,
         layer: usize,
         rotary: &Rotary,
-        rope: &RopeSlice,
-        mask: Option<&Tensor>,
-        cache: &mut KvCache,
-        commit: usize,
+        plan: &SeqPlan,
+        step: &mut SeqStep<'_>,
     ) -> Result<Tensor> {
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let len = x.dim(0)?;
-        let qkv = self.query_key_value.forward(x)?.reshape((len, nh + 2 * nkv, d))?;
+        let qkv = self
+            .query_key_value
+            .forward(x)?
+            .reshape((len, nh + 2 * nkv, d))?;
         let mut q = qkv.narrow(1, 0, nh)?;
         let mut k = qkv.narrow(1, nh, nkv)?;
-        let v = qkv.narrow(1, nh + nkv, nkv)?.transpose(0, 1)?.contiguous()?;
+        let v = qkv
+            .narrow(1, nh + nkv, nkv)?
+            .transpose(0, 1)?
+            .contiguous()?;
         // QK-norm comes before RoPE.
         if let Some(w) = &self.query_layernorm {
             q = rms_norm(&q, w, self.eps)?;
@@ -347,12 +374,13 @@ impl Attention {
         if let Some(w) = &self.key_layernorm {
             k = rms_norm(&k, w, self.eps)?;
         }
-        let q = rotary.apply(&q.transpose(0, 1)?.contiguous()?, rope)?;
-        let k = rotary.apply(&k.transpose(0, 1)?.contiguous()?, rope)?;
+        let q = rotary.apply(&q.transpose(0, 1)?.contiguous()?, &plan.rope)?;
+        let k = rotary.apply(&k.transpose(0, 1)?.contiguous()?, &plan.rope)?;
 
-        let (k_all, v_all) = cache.with_new(layer, &k, &v)?;
+        let (k_all, v_all) = step.cache.with_new(layer, &k, &v)?;
+        let commit = step.commit;
         if commit > 0 {
-            cache.append(
+            step.cache.append(
                 layer,
                 k.narrow(1, 0, commit)?.contiguous()?,
                 v.narrow(1, 0, commit)?.contiguous()?,
@@ -363,7 +391,7 @@ impl Attention {
         let group = nh / nkv;
         let q = (q * (d as f64).powf(-0.5))?.reshape((nkv, group * len, d))?;
         let mut scores = q.matmul(&k_all.t()?)?;
-        if let Some(mask) = mask {
+        if let Some(mask) = &plan.mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -464,7 +492,9 @@ impl Llada2Model {
             plans.push(SeqPlan {
                 offset: ids.len(),
                 len: step.tokens.len(),
-                rope: self.rotary.slice(step.start, step.tokens.len(), &self.device)?,
+                rope: self
+                    .rotary
+                    .slice(step.start, step.tokens.len(), &self.device)?,
                 mask: self.block_mask(step)?,
             });
             ids.extend_from_slice(step.tokens);
@@ -479,10 +509,8 @@ impl Llada2Model {
                     &a.narrow(0, plan.offset, plan.len)?,
                     li,
                     &self.rotary,
-                    &plan.rope,
-                    plan.mask.as_ref(),
-                    step.cache,
-                    step.commit,
+                    plan,
+                    step,
                 )?);
             }
             let heads = if heads.len() == 1 {
@@ -508,7 +536,11 @@ impl Llada2Model {
                 .map(|&r| (plan.offset + r) as u32)
                 .collect();
             let rows = Tensor::new(rows.as_slice(), &self.device)?;
-            let x = rms_norm(&h.index_select(&rows, 0)?, &self.norm, self.cfg.rms_norm_eps)?;
+            let x = rms_norm(
+                &h.index_select(&rows, 0)?,
+                &self.norm,
+                self.cfg.rms_norm_eps,
+            )?;
             logits.push(Some(self.lm_head.forward(&x)?.to_dtype(DType::F32)?));
         }
         Ok(logits)
@@ -584,7 +616,11 @@ impl Llada2Model {
             let q_block = (step.start + i) / b;
             for (j, m) in row.iter_mut().enumerate().skip(cached) {
                 let k_block = (step.start + j - cached) / b;
-                *m = if k_block <= q_block { 0.0 } else { f32::NEG_INFINITY };
+                *m = if k_block <= q_block {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
             mask.extend_from_slice(&row);
         }

@@ -26,3 +26,6 @@ pub fn golden() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture_dir().join("cases.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+pub mod naive;
+pub mod synth;

@@ -1,0 +1,161 @@
+//! The `llada` binary end to end on the golden fixture.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/llada2-tiny")
+}
+
+fn llada(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_llada"))
+        .args(args)
+        .output()
+        .expect("llada runs")
+}
+
+#[test]
+fn generate_json_reports_the_reference_answer_and_stats() {
+    let model = fixture();
+    let out = llada(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        "476,212,72,111,54",
+        "--gen-length",
+        "24",
+        "--block-length",
+        "8",
+        "--steps",
+        "8",
+        "--threshold",
+        "0.95",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(v["output_ids"].clone()).unwrap();
+    assert_eq!(
+        ids,
+        [
+            148, 412, 45, 197, 197, 412, 98, 197, 197, 197, 197, 223, 423, 98, 36, 197, 36, 36,
+            223, 423, 36, 36, 36, 36
+        ]
+    );
+    assert_eq!(v["denoising_steps"], 27);
+    assert_eq!(v["forwards"], 27);
+    assert_eq!(v["tokens"], 24);
+    for key in ["seconds", "tokens_per_second", "tokens_per_forward"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+}
+
+#[test]
+fn no_cache_and_sampling_flags_work() {
+    let model = fixture();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "1,2,3",
+            "--gen-length",
+            "16",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = llada(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["output_ids"].clone()
+    };
+    assert_eq!(run(&[]), run(&["--no-cache"]));
+    let sampled = [
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "5",
+    ];
+    assert_eq!(run(&sampled), run(&sampled));
+    assert_eq!(
+        run(&["--block-length", "1", "--steps", "1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        16
+    );
+}
+
+#[test]
+fn text_prompt_without_tokenizer_and_missing_model_fail_clearly() {
+    let model = fixture();
+    let out = llada(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "hello",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer"));
+
+    let out = llada(&["generate", "--model", "/no/such/model", "--prompt-ids", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/no/such/model") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_prints_cached_and_baseline_rows() {
+    let model = fixture();
+    let out = llada(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--gen-length",
+        "16",
+        "--block-length",
+        "8",
+        "--steps",
+        "8",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let modes: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        modes,
+        ["cached", "no-cache (reference loop)", "AR: block 1, cached"]
+    );
+    for r in rows.as_array().unwrap() {
+        assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0);
+    }
+}
