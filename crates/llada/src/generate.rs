@@ -152,7 +152,7 @@ pub fn generate(
         ..Default::default()
     };
     let mut stream = Stream::new(p, answer_end, params);
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_for(total);
 
     for block in p / b..num_blocks {
         let (bs, be) = (block * b, (block + 1) * b);
@@ -176,7 +176,7 @@ pub fn generate(
                     &mut cache,
                 )?
             } else {
-                let mut scratch = model.new_cache();
+                let mut scratch = model.new_cache_for(be);
                 run(model, &x[..be], 0, b, 0, &masked, &mut scratch)?
             };
             stats.forwards += 1;
@@ -203,8 +203,12 @@ pub fn generate(
                 placed_eos |= c.token == params.eos_id;
             }
             stream.advance(&x, be, on_commit);
+            // The reference searches for the EOS from position 0 and up to the end of the
+            // block; we search the answer only (an EOS inside the prompt would make it
+            // return a piece of the prompt) and never past `gen_length` (it would return
+            // more tokens than asked for). Within those bounds the rule is the reference's.
             if params.eos_early_stop && placed_eos {
-                if let Some(eos) = (p..be).find(|&i| x[i] == params.eos_id) {
+                if let Some(eos) = (p..be.min(answer_end)).find(|&i| x[i] == params.eos_id) {
                     if x[p..eos].iter().all(|&t| t != params.mask_id) {
                         return Ok(finish(x[p..=eos].to_vec(), stats, started));
                     }

@@ -8,7 +8,12 @@ use llada::{generate, DecoderConfig, SamplingParams};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    // A fixed seed keeps CI deterministic; PROPTEST_RNG_SEED explores other inputs.
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x11ada),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn cached_equals_no_cache(

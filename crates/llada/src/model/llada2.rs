@@ -377,15 +377,7 @@ impl Attention {
         let q = rotary.apply(&q.transpose(0, 1)?.contiguous()?, &plan.rope)?;
         let k = rotary.apply(&k.transpose(0, 1)?.contiguous()?, &plan.rope)?;
 
-        let (k_all, v_all) = step.cache.with_new(layer, &k, &v)?;
-        let commit = step.commit;
-        if commit > 0 {
-            step.cache.append(
-                layer,
-                k.narrow(1, 0, commit)?.contiguous()?,
-                v.narrow(1, 0, commit)?.contiguous()?,
-            )?;
-        }
+        let (k_all, v_all) = step.cache.write_and_view(layer, &k, &v)?;
         // GQA without copying K/V: query heads of one KV group are adjacent, so
         // [heads, len, d] regroups to [kv_heads, group * len, d].
         let group = nh / nkv;
@@ -478,6 +470,11 @@ impl Llada2Model {
 
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
+    }
+
+    /// A cache sized for `positions` up front (no reallocation while decoding).
+    pub fn new_cache_for(&self, positions: usize) -> KvCache {
+        KvCache::with_capacity(self.layers.len(), positions)
     }
 
     /// Runs the model on every sequence of `batch` in one pass: the linear and MoE parts
