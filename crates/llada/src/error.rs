@@ -47,6 +47,21 @@ pub enum Error {
     #[error("tensor {name} has dtype {dtype}; llada loads f32, bf16 and f16 weights")]
     UnsupportedDtype { name: String, dtype: String },
 
+    #[error("no tokenizer at {path}: text prompts need the model's tokenizer.json (or pass token ids)")]
+    MissingTokenizer { path: PathBuf },
+
+    #[error("tokenizer {path} cannot be loaded: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    #[error("chat template {path}: {message}")]
+    ChatTemplate { path: PathBuf, message: String },
+
+    #[error("model {spec:?} not found: {detail}")]
+    ModelNotFound { spec: String, detail: String },
+
+    #[error("downloading {repo} failed: {message}")]
+    Download { repo: String, message: String },
+
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 

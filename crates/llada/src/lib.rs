@@ -8,8 +8,10 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod generate;
+pub mod hub;
 pub mod model;
 pub mod sampling;
+pub mod tokenizer;
 pub mod weights;
 
 use std::path::Path;
@@ -22,6 +24,7 @@ pub use error::{Error, Result};
 pub use generate::{generate, GenerateOutput, GenerateParams, GenerateStats};
 pub use model::Llada2Model;
 pub use sampling::SamplingParams;
+pub use tokenizer::{Message, Tokenizer};
 pub use weights::WeightStore;
 
 pub use candle_core::Device;
