@@ -1,24 +1,31 @@
-//! Flags shared by the commands that decode, and `llada generate`.
+//! Flags shared by the commands that load a model and decode.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use llada::{generate, DecoderConfig, GenerateParams, LoadedModel, SamplingParams};
-use serde::Serialize;
+use llada::{DecoderConfig, GenerateParams, LoadedModel, Message, Quant, SamplingParams};
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder in Hugging Face layout (config.json + safetensors).
+    /// Model folder in Hugging Face layout, or a repo id (org/name[@revision]) found in
+    /// the local Hugging Face cache.
     #[arg(long, short = 'm')]
-    pub model: PathBuf,
+    pub model: String,
+    /// Quantize the linear layers at load time for CPU inference: q8_0 or q4k.
+    #[arg(long)]
+    pub quant: Option<Quant>,
 }
 
 impl ModelArgs {
+    pub fn dir(&self) -> Result<PathBuf> {
+        Ok(llada::hub::resolve_model(&self.model)?)
+    }
+
     pub fn load(&self) -> Result<LoadedModel> {
-        llada::load_model(&self.model, &llada::Device::Cpu)
-            .with_context(|| format!("loading the model from {}", self.model.display()))
+        let dir = self.dir()?;
+        llada::load_model_with(&dir, &llada::Device::Cpu, self.quant)
+            .with_context(|| format!("loading the model from {}", dir.display()))
     }
 }
 
@@ -46,10 +53,10 @@ pub struct DecodeArgs {
     /// Seed for sampling; the same seed gives the same output.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Mask token id (default: generation_config.json, then 156895).
+    /// Mask token id (default: generation_config.json, the tokenizer's <|mask|>, 156895).
     #[arg(long)]
     pub mask_id: Option<u32>,
-    /// EOS token id (default: generation_config.json, then 156892).
+    /// EOS token id (default: generation_config.json, the tokenizer's EOS, 156892).
     #[arg(long)]
     pub eos_id: Option<u32>,
     /// Stop inside a block as soon as an EOS is placed with no mask before it.
@@ -85,99 +92,46 @@ impl DecodeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct PromptArgs {
-    /// Prompt as comma-separated token ids, e.g. 1,2,3.
+    /// Prompt as comma-separated token ids, e.g. 1,2,3 (used as given).
     #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
     pub prompt_ids: Option<Vec<u32>>,
-    /// Prompt as text (needs the model's tokenizer).
+    /// Prompt as text: a user turn in the model's chat template (see --raw, --system).
     #[arg(long)]
     pub prompt: Option<String>,
+    /// System prompt for the chat template.
+    #[arg(long, requires = "prompt")]
+    pub system: Option<String>,
+    /// Tokenize --prompt as it is, without the chat template.
+    #[arg(long, requires = "prompt")]
+    pub raw: bool,
 }
 
 impl PromptArgs {
-    pub fn ids(&self) -> Result<Option<Vec<u32>>> {
-        if self.prompt.is_some() {
-            bail!(
-                "--prompt TEXT needs a tokenizer, which this build of llada does not have yet; \
-                 pass the prompt as token ids with --prompt-ids 1,2,3"
-            );
+    /// The prompt's token ids, if one was given.
+    pub fn ids(&self, loaded: &LoadedModel) -> Result<Option<Vec<u32>>> {
+        if let Some(ids) = &self.prompt_ids {
+            return Ok(Some(ids.clone()));
         }
-        Ok(self.prompt_ids.clone())
-    }
-}
-
-#[derive(Args, Debug)]
-pub struct GenerateArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub prompt: PromptArgs,
-    #[command(flatten)]
-    pub decode: DecodeArgs,
-    /// Recompute the whole prefix every step, as the reference does (no KV cache).
-    #[arg(long)]
-    pub no_cache: bool,
-    /// Print one JSON object with the answer and statistics.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Serialize)]
-struct GenerateJson<'a> {
-    output_ids: &'a [u32],
-    prompt_tokens: usize,
-    tokens: usize,
-    forwards: usize,
-    denoising_steps: usize,
-    seconds: f64,
-    tokens_per_second: f64,
-    tokens_per_forward: f64,
-}
-
-pub fn run_generate(args: GenerateArgs) -> Result<()> {
-    let Some(prompt) = args.prompt.ids()? else {
-        bail!("give a prompt with --prompt-ids 1,2,3");
-    };
-    let loaded = args.model.load()?;
-    let mut params = args.decode.params(&loaded);
-    params.use_cache = !args.no_cache;
-    let json = args.json;
-    let mut stdout = std::io::stdout().lock();
-    let mut first = true;
-    // Without --json the answer streams as its tokens become final.
-    let out = generate(&loaded.model, &prompt, &params, &mut |ids| {
-        if json {
-            return;
-        }
-        for id in ids {
-            let _ = write!(stdout, "{}{id}", if first { "" } else { "," });
-            first = false;
-        }
-        let _ = stdout.flush();
-    })?;
-    let s = out.stats;
-    if json {
-        let report = GenerateJson {
-            output_ids: &out.ids,
-            prompt_tokens: s.prompt_tokens,
-            tokens: s.tokens,
-            forwards: s.forwards,
-            denoising_steps: s.denoising_steps,
-            seconds: s.seconds,
-            tokens_per_second: s.tokens_per_second(),
-            tokens_per_forward: s.tokens_per_forward(),
+        let Some(text) = &self.prompt else {
+            return Ok(None);
         };
-        writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
-    } else {
-        writeln!(stdout)?;
-        eprintln!(
-            "{} tokens, {} forwards ({} denoising steps), {:.2} s, {:.1} tokens/s, {:.2} tokens/forward",
-            s.tokens,
-            s.forwards,
-            s.denoising_steps,
-            s.seconds,
-            s.tokens_per_second(),
-            s.tokens_per_forward()
-        );
+        let Some(tok) = &loaded.tokenizer else {
+            bail!(
+                "--prompt TEXT needs the model's tokenizer, but {} has no tokenizer.json; \
+                 pass token ids with --prompt-ids 1,2,3",
+                loaded.files.dir.display()
+            );
+        };
+        let ids = if self.raw {
+            tok.encode(text)?
+        } else {
+            let mut messages = Vec::new();
+            if let Some(system) = &self.system {
+                messages.push(Message::new("system", system));
+            }
+            messages.push(Message::new("user", text));
+            tok.encode_chat(&messages, true)?
+        };
+        Ok(Some(ids))
     }
-    Ok(())
 }

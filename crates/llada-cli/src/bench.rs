@@ -42,17 +42,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let loaded = args.model.load()?;
     let base = args.decode.params(&loaded);
-    let prompt = match args.prompt.ids()? {
+    let prompt = match args.prompt.ids(&loaded)? {
         Some(ids) => ids,
         None => synthetic_prompt(args.prompt_length, loaded.model.config().vocab_size, &base),
     };
     let modes = [
-        ("cached", base),
+        ("cached", base.clone()),
         (
             "no-cache (reference loop)",
             GenerateParams {
                 use_cache: false,
-                ..base
+                ..base.clone()
             },
         ),
         (
@@ -60,7 +60,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             GenerateParams {
                 block_length: 1,
                 steps: 1,
-                ..base
+                ..base.clone()
             },
         ),
     ];

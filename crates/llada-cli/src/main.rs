@@ -2,7 +2,10 @@
 //! A thin binary: flags are parsed here and handed to the library crates.
 
 mod args;
+mod download;
+mod generate_cmd;
 mod bench;
+mod chat;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,10 +24,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate an answer to one prompt.
-    Generate(args::GenerateArgs),
+    Generate(generate_cmd::GenerateArgs),
     /// Time decoding: the cached engine, the no-cache reference loop and AR decoding
     /// (block length 1) side by side in one run.
     Bench(bench::BenchArgs),
+    /// Chat with a model: multi-turn, streaming, with tokens/s and TPF after each answer.
+    Chat(chat::ChatArgs),
+    /// Download a model from the Hugging Face Hub into the local cache.
+    Download(download::DownloadArgs),
 }
 
 fn main() {
@@ -36,8 +43,10 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
-        Command::Generate(a) => args::run_generate(a),
+        Command::Generate(a) => generate_cmd::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Download(a) => download::run(a),
+        Command::Chat(a) => chat::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -344,7 +344,7 @@ impl GenerationConfig {
     }
 }
 
-pub(crate) fn first_id(value: Option<&serde_json::Value>) -> Option<u32> {
+pub fn first_id(value: Option<&serde_json::Value>) -> Option<u32> {
     match value? {
         serde_json::Value::Number(n) => n.as_u64().and_then(|v| u32::try_from(v).ok()),
         serde_json::Value::Array(items) => first_id(items.first()),
@@ -375,18 +375,5 @@ impl ModelFiles {
             config,
             generation,
         })
-    }
-
-    /// Mask id: generation config, then the LLaDA2 default.
-    pub fn mask_id(&self) -> u32 {
-        self.generation.mask_token_id.unwrap_or(DEFAULT_MASK_ID)
-    }
-
-    /// EOS id: generation config, then config.json, then the LLaDA2 default.
-    pub fn eos_id(&self) -> u32 {
-        self.generation
-            .eos_id()
-            .or_else(|| first_id(self.config.eos_token_id.as_ref()))
-            .unwrap_or(DEFAULT_EOS_ID)
     }
 }

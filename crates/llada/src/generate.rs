@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::{Llada2Model, SeqStep};
 use crate::sampling::{Sampler, SamplingParams};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenerateParams {
     /// Most tokens to generate after the prompt.
     pub gen_length: usize,
@@ -22,6 +22,8 @@ pub struct GenerateParams {
     pub seed: u64,
     pub mask_id: u32,
     pub eos_id: u32,
+    /// More tokens that end the answer as EOS does (e.g. `<|role_end|>` in chat).
+    pub extra_stop_ids: Vec<u32>,
     /// Stop inside a block as soon as an EOS is placed with no mask before it.
     pub eos_early_stop: bool,
     /// Serve finished blocks from the KV cache (false: recompute the whole prefix each
@@ -41,9 +43,15 @@ impl GenerateParams {
             seed: 0,
             mask_id,
             eos_id,
+            extra_stop_ids: Vec::new(),
             eos_early_stop: false,
             use_cache: true,
         }
+    }
+
+    /// Whether `token` ends the answer.
+    pub fn is_stop(&self, token: u32) -> bool {
+        token == self.eos_id || self.extra_stop_ids.contains(&token)
     }
 
     fn validate(&self, vocab: usize) -> Result<()> {
@@ -57,7 +65,9 @@ impl GenerateParams {
         if self.steps == 0 {
             return bad("steps must be at least 1".into());
         }
-        for (name, id) in [("mask id", self.mask_id), ("eos id", self.eos_id)] {
+        let ids = [("mask id", self.mask_id), ("eos id", self.eos_id)];
+        let extra = self.extra_stop_ids.iter().map(|&id| ("stop id", id));
+        for (name, id) in ids.into_iter().chain(extra) {
             if id as usize >= vocab {
                 return bad(format!(
                     "{name} {id} is outside the vocabulary (size {vocab})"
@@ -106,13 +116,55 @@ pub struct GenerateOutput {
     pub stats: GenerateStats,
 }
 
+/// The current block after a denoising step.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockView<'a> {
+    /// Block index (position / block length).
+    pub index: usize,
+    /// Step inside the block, from 0.
+    pub step: usize,
+    /// The block's tokens, masks included.
+    pub tokens: &'a [u32],
+    /// Offsets inside the block that this step filled.
+    pub filled: &'a [usize],
+    pub mask_id: u32,
+}
+
+/// What the block loop reports while it runs.
+pub trait Observer {
+    /// Answer tokens that just became final, with everything to their left final too
+    /// (never a token that may still change).
+    fn on_commit(&mut self, _ids: &[u32]) {}
+    /// The current block after each step (for visualising the unmasking).
+    fn on_step(&mut self, _block: &BlockView<'_>) {}
+}
+
+/// An observer that only forwards commits to a callback.
+struct Commits<'a>(&'a mut dyn FnMut(&[u32]));
+
+impl Observer for Commits<'_> {
+    fn on_commit(&mut self, ids: &[u32]) {
+        (self.0)(ids)
+    }
+}
+
 /// Generates an answer to `prompt`. `on_commit` receives answer tokens as soon as they
-/// are final and everything to their left is too (never a token that may change).
+/// are final and everything to their left is too.
 pub fn generate(
     model: &Llada2Model,
     prompt: &[u32],
     params: &GenerateParams,
     on_commit: &mut dyn FnMut(&[u32]),
+) -> Result<GenerateOutput> {
+    generate_observed(model, prompt, params, &mut Commits(on_commit))
+}
+
+/// [`generate`] with an [`Observer`] that also sees every step.
+pub fn generate_observed(
+    model: &Llada2Model,
+    prompt: &[u32],
+    params: &GenerateParams,
+    observer: &mut dyn Observer,
 ) -> Result<GenerateOutput> {
     let _span = tracing::debug_span!("generate", prompt = prompt.len()).entered();
     let cfg = model.config();
@@ -197,30 +249,39 @@ pub fn generate(
                 .collect();
             let accepted = decoder.select(StepInfo { step, scheduled }, &candidates);
             let mut placed_eos = false;
+            let mut filled = Vec::with_capacity(accepted.len());
             for &i in &accepted {
                 let c = candidates[i];
                 x[bs + c.offset] = c.token;
-                placed_eos |= c.token == params.eos_id;
+                placed_eos |= params.is_stop(c.token);
+                filled.push(c.offset);
             }
-            stream.advance(&x, be, on_commit);
+            observer.on_step(&BlockView {
+                index: block,
+                step,
+                tokens: &x[bs..be],
+                filled: &filled,
+                mask_id: params.mask_id,
+            });
+            stream.advance(&x, be, observer);
             // The reference searches for the EOS from position 0 and up to the end of the
             // block; we search the answer only (an EOS inside the prompt would make it
             // return a piece of the prompt) and never past `gen_length` (it would return
             // more tokens than asked for). Within those bounds the rule is the reference's.
             if params.eos_early_stop && placed_eos {
-                if let Some(eos) = (p..be.min(answer_end)).find(|&i| x[i] == params.eos_id) {
+                if let Some(eos) = (p..be.min(answer_end)).find(|&i| params.is_stop(x[i])) {
                     if x[p..eos].iter().all(|&t| t != params.mask_id) {
                         return Ok(finish(x[p..=eos].to_vec(), stats, started));
                     }
                 }
             }
         }
-        if x[p..be].contains(&params.eos_id) {
+        if x[p..be].iter().any(|&t| params.is_stop(t)) {
             break;
         }
     }
     let mut answer = x[p..answer_end].to_vec();
-    if let Some(eos) = answer.iter().position(|&t| t == params.eos_id) {
+    if let Some(eos) = answer.iter().position(|&t| params.is_stop(t)) {
         answer.truncate(eos + 1);
     }
     Ok(finish(answer, stats, started))
@@ -256,40 +317,38 @@ fn run(
 }
 
 /// Emits the answer's final, left-contiguous prefix as it grows.
-struct Stream {
+struct Stream<'a> {
     next: usize,
     end: usize,
-    mask_id: u32,
-    eos_id: u32,
+    params: &'a GenerateParams,
     done: bool,
 }
 
-impl Stream {
-    fn new(prompt_len: usize, answer_end: usize, params: &GenerateParams) -> Self {
+impl<'a> Stream<'a> {
+    fn new(prompt_len: usize, answer_end: usize, params: &'a GenerateParams) -> Self {
         Self {
             next: prompt_len,
             end: answer_end,
-            mask_id: params.mask_id,
-            eos_id: params.eos_id,
+            params,
             done: false,
         }
     }
 
-    fn advance(&mut self, x: &[u32], window_end: usize, on_commit: &mut dyn FnMut(&[u32])) {
+    fn advance(&mut self, x: &[u32], window_end: usize, observer: &mut dyn Observer) {
         if self.done {
             return;
         }
         let from = self.next;
         let limit = window_end.min(self.end);
-        while self.next < limit && x[self.next] != self.mask_id {
+        while self.next < limit && x[self.next] != self.params.mask_id {
             self.next += 1;
-            if x[self.next - 1] == self.eos_id {
+            if self.params.is_stop(x[self.next - 1]) {
                 self.done = true;
                 break;
             }
         }
         if self.next > from {
-            on_commit(&x[from..self.next]);
+            observer.on_commit(&x[from..self.next]);
         }
     }
 }

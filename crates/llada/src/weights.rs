@@ -10,6 +10,32 @@ use safetensors::Dtype;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::quant::{LinearWeight, Quant};
+
+/// Where a model's tensors come from: checkpoint files, a quantized GGUF, or random
+/// weights of the right shapes (for benchmarks). Names are the HF tensor names.
+pub trait WeightSource {
+    fn device(&self) -> &Device;
+
+    fn contains(&self, name: &str) -> bool;
+
+    /// Loads `name` in f32 if the source has it; a wrong shape or dtype is an error.
+    fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>>;
+
+    /// The error for a tensor the checkpoint should have but lacks.
+    fn missing(&self, name: &str) -> Error;
+
+    /// Loads `name`, which must exist with exactly `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_optional(name, shape)?
+            .ok_or_else(|| self.missing(name))
+    }
+
+    /// Loads the matrix `name` (`[out, in]`) for a linear layer, quantized if asked.
+    fn get_linear(&self, name: &str, shape: [usize; 2], quant: Option<Quant>) -> Result<LinearWeight> {
+        LinearWeight::new(self.get(name, &shape)?, None, quant)
+    }
+}
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -87,34 +113,28 @@ impl WeightStore {
         })
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.routing.contains_key(name)
-    }
-
     pub fn shard_count(&self) -> usize {
         self.files.len()
     }
+}
 
-    /// Loads `name`, which must exist with exactly `shape`.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.get_optional(name, shape)?
-            .ok_or_else(|| self.missing(name))
+impl WeightSource for WeightStore {
+    fn device(&self) -> &Device {
+        &self.device
     }
 
-    /// The error for a tensor the checkpoint should have but lacks.
-    pub fn missing(&self, name: &str) -> Error {
+    fn contains(&self, name: &str) -> bool {
+        self.routing.contains_key(name)
+    }
+
+    fn missing(&self, name: &str) -> Error {
         Error::MissingTensor {
             name: name.to_string(),
             dir: self.dir.clone(),
         }
     }
 
-    /// Loads `name` if the checkpoint has it; a wrong shape or dtype is still an error.
-    pub fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+    fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         let Some(&file) = self.routing.get(name) else {
             return Ok(None);
         };

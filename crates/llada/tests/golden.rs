@@ -43,8 +43,9 @@ fn generate_matches_the_reference_with_and_without_cache() {
     let cases = golden();
     let file_eos = cases["eos_id"].as_u64().unwrap() as u32;
     let mask = cases["mask_id"].as_u64().unwrap() as u32;
-    assert_eq!(loaded.files.mask_id(), mask);
-    assert_eq!(loaded.files.eos_id(), file_eos);
+    let defaults = loaded.default_params();
+    assert_eq!((defaults.mask_id, defaults.eos_id), (mask, file_eos));
+    assert!(defaults.extra_stop_ids.is_empty());
     let gen_cases = cases["generate"].as_array().unwrap();
     assert!(gen_cases.len() >= 8);
     for (n, case) in gen_cases.iter().enumerate() {

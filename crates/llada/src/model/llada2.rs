@@ -4,12 +4,13 @@
 //! Weight paths read exactly like the HF tensor names (`model.layers.{i}.attention...`).
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Embedding, Linear, Module};
+use candle_nn::{Embedding, Module};
 
 use crate::cache::KvCache;
 use crate::config::{Llada2Config, MoeShape};
 use crate::error::{Error, Result};
-use crate::weights::WeightStore;
+use crate::quant::{LinearWeight, Quant};
+use crate::weights::WeightSource;
 
 /// One sequence's share of a forward pass.
 pub struct SeqStep<'a> {
@@ -89,46 +90,53 @@ impl Rotary {
     }
 }
 
-fn linear(store: &WeightStore, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-    let w = store.get(&format!("{name}.weight"), &[out, inp])?;
-    let b = if bias {
-        Some(store.get(&format!("{name}.bias"), &[out])?)
-    } else {
-        None
-    };
-    Ok(Linear::new(w, b))
+/// Which matrices are quantized: every linear layer but the router.
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    src: &'a dyn WeightSource,
+    quant: Option<Quant>,
 }
 
-/// SwiGLU MLP; gate and up projections are fused into one matmul at load time.
+impl Load<'_> {
+    fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<LinearWeight> {
+        let weight = self.src.get_linear(&format!("{name}.weight"), [out, inp], self.quant)?;
+        if !bias {
+            return Ok(weight);
+        }
+        let b = self.src.get(&format!("{name}.bias"), &[out])?;
+        Ok(match weight {
+            LinearWeight::Dense { weight, .. } => LinearWeight::Dense { weight, bias: Some(b) },
+            LinearWeight::Quantized { weight, .. } => LinearWeight::Quantized { weight, bias: Some(b) },
+        })
+    }
+}
+
+/// SwiGLU MLP (dense layers, experts, shared experts).
 struct Mlp {
-    gate_up: Tensor,
-    down: Tensor,
-    intermediate: usize,
+    gate_proj: LinearWeight,
+    up_proj: LinearWeight,
+    down_proj: LinearWeight,
 }
 
 impl Mlp {
-    fn load(store: &WeightStore, prefix: &str, hidden: usize, intermediate: usize) -> Result<Self> {
-        let gate = store.get(
-            &format!("{prefix}.gate_proj.weight"),
-            &[intermediate, hidden],
-        )?;
-        let up = store.get(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?;
-        let down = store.get(
-            &format!("{prefix}.down_proj.weight"),
-            &[hidden, intermediate],
-        )?;
+    fn load(ld: Load<'_>, prefix: &str, hidden: usize, intermediate: usize) -> Result<Self> {
         Ok(Self {
-            gate_up: Tensor::cat(&[gate, up], 0)?,
-            down,
-            intermediate,
+            gate_proj: ld.linear(&format!("{prefix}.gate_proj"), intermediate, hidden, false)?,
+            up_proj: ld.linear(&format!("{prefix}.up_proj"), intermediate, hidden, false)?,
+            down_proj: ld.linear(&format!("{prefix}.down_proj"), hidden, intermediate, false)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gu = x.matmul(&self.gate_up.t()?)?;
-        let gate = gu.narrow(1, 0, self.intermediate)?;
-        let up = gu.narrow(1, self.intermediate, self.intermediate)?;
-        (candle_nn::ops::silu(&gate)? * up)?.matmul(&self.down.t()?)
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+            .iter()
+            .map(|l| l.memory_bytes())
+            .sum()
     }
 }
 
@@ -203,12 +211,8 @@ struct SparseMoe {
 }
 
 impl SparseMoe {
-    fn load(
-        store: &WeightStore,
-        prefix: &str,
-        cfg: &Llada2Config,
-        shape: MoeShape,
-    ) -> Result<Self> {
+    fn load(ld: Load<'_>, prefix: &str, cfg: &Llada2Config, shape: MoeShape) -> Result<Self> {
+        let store = ld.src;
         let h = cfg.hidden_size;
         let e = shape.num_experts;
         let weight = store.get(&format!("{prefix}.gate.weight"), &[e, h])?;
@@ -222,8 +226,7 @@ impl SparseMoe {
         };
         let experts = (0..e)
             .map(|i| {
-                Mlp::load(
-                    store,
+                Mlp::load(ld,
                     &format!("{prefix}.experts.{i}"),
                     h,
                     shape.intermediate,
@@ -232,7 +235,7 @@ impl SparseMoe {
             .collect::<Result<Vec<_>>>()?;
         let shared = if shape.shared_intermediate > 0 {
             Some(Mlp::load(
-                store,
+                ld,
                 &format!("{prefix}.shared_experts"),
                 h,
                 shape.shared_intermediate,
@@ -302,10 +305,10 @@ impl FeedForward {
 }
 
 struct Attention {
-    query_key_value: Linear,
+    query_key_value: LinearWeight,
     query_layernorm: Option<Tensor>,
     key_layernorm: Option<Tensor>,
-    dense: Linear,
+    dense: LinearWeight,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -313,7 +316,8 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(store: &WeightStore, prefix: &str, cfg: &Llada2Config) -> Result<Self> {
+    fn load(ld: Load<'_>, prefix: &str, cfg: &Llada2Config) -> Result<Self> {
+        let store = ld.src;
         let (h, nh, nkv, d) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -328,8 +332,7 @@ impl Attention {
             }
         };
         Ok(Self {
-            query_key_value: linear(
-                store,
+            query_key_value: ld.linear(
                 &format!("{prefix}.query_key_value"),
                 (nh + 2 * nkv) * d,
                 h,
@@ -337,7 +340,7 @@ impl Attention {
             )?,
             query_layernorm: norm("query_layernorm")?,
             key_layernorm: norm("key_layernorm")?,
-            dense: linear(store, &format!("{prefix}.dense"), h, nh * d, cfg.use_bias)?,
+            dense: ld.linear(&format!("{prefix}.dense"), h, nh * d, cfg.use_bias)?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
@@ -408,7 +411,7 @@ pub struct Llada2Model {
     word_embeddings: Embedding,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
-    lm_head: Linear,
+    lm_head: LinearWeight,
     rotary: Rotary,
     device: Device,
 }
@@ -422,7 +425,9 @@ struct SeqPlan {
 }
 
 impl Llada2Model {
-    pub fn load(cfg: &Llada2Config, store: &WeightStore) -> Result<Self> {
+    /// Builds the model from `store`; `quant` quantizes every linear layer but the router.
+    pub fn load(cfg: &Llada2Config, store: &dyn WeightSource, quant: Option<Quant>) -> Result<Self> {
+        let ld = Load { src: store, quant };
         let h = cfg.hidden_size;
         let v = cfg.vocab_size;
         let embed = store.get("model.word_embeddings.weight", &[v, h])?;
@@ -431,23 +436,23 @@ impl Llada2Model {
             let p = format!("model.layers.{i}");
             let mlp = if cfg.is_moe_layer(i) {
                 let shape = cfg.moe_shape().expect("validated: MoE layers have a shape");
-                FeedForward::Moe(SparseMoe::load(store, &format!("{p}.mlp"), cfg, shape)?)
+                FeedForward::Moe(SparseMoe::load(ld, &format!("{p}.mlp"), cfg, shape)?)
             } else {
                 let inter = cfg.intermediate_size.unwrap_or(0);
-                FeedForward::Dense(Mlp::load(store, &format!("{p}.mlp"), h, inter)?)
+                FeedForward::Dense(Mlp::load(ld, &format!("{p}.mlp"), h, inter)?)
             };
             layers.push(DecoderLayer {
                 input_layernorm: store.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                attention: Attention::load(store, &format!("{p}.attention"), cfg)?,
+                attention: Attention::load(ld, &format!("{p}.attention"), cfg)?,
                 post_attention_layernorm: store
                     .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 mlp,
             });
         }
         let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
-            Linear::new(embed.clone(), None)
+            LinearWeight::new(embed.clone(), None, quant)?
         } else {
-            linear(store, "lm_head", v, h, false)?
+            ld.linear("lm_head", v, h, false)?
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -462,6 +467,28 @@ impl Llada2Model {
 
     pub fn config(&self) -> &Llada2Config {
         &self.cfg
+    }
+
+    /// Bytes held by the weights (quantized matrices at their packed size).
+    pub fn weight_bytes(&self) -> usize {
+        let dense = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let mut total = dense(self.word_embeddings.embeddings()) + dense(&self.norm);
+        total += self.lm_head.memory_bytes();
+        for layer in &self.layers {
+            let a = &layer.attention;
+            total += a.query_key_value.memory_bytes() + a.dense.memory_bytes();
+            total += dense(&layer.input_layernorm) + dense(&layer.post_attention_layernorm);
+            total += match &layer.mlp {
+                FeedForward::Dense(mlp) => mlp.memory_bytes(),
+                FeedForward::Moe(moe) => {
+                    let experts: usize = moe.experts.iter().map(Mlp::memory_bytes).sum();
+                    experts
+                        + moe.shared.as_ref().map_or(0, Mlp::memory_bytes)
+                        + dense(&moe.router.weight)
+                }
+            };
+        }
+        total
     }
 
     pub fn device(&self) -> &Device {

@@ -1,0 +1,222 @@
+//! `llada chat`: an interactive multi-turn REPL. Answers stream as their tokens become
+//! final; `/help` lists the commands that reset the conversation or change decoding.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{bail, Result};
+use clap::Args;
+use llada::{generate_observed, BlockView, GenerateParams, Message, Observer, Tokenizer};
+
+use crate::args::{DecodeArgs, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// System prompt for every conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Draw each block's unmasking, step by step, on stderr.
+    #[arg(long)]
+    pub show_unmasking: bool,
+}
+
+const HELP: &str = "commands:
+  /reset                 forget the conversation
+  /system TEXT           set the system prompt (and reset)
+  /set KEY VALUE         change decoding: threshold, block-length, steps, gen-length,
+                         temperature, top-k, top-p, seed (top-k/top-p: 'off' clears)
+  /show                  show the decoding settings
+  /unmask on|off         draw the unmasking of each block
+  /help                  this text
+  /quit                  leave (Ctrl-D too)";
+
+/// Streams committed text to stdout and, if asked, draws each step on stderr.
+struct Printer<'a> {
+    tokenizer: &'a Tokenizer,
+    stream: llada::tokenizer::StreamDecoder<'a>,
+    show_unmasking: bool,
+    error: Option<llada::Error>,
+}
+
+impl Observer for Printer<'_> {
+    fn on_commit(&mut self, ids: &[u32]) {
+        match self.stream.push(ids) {
+            Ok(text) => {
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{text}");
+                let _ = out.flush();
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    fn on_step(&mut self, block: &BlockView<'_>) {
+        if !self.show_unmasking {
+            return;
+        }
+        let mut line = format!("\n[block {} step {:>2}] ", block.index, block.step);
+        for (i, &t) in block.tokens.iter().enumerate() {
+            if t == block.mask_id {
+                line.push('\u{2591}');
+                continue;
+            }
+            let piece = self.tokenizer.decode(&[t], false).unwrap_or_default();
+            let piece = piece.replace('\n', "\u{21b5}");
+            if block.filled.contains(&i) {
+                line.push_str(&format!("\x1b[1;32m{piece}\x1b[0m"));
+            } else {
+                line.push_str(&piece);
+            }
+        }
+        eprint!("{line}");
+    }
+}
+
+pub fn run(args: ChatArgs) -> Result<()> {
+    let loaded = args.model.load()?;
+    let Some(tokenizer) = loaded.tokenizer.as_ref() else {
+        bail!(
+            "chat needs the model's tokenizer, but {} has no tokenizer.json",
+            loaded.files.dir.display()
+        );
+    };
+    let mut params = args.decode.params(&loaded);
+    let mut system = args.system.clone();
+    let mut show_unmasking = args.show_unmasking;
+    let mut history: Vec<Message> = Vec::new();
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("llada chat: {} (type /help for commands)", loaded.files.dir.display());
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let input = line.trim();
+        if input.is_empty() {
+            continue;
+        }
+        if let Some(command) = input.strip_prefix('/') {
+            let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
+            match name {
+                "quit" | "exit" => break,
+                "help" => eprintln!("{HELP}"),
+                "reset" => {
+                    history.clear();
+                    eprintln!("(conversation reset)");
+                }
+                "system" => {
+                    system = (!rest.trim().is_empty()).then(|| rest.trim().to_string());
+                    history.clear();
+                    eprintln!("(system prompt set; conversation reset)");
+                }
+                "show" => eprintln!("{}", describe(&params)),
+                "unmask" => {
+                    show_unmasking = rest.trim() != "off";
+                    eprintln!("(unmasking display {})", if show_unmasking { "on" } else { "off" });
+                }
+                "set" => match set(&mut params, rest) {
+                    Ok(()) => eprintln!("{}", describe(&params)),
+                    Err(e) => eprintln!("error: {e}"),
+                },
+                other => eprintln!("unknown command /{other} (try /help)"),
+            }
+            continue;
+        }
+        let mut messages = Vec::new();
+        if let Some(s) = &system {
+            messages.push(Message::new("system", s));
+        }
+        messages.extend(history.iter().cloned());
+        messages.push(Message::new("user", input));
+        let prompt = match tokenizer.encode_chat(&messages, true) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
+        let mut printer = Printer {
+            tokenizer,
+            stream: tokenizer.stream_decoder(true),
+            show_unmasking,
+            error: None,
+        };
+        match generate_observed(&loaded.model, &prompt, &params, &mut printer) {
+            Ok(out) => {
+                if let Some(e) = printer.error {
+                    eprintln!("error: {e}");
+                }
+                let answer = tokenizer.decode(&out.ids, true)?;
+                println!();
+                let s = out.stats;
+                eprintln!(
+                    "[{} tokens, {} forwards, {:.1} tokens/s, {:.2} tokens/forward]",
+                    s.tokens,
+                    s.forwards,
+                    s.tokens_per_second(),
+                    s.tokens_per_forward()
+                );
+                history.push(Message::new("user", input));
+                history.push(Message::new("assistant", answer.trim()));
+            }
+            Err(e) => {
+                println!();
+                eprintln!("error: {e}");
+                if matches!(e, llada::Error::ContextOverflow { .. }) {
+                    eprintln!("(the conversation no longer fits: /reset starts a new one)");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe(p: &GenerateParams) -> String {
+    let llada::DecoderConfig::Threshold { threshold } = p.decoder;
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "off".into());
+    format!(
+        "threshold {threshold}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}",
+        p.block_length,
+        p.steps,
+        p.gen_length,
+        p.sampling.temperature,
+        opt(p.sampling.top_k.map(|k| k.to_string())),
+        opt(p.sampling.top_p.map(|v| v.to_string())),
+        p.seed
+    )
+}
+
+fn set(p: &mut GenerateParams, rest: &str) -> Result<()> {
+    let mut parts = rest.split_whitespace();
+    let (Some(key), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("usage: /set KEY VALUE");
+    };
+    let off = value == "off";
+    let mut candidate = p.clone();
+    match key {
+        "threshold" => candidate.decoder = llada::DecoderConfig::Threshold { threshold: value.parse()? },
+        "block-length" | "block_length" => candidate.block_length = value.parse()?,
+        "steps" => candidate.steps = value.parse()?,
+        "gen-length" | "gen_length" => candidate.gen_length = value.parse()?,
+        "temperature" => candidate.sampling.temperature = value.parse()?,
+        "top-k" | "top_k" => candidate.sampling.top_k = if off { None } else { Some(value.parse()?) },
+        "top-p" | "top_p" => candidate.sampling.top_p = if off { None } else { Some(value.parse()?) },
+        "seed" => candidate.seed = value.parse()?,
+        other => bail!("unknown setting {other} (see /help)"),
+    }
+    if candidate.block_length == 0 || candidate.steps == 0 || candidate.gen_length == 0 {
+        bail!("block-length, steps and gen-length must be at least 1");
+    }
+    candidate.sampling.validate()?;
+    *p = candidate;
+    Ok(())
+}

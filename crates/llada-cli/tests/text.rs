@@ -1,0 +1,147 @@
+//! Text prompts, chat, the Hugging Face cache and quantized loading through the binary,
+//! on a random-weight model that carries the small test tokenizer.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn tokenizer_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../llada/tests/data/tokenizer")
+}
+
+fn golden() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/llada2-tiny")
+}
+
+/// A random LLaDA2 model whose vocabulary is the test tokenizer's.
+fn chat_model(dir: &Path) {
+    let tok = llada::Tokenizer::from_dir(&tokenizer_dir()).unwrap();
+    let vocab = tok.vocab_size();
+    let config = serde_json::json!({
+        "architectures": ["LLaDA2MoeModelLM"], "model_type": "llada2_moe",
+        "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "n_group": 2,
+        "topk_group": 1, "moe_intermediate_size": 16, "num_shared_experts": 1,
+        "first_k_dense_replace": 1, "max_position_embeddings": 512, "use_bias": false,
+    });
+    let mask = tok.mask_id().unwrap();
+    let eos = tok.eos_id().unwrap();
+    llada::synthetic::write_random_checkpoint(dir, &config, mask, eos, 3).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tokenizer_dir().join(f), dir.join(f)).unwrap();
+    }
+}
+
+fn llada(args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llada"));
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("llada runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn text_prompt_uses_the_chat_template_and_reports_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    chat_model(tmp.path());
+    let model = tmp.path().to_str().unwrap();
+    let out = llada(
+        &["generate", "--model", model, "--prompt", "What is 12 plus 30?", "--system", "Be brief.",
+          "--gen-length", "12", "--block-length", "4", "--steps", "4", "--json"],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tok = llada::Tokenizer::from_dir(tmp.path()).unwrap();
+    let messages = [
+        llada::Message::new("system", "Be brief."),
+        llada::Message::new("user", "What is 12 plus 30?"),
+    ];
+    let expected_prompt = tok.encode_chat(&messages, true).unwrap();
+    assert_eq!(v["prompt_tokens"], expected_prompt.len());
+    let ids: Vec<u32> = serde_json::from_value(v["output_ids"].clone()).unwrap();
+    assert_eq!(v["text"].as_str().unwrap(), tok.decode(&ids, true).unwrap());
+
+    // --raw skips the template: fewer prompt tokens.
+    let raw = llada(
+        &["generate", "--model", model, "--prompt", "What is 12 plus 30?", "--raw",
+          "--gen-length", "4", "--json"],
+        &[],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(v["prompt_tokens"], tok.encode("What is 12 plus 30?").unwrap().len());
+}
+
+#[test]
+fn chat_repl_keeps_history_and_takes_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    chat_model(tmp.path());
+    let script = "/help\nhello there\n/set threshold 0.5\n/set nonsense 1\n/show\nand again\n/unmask on\nthird\n/reset\n/quit\n";
+    let out = llada(
+        &["chat", "--model", tmp.path().to_str().unwrap(), "--gen-length", "8", "--block-length", "4", "--steps", "4"],
+        &[],
+        Some(script),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("tokens/forward]").count(), 3, "{err}");
+    assert!(err.contains("threshold 0.5"), "{err}");
+    assert!(err.contains("unknown setting nonsense"), "{err}");
+    assert!(err.contains("[block "), "unmasking display: {err}");
+    assert!(err.contains("conversation reset"), "{err}");
+}
+
+#[test]
+fn chat_without_tokenizer_fails_clearly() {
+    let out = llada(&["chat", "--model", golden().to_str().unwrap()], &[], Some("hi\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"));
+}
+
+#[test]
+fn repo_ids_resolve_in_the_hf_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = cache.path().join("models--acme--llada2-tiny");
+    let snap = root.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), "0123abcd").unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(golden().join(f), snap.join(f)).unwrap();
+    }
+    let env = [("HF_HUB_CACHE", cache.path())];
+    let args = ["generate", "--model", "acme/llada2-tiny", "--prompt-ids", "1,2,3", "--gen-length", "8", "--json"];
+    let out = llada(&args, &env, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = llada(&["generate", "--model", "acme/missing", "--prompt-ids", "1"], &env, None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("llada download acme/missing"), "{err}");
+}
+
+#[test]
+fn quantized_loading_runs() {
+    let model = golden();
+    for quant in ["q8_0", "q4k"] {
+        let out = llada(
+            &["generate", "--model", model.to_str().unwrap(), "--quant", quant, "--prompt-ids", "1,2,3", "--gen-length", "8", "--json"],
+            &[],
+            None,
+        );
+        assert!(out.status.success(), "{quant}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = llada(&["generate", "--model", model.to_str().unwrap(), "--quant", "q3", "--prompt-ids", "1"], &[], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("q3"));
+}

@@ -1,0 +1,140 @@
+//! Load-time quantization for CPU inference: attention, MLP/expert and lm_head matrices
+//! become ggml-style blocks (candle's q8_0 / q4k) and run through quantized matmuls.
+//! The router, norms, `expert_bias` and embeddings stay f32.
+
+use std::str::FromStr;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The quantization a user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    /// 8-bit blocks of 32 (8.5 bits per weight).
+    Q8_0,
+    /// 4-bit k-quant super-blocks of 256 (4.5 bits per weight).
+    Q4k,
+}
+
+impl Quant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::Q8_0 => "q8_0",
+            Quant::Q4k => "q4k",
+        }
+    }
+
+    /// The block type for a matrix whose rows have `row_len` elements. Rows that the
+    /// type's block does not divide fall back to a finer type (q4k → q8_0), then to f32,
+    /// as llama.cpp does for such tensors.
+    pub fn dtype_for(self, row_len: usize) -> Option<GgmlDType> {
+        let order: &[GgmlDType] = match self {
+            Quant::Q8_0 => &[GgmlDType::Q8_0],
+            Quant::Q4k => &[GgmlDType::Q4K, GgmlDType::Q8_0],
+        };
+        order
+            .iter()
+            .copied()
+            .find(|d| row_len % d.block_size() == 0)
+    }
+}
+
+impl FromStr for Quant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" | "q8" => Ok(Quant::Q8_0),
+            "q4k" | "q4_k" | "q4_k_m" => Ok(Quant::Q4k),
+            other => Err(Error::InvalidRequest(format!(
+                "unknown quantization {other:?} (use q8_0 or q4k)"
+            ))),
+        }
+    }
+}
+
+/// A weight matrix `[out, in]` applied as `x @ W^T (+ b)`, dense or quantized.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    Dense { weight: Tensor, bias: Option<Tensor> },
+    Quantized { weight: QMatMul, bias: Option<Tensor> },
+}
+
+impl LinearWeight {
+    /// Quantizes a dense `[out, in]` matrix if `quant` applies to its row length.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, quant: Option<Quant>) -> Result<Self> {
+        let row_len = weight.dim(1)?;
+        match quant.and_then(|q| q.dtype_for(row_len)) {
+            Some(dtype) => {
+                let q = QTensor::quantize(&weight, dtype)?;
+                Ok(Self::from_qtensor(q, bias)?)
+            }
+            None => Ok(LinearWeight::Dense { weight, bias }),
+        }
+    }
+
+    pub fn from_qtensor(q: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(LinearWeight::Quantized {
+            weight: QMatMul::from_qtensor(q)?,
+            bias,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (y, bias) = match self {
+            LinearWeight::Dense { weight, bias } => (x.matmul(&weight.t()?)?, bias),
+            LinearWeight::Quantized { weight, bias } => (weight.forward(x)?, bias),
+        };
+        match bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// Bytes the weight occupies in memory.
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            LinearWeight::Dense { weight, .. } => weight.elem_count() * weight.dtype().size_in_bytes(),
+            LinearWeight::Quantized { weight, .. } => match weight {
+                QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                    t.elem_count() * t.dtype().size_in_bytes()
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_types_fall_back_for_short_rows() {
+        assert_eq!(Quant::Q4k.dtype_for(2048), Some(GgmlDType::Q4K));
+        assert_eq!(Quant::Q4k.dtype_for(64), Some(GgmlDType::Q8_0));
+        assert_eq!(Quant::Q8_0.dtype_for(48), None);
+        assert!("q5".parse::<Quant>().is_err());
+        assert_eq!("Q4K".parse::<Quant>().unwrap(), Quant::Q4k);
+    }
+
+    #[test]
+    fn quantized_matmul_is_close_to_dense() {
+        let dev = candle_core::Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (64, 256), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 256), &dev).unwrap();
+        let dense = LinearWeight::new(w.clone(), None, None).unwrap().forward(&x).unwrap();
+        for quant in [Quant::Q8_0, Quant::Q4k] {
+            let q = LinearWeight::new(w.clone(), None, Some(quant)).unwrap();
+            assert!(matches!(q, LinearWeight::Quantized { .. }));
+            let y = q.forward(&x).unwrap();
+            let err = (y - &dense).unwrap().abs().unwrap().mean_all().unwrap();
+            let scale = dense.abs().unwrap().mean_all().unwrap();
+            let rel = err.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap();
+            assert!(rel < 0.1, "{quant:?}: relative error {rel}");
+        }
+    }
+}

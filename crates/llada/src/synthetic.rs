@@ -1,0 +1,190 @@
+//! Random weights of exact model shapes, generated on demand: for benchmarking real
+//! architectures (LLaDA2.0-mini, flash) without their checkpoints, and for tests that
+//! need a model of some shape. Quantized matrices are generated directly as random
+//! blocks, so a 16B-parameter model at q4k is built in seconds without its f32 copy.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
+use candle_core::{Device, Tensor};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::Llada2Config;
+use crate::error::{Error, Result};
+use crate::quant::{LinearWeight, Quant};
+use crate::weights::WeightSource;
+
+/// Config JSON of a known architecture, optionally cut to its first `layers` layers.
+pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
+    let mut cfg = match name {
+        "llada2-mini" => serde_json::json!({
+            "hidden_size": 2048, "num_hidden_layers": 20, "num_attention_heads": 16,
+            "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 5120,
+            "moe_intermediate_size": 512, "num_experts": 256,
+        }),
+        "llada2-flash" => serde_json::json!({
+            "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 9216,
+            "moe_intermediate_size": 1024, "num_experts": 256,
+        }),
+        other => {
+            return Err(Error::InvalidRequest(format!(
+                "unknown synthetic model {other:?} (use llada2-mini or llada2-flash)"
+            )))
+        }
+    };
+    let shared = serde_json::json!({
+        "architectures": ["LLaDA2MoeModelLM"], "model_type": "llada2_moe",
+        "vocab_size": 157184, "num_experts_per_tok": 8, "num_shared_experts": 1,
+        "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5,
+        "first_k_dense_replace": 1, "rope_theta": 600000.0, "partial_rotary_factor": 0.5,
+        "rms_norm_eps": 1e-6, "use_bias": false, "use_qkv_bias": false, "use_qk_norm": true,
+        "max_position_embeddings": 32768, "score_function": "sigmoid",
+        "moe_router_enable_expert_bias": true, "tie_word_embeddings": false,
+    });
+    for (k, v) in shared.as_object().expect("object") {
+        cfg[k] = v.clone();
+    }
+    if let Some(n) = layers {
+        if n == 0 {
+            return Err(Error::InvalidRequest("a model needs at least one layer".into()));
+        }
+        cfg["num_hidden_layers"] = n.into();
+    }
+    Ok(cfg)
+}
+
+/// A weight source that invents every tensor: uniform values scaled by the fan-in,
+/// norms near 1, a small expert bias. Deterministic for a seed and tensor name.
+pub struct SyntheticSource {
+    device: Device,
+    seed: u64,
+    /// Tensors handed out, kept when recording (to write a checkpoint).
+    recorded: Option<Mutex<HashMap<String, Tensor>>>,
+}
+
+impl SyntheticSource {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            device: Device::Cpu,
+            seed,
+            recorded: None,
+        }
+    }
+
+    fn rng(&self, name: &str) -> ChaCha8Rng {
+        // FNV-1a of the name: stable across runs and platforms.
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        ChaCha8Rng::seed_from_u64(hash ^ self.seed)
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let mut rng = self.rng(name);
+        let n: usize = shape.iter().product();
+        let is_norm = name.ends_with("norm.weight");
+        let (offset, scale) = if is_norm {
+            (1.0, 0.2)
+        } else if name.ends_with("expert_bias") {
+            (0.0, 0.05)
+        } else if name.contains("word_embeddings") {
+            (0.0, 1.0)
+        } else {
+            let fan_in = *shape.last().unwrap_or(&1) as f32;
+            (0.0, 2.0 / fan_in.sqrt())
+        };
+        let data: Vec<f32> = (0..n)
+            .map(|_| offset + scale * (rng.random::<f32>() * 2.0 - 1.0))
+            .collect();
+        Ok(Tensor::from_vec(data, shape, &self.device)?)
+    }
+
+    /// Random ggml blocks with sane scales: `[out, in]` at `dtype`.
+    fn quantized(&self, name: &str, shape: [usize; 2], dtype: GgmlDType) -> Result<LinearWeight> {
+        let mut rng = self.rng(name);
+        let blocks = shape[0] * shape[1] / dtype.block_size();
+        let mut bytes = vec![0u8; blocks * dtype.type_size()];
+        rng.fill_bytes(&mut bytes);
+        let amplitude = 2.0 / (shape[1] as f32).sqrt();
+        let (d, dmin) = match dtype {
+            GgmlDType::Q8_0 => (amplitude / 127.0, None),
+            // q4k: value = d * scale(6 bit) * q(4 bit) - dmin * min(6 bit)
+            GgmlDType::Q4K => (amplitude / (63.0 * 15.0), Some(amplitude / 63.0)),
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "synthetic blocks for {other:?} are not supported"
+                )))
+            }
+        };
+        for block in bytes.chunks_mut(dtype.type_size()) {
+            block[0..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            if let Some(m) = dmin {
+                block[2..4].copy_from_slice(&half::f16::from_f32(m).to_le_bytes());
+            }
+        }
+        let q = qtensor_from_ggml(dtype, &bytes, shape.to_vec(), &self.device)?;
+        LinearWeight::from_qtensor(q, None)
+    }
+}
+
+impl WeightSource for SyntheticSource {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+
+    fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        let t = self.tensor(name, shape)?;
+        if let Some(rec) = &self.recorded {
+            rec.lock()
+                .expect("recording lock")
+                .insert(name.to_string(), t.clone());
+        }
+        Ok(Some(t))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::InvalidRequest(format!("synthetic source cannot make {name}"))
+    }
+
+    fn get_linear(&self, name: &str, shape: [usize; 2], quant: Option<Quant>) -> Result<LinearWeight> {
+        match quant.and_then(|q| q.dtype_for(shape[1])) {
+            Some(dtype) if self.recorded.is_none() => self.quantized(name, shape, dtype),
+            _ => LinearWeight::new(self.get(name, &shape)?, None, quant),
+        }
+    }
+}
+
+/// Writes a random model folder (`config.json` from `config`, `generation_config.json`
+/// with `mask_id`/`eos_id`, f32 `model.safetensors`) that loads like a real checkpoint.
+pub fn write_random_checkpoint(
+    dir: &Path,
+    config: &serde_json::Value,
+    mask_id: u32,
+    eos_id: u32,
+    seed: u64,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, config.to_string()).map_err(|e| Error::io(&config_path, e))?;
+    let cfg = Llada2Config::from_file(&config_path)?;
+    let gen = serde_json::json!({ "eos_token_id": eos_id, "pad_token_id": eos_id, "mask_token_id": mask_id });
+    let gen_path = dir.join("generation_config.json");
+    std::fs::write(&gen_path, gen.to_string()).map_err(|e| Error::io(&gen_path, e))?;
+    let source = SyntheticSource {
+        recorded: Some(Mutex::new(HashMap::new())),
+        ..SyntheticSource::new(seed)
+    };
+    crate::model::Llada2Model::load(&cfg, &source, None)?;
+    let tensors = source.recorded.expect("recording").into_inner().expect("lock");
+    let path = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &path)?;
+    Ok(())
+}
