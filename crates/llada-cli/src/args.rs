@@ -11,7 +11,7 @@ pub struct ModelArgs {
     /// Model folder in Hugging Face layout, or a repo id (org/name[@revision]) found in
     /// the local Hugging Face cache.
     #[arg(long, short = 'm')]
-    pub model: String,
+    pub model: Option<String>,
     /// Quantize the linear layers at load time for CPU inference: q8_0 or q4k.
     #[arg(long)]
     pub quant: Option<Quant>,
@@ -19,7 +19,10 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn dir(&self) -> Result<PathBuf> {
-        Ok(llada::hub::resolve_model(&self.model)?)
+        let Some(model) = &self.model else {
+            bail!("no model given: pass --model DIR or --model org/name");
+        };
+        Ok(llada::hub::resolve_model(model)?)
     }
 
     pub fn load(&self) -> Result<LoadedModel> {

@@ -24,6 +24,16 @@ pub struct BenchArgs {
     /// Print the rows as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Benchmark a known architecture with random weights instead of --model:
+    /// llada2-mini or llada2-flash (built in memory at the chosen --quant).
+    #[arg(long, conflicts_with = "model")]
+    pub synthetic: Option<String>,
+    /// With --synthetic: keep only the first N layers (e.g. to fit flash in memory).
+    #[arg(long, requires = "synthetic")]
+    pub layers: Option<usize>,
+    /// Which rows to run: cached, no-cache, ar (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "cached,no-cache,ar")]
+    pub modes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -40,30 +50,43 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let loaded = args.model.load()?;
+    let started = std::time::Instant::now();
+    let loaded = match &args.synthetic {
+        Some(name) => llada::synthetic::load_preset(name, args.layers, args.model.quant, 0)?,
+        None => args.model.load()?,
+    };
+    let load_seconds = started.elapsed().as_secs_f64();
+    let weight_gib = loaded.model.weight_bytes() as f64 / (1u64 << 30) as f64;
     let base = args.decode.params(&loaded);
     let prompt = match args.prompt.ids(&loaded)? {
         Some(ids) => ids,
         None => synthetic_prompt(args.prompt_length, loaded.model.config().vocab_size, &base),
     };
-    let modes = [
-        ("cached", base.clone()),
-        (
-            "no-cache (reference loop)",
-            GenerateParams {
-                use_cache: false,
-                ..base.clone()
-            },
-        ),
-        (
-            "AR: block 1, cached",
-            GenerateParams {
-                block_length: 1,
-                steps: 1,
-                ..base.clone()
-            },
-        ),
-    ];
+    let mut modes = Vec::new();
+    for mode in &args.modes {
+        modes.push(match mode.as_str() {
+            "cached" => ("cached", base.clone()),
+            "no-cache" => (
+                "no-cache (reference loop)",
+                GenerateParams {
+                    use_cache: false,
+                    ..base.clone()
+                },
+            ),
+            "ar" => (
+                "AR: block 1, cached",
+                GenerateParams {
+                    block_length: 1,
+                    steps: 1,
+                    ..base.clone()
+                },
+            ),
+            other => bail!("unknown mode {other:?} (cached, no-cache, ar)"),
+        });
+    }
+    if modes.is_empty() {
+        bail!("--modes is empty");
+    }
     let mut rows = Vec::new();
     for (mode, params) in modes {
         generate(&loaded.model, &prompt, &params, &mut |_| {})?;
@@ -87,6 +110,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    let quant = args.model.quant.map_or("f32", |q| q.name());
+    let source = args.synthetic.as_deref().map_or_else(
+        || loaded.files.dir.display().to_string(),
+        |s| format!("synthetic {s} (random weights)"),
+    );
+    println!(
+        "model {source}, {} layers, weights {quant}: {weight_gib:.2} GiB, loaded in {load_seconds:.1} s, peak RSS {}",
+        loaded.model.config().num_hidden_layers,
+        peak_rss().map_or("unknown".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
+    );
     println!(
         "prompt {} tokens, gen_length {}, block {}, steps {}, threshold {}, {} runs per mode",
         prompt.len(),
@@ -98,7 +131,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     println!(
         "| {:<26} | {:>6} | {:>8} | {:>6} | {:>10} | {:>9} | {:>8} |",
-        "mode", "tokens", "forwards", "TPF", "ms/forward", "tokens/s", "vs cache"
+        "mode", "tokens", "forwards", "TPF", "ms/forward", "tokens/s", "vs row 1"
     );
     println!(
         "|{:-<28}|{:->8}|{:->10}|{:->8}|{:->12}|{:->11}|{:->10}|",
@@ -118,6 +151,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// A fixed pseudo-random prompt that avoids the special ids.

@@ -89,7 +89,10 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let mut history: Vec<Message> = Vec::new();
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("llada chat: {} (type /help for commands)", loaded.files.dir.display());
+        eprintln!(
+            "llada chat: {} (type /help for commands)",
+            loaded.files.dir.display()
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -121,7 +124,10 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 "show" => eprintln!("{}", describe(&params)),
                 "unmask" => {
                     show_unmasking = rest.trim() != "off";
-                    eprintln!("(unmasking display {})", if show_unmasking { "on" } else { "off" });
+                    eprintln!(
+                        "(unmasking display {})",
+                        if show_unmasking { "on" } else { "off" }
+                    );
                 }
                 "set" => match set(&mut params, rest) {
                     Ok(()) => eprintln!("{}", describe(&params)),
@@ -203,13 +209,21 @@ fn set(p: &mut GenerateParams, rest: &str) -> Result<()> {
     let off = value == "off";
     let mut candidate = p.clone();
     match key {
-        "threshold" => candidate.decoder = llada::DecoderConfig::Threshold { threshold: value.parse()? },
+        "threshold" => {
+            candidate.decoder = llada::DecoderConfig::Threshold {
+                threshold: value.parse()?,
+            }
+        }
         "block-length" | "block_length" => candidate.block_length = value.parse()?,
         "steps" => candidate.steps = value.parse()?,
         "gen-length" | "gen_length" => candidate.gen_length = value.parse()?,
         "temperature" => candidate.sampling.temperature = value.parse()?,
-        "top-k" | "top_k" => candidate.sampling.top_k = if off { None } else { Some(value.parse()?) },
-        "top-p" | "top_p" => candidate.sampling.top_p = if off { None } else { Some(value.parse()?) },
+        "top-k" | "top_k" => {
+            candidate.sampling.top_k = if off { None } else { Some(value.parse()?) }
+        }
+        "top-p" | "top_p" => {
+            candidate.sampling.top_p = if off { None } else { Some(value.parse()?) }
+        }
         "seed" => candidate.seed = value.parse()?,
         other => bail!("unknown setting {other} (see /help)"),
     }

@@ -2,10 +2,11 @@
 //! A thin binary: flags are parsed here and handed to the library crates.
 
 mod args;
-mod download;
-mod generate_cmd;
 mod bench;
 mod chat;
+mod download;
+mod generate_cmd;
+mod quantize;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Chat with a model: multi-turn, streaming, with tokens/s and TPF after each answer.
     Chat(chat::ChatArgs),
+    /// Write a quantized copy of a model (q8_0 or q4k GGUF weights) for fast loading.
+    Quantize(quantize::QuantizeArgs),
     /// Download a model from the Hugging Face Hub into the local cache.
     Download(download::DownloadArgs),
 }
@@ -47,6 +50,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

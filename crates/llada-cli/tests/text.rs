@@ -35,7 +35,10 @@ fn chat_model(dir: &Path) {
 
 fn llada(args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llada"));
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -54,12 +57,30 @@ fn text_prompt_uses_the_chat_template_and_reports_text() {
     chat_model(tmp.path());
     let model = tmp.path().to_str().unwrap();
     let out = llada(
-        &["generate", "--model", model, "--prompt", "What is 12 plus 30?", "--system", "Be brief.",
-          "--gen-length", "12", "--block-length", "4", "--steps", "4", "--json"],
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "What is 12 plus 30?",
+            "--system",
+            "Be brief.",
+            "--gen-length",
+            "12",
+            "--block-length",
+            "4",
+            "--steps",
+            "4",
+            "--json",
+        ],
         &[],
         None,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tok = llada::Tokenizer::from_dir(tmp.path()).unwrap();
     let messages = [
@@ -73,13 +94,25 @@ fn text_prompt_uses_the_chat_template_and_reports_text() {
 
     // --raw skips the template: fewer prompt tokens.
     let raw = llada(
-        &["generate", "--model", model, "--prompt", "What is 12 plus 30?", "--raw",
-          "--gen-length", "4", "--json"],
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "What is 12 plus 30?",
+            "--raw",
+            "--gen-length",
+            "4",
+            "--json",
+        ],
         &[],
         None,
     );
     let v: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
-    assert_eq!(v["prompt_tokens"], tok.encode("What is 12 plus 30?").unwrap().len());
+    assert_eq!(
+        v["prompt_tokens"],
+        tok.encode("What is 12 plus 30?").unwrap().len()
+    );
 }
 
 #[test]
@@ -88,7 +121,17 @@ fn chat_repl_keeps_history_and_takes_commands() {
     chat_model(tmp.path());
     let script = "/help\nhello there\n/set threshold 0.5\n/set nonsense 1\n/show\nand again\n/unmask on\nthird\n/reset\n/quit\n";
     let out = llada(
-        &["chat", "--model", tmp.path().to_str().unwrap(), "--gen-length", "8", "--block-length", "4", "--steps", "4"],
+        &[
+            "chat",
+            "--model",
+            tmp.path().to_str().unwrap(),
+            "--gen-length",
+            "8",
+            "--block-length",
+            "4",
+            "--steps",
+            "4",
+        ],
         &[],
         Some(script),
     );
@@ -103,7 +146,11 @@ fn chat_repl_keeps_history_and_takes_commands() {
 
 #[test]
 fn chat_without_tokenizer_fails_clearly() {
-    let out = llada(&["chat", "--model", golden().to_str().unwrap()], &[], Some("hi\n"));
+    let out = llada(
+        &["chat", "--model", golden().to_str().unwrap()],
+        &[],
+        Some("hi\n"),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"));
 }
@@ -120,11 +167,28 @@ fn repo_ids_resolve_in_the_hf_cache() {
         std::fs::copy(golden().join(f), snap.join(f)).unwrap();
     }
     let env = [("HF_HUB_CACHE", cache.path())];
-    let args = ["generate", "--model", "acme/llada2-tiny", "--prompt-ids", "1,2,3", "--gen-length", "8", "--json"];
+    let args = [
+        "generate",
+        "--model",
+        "acme/llada2-tiny",
+        "--prompt-ids",
+        "1,2,3",
+        "--gen-length",
+        "8",
+        "--json",
+    ];
     let out = llada(&args, &env, None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let out = llada(&["generate", "--model", "acme/missing", "--prompt-ids", "1"], &env, None);
+    let out = llada(
+        &["generate", "--model", "acme/missing", "--prompt-ids", "1"],
+        &env,
+        None,
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("llada download acme/missing"), "{err}");
@@ -135,13 +199,69 @@ fn quantized_loading_runs() {
     let model = golden();
     for quant in ["q8_0", "q4k"] {
         let out = llada(
-            &["generate", "--model", model.to_str().unwrap(), "--quant", quant, "--prompt-ids", "1,2,3", "--gen-length", "8", "--json"],
+            &[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--quant",
+                quant,
+                "--prompt-ids",
+                "1,2,3",
+                "--gen-length",
+                "8",
+                "--json",
+            ],
             &[],
             None,
         );
-        assert!(out.status.success(), "{quant}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{quant}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let out = llada(&["generate", "--model", model.to_str().unwrap(), "--quant", "q3", "--prompt-ids", "1"], &[], None);
+    let out = llada(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--quant",
+            "q3",
+            "--prompt-ids",
+            "1",
+        ],
+        &[],
+        None,
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("q3"));
+}
+
+#[test]
+fn quantize_writes_a_folder_that_generate_loads() {
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("tiny-q8");
+    let model = golden();
+    let q = llada(
+        &["quantize", "--model", model.to_str().unwrap(), "--quant", "q8_0", "--out", dest.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    assert!(String::from_utf8_lossy(&q.stdout).contains("quantized to q8_0"));
+    let run = |m: &str, extra: &[&str]| {
+        let mut args = vec!["generate", "--model", m, "--prompt-ids", "4,5,6", "--gen-length", "8", "--json"];
+        args.extend_from_slice(extra);
+        let o = llada(&args, &[], None);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["output_ids"].clone()
+    };
+    assert_eq!(run(dest.to_str().unwrap(), &[]), run(model.to_str().unwrap(), &["--quant", "q8_0"]));
+}
+
+#[test]
+fn synthetic_bench_rejects_unknown_models() {
+    let o = llada(&["bench", "--synthetic", "llada9-giant", "--runs", "1"], &[], None);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("llada2-mini"));
 }

@@ -165,6 +165,17 @@ impl Llada2Config {
         Ok(cfg)
     }
 
+    /// Parses and validates a config given as JSON (`origin` names it in errors).
+    pub fn from_json(value: serde_json::Value, origin: &Path) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(value).map_err(|source| Error::Json {
+            path: origin.to_path_buf(),
+            what: "a LLaDA2 config",
+            source,
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))

@@ -47,7 +47,9 @@ pub enum Error {
     #[error("tensor {name} has dtype {dtype}; llada loads f32, bf16 and f16 weights")]
     UnsupportedDtype { name: String, dtype: String },
 
-    #[error("no tokenizer at {path}: text prompts need the model's tokenizer.json (or pass token ids)")]
+    #[error(
+        "no tokenizer at {path}: text prompts need the model's tokenizer.json (or pass token ids)"
+    )]
     MissingTokenizer { path: PathBuf },
 
     #[error("tokenizer {path} cannot be loaded: {message}")]

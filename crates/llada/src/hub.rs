@@ -30,7 +30,8 @@ impl RepoId {
             !s.is_empty()
                 && s != "."
                 && s != ".."
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
         if parts.next().is_some() || !valid(org) || !valid(name) {
             return None;
@@ -163,7 +164,10 @@ mod tests {
     #[test]
     fn repo_ids_parse() {
         let id = RepoId::parse("inclusionAI/LLaDA2.0-mini").unwrap();
-        assert_eq!((id.repo.as_str(), id.revision.as_str()), ("inclusionAI/LLaDA2.0-mini", "main"));
+        assert_eq!(
+            (id.repo.as_str(), id.revision.as_str()),
+            ("inclusionAI/LLaDA2.0-mini", "main")
+        );
         let id = RepoId::parse("a/b@v1.0").unwrap();
         assert_eq!(id.revision, "v1.0");
         for bad in ["model", "./x/y", "/abs/path", "a/b/c", "a/", "a/b@", "../x"] {
@@ -186,6 +190,9 @@ mod tests {
         assert_eq!(find_in_cache(cache.path(), &by_hash), Some(snap));
         let missing = RepoId::parse("org/tiny@v2").unwrap();
         assert_eq!(find_in_cache(cache.path(), &missing), None);
-        assert_eq!(find_in_cache(cache.path(), &RepoId::parse("org/other").unwrap()), None);
+        assert_eq!(
+            find_in_cache(cache.path(), &RepoId::parse("org/other").unwrap()),
+            None
+        );
     }
 }

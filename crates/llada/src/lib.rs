@@ -8,6 +8,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod hub;
 pub mod model;
 pub mod quant;
@@ -27,9 +28,9 @@ pub use generate::{
     generate, generate_observed, BlockView, GenerateOutput, GenerateParams, GenerateStats, Observer,
 };
 pub use model::Llada2Model;
+pub use quant::Quant;
 pub use sampling::SamplingParams;
 pub use tokenizer::{Message, Tokenizer};
-pub use quant::Quant;
 pub use weights::{WeightSource, WeightStore};
 
 pub use candle_core::Device;
@@ -77,8 +78,14 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
 /// As [`load_model`], quantizing the linear layers at load time when `quant` is given.
 pub fn load_model_with(dir: &Path, device: &Device, quant: Option<Quant>) -> Result<LoadedModel> {
     let files = ModelFiles::open(dir)?;
-    let store = WeightStore::open(dir, device, DType::F32)?;
-    let model = Llada2Model::load(&files.config, &store, quant)?;
+    // A folder written by `llada quantize` carries its weights in model.gguf.
+    let model = if dir.join(gguf::GGUF_FILE).is_file() && !dir.join(weights::SINGLE_FILE).exists() {
+        let store = gguf::GgufStore::open(dir, device)?;
+        Llada2Model::load(&files.config, &store, quant)?
+    } else {
+        let store = WeightStore::open(dir, device, DType::F32)?;
+        Llada2Model::load(&files.config, &store, quant)?
+    };
     let tokenizer = if dir.join("tokenizer.json").is_file() {
         Some(Tokenizer::from_dir(dir)?)
     } else {

@@ -59,8 +59,14 @@ impl FromStr for Quant {
 /// A weight matrix `[out, in]` applied as `x @ W^T (+ b)`, dense or quantized.
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
-    Dense { weight: Tensor, bias: Option<Tensor> },
-    Quantized { weight: QMatMul, bias: Option<Tensor> },
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+    },
 }
 
 impl LinearWeight {
@@ -97,7 +103,9 @@ impl LinearWeight {
     /// Bytes the weight occupies in memory.
     pub fn memory_bytes(&self) -> usize {
         match self {
-            LinearWeight::Dense { weight, .. } => weight.elem_count() * weight.dtype().size_in_bytes(),
+            LinearWeight::Dense { weight, .. } => {
+                weight.elem_count() * weight.dtype().size_in_bytes()
+            }
             LinearWeight::Quantized { weight, .. } => match weight {
                 QMatMul::QTensor(q) => q.storage_size_in_bytes(),
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
@@ -126,7 +134,10 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (64, 256), &dev).unwrap();
         let x = Tensor::randn(0f32, 1.0, (3, 256), &dev).unwrap();
-        let dense = LinearWeight::new(w.clone(), None, None).unwrap().forward(&x).unwrap();
+        let dense = LinearWeight::new(w.clone(), None, None)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
         for quant in [Quant::Q8_0, Quant::Q4k] {
             let q = LinearWeight::new(w.clone(), None, Some(quant)).unwrap();
             assert!(matches!(q, LinearWeight::Quantized { .. }));

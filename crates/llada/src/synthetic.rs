@@ -50,7 +50,9 @@ pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
     }
     if let Some(n) = layers {
         if n == 0 {
-            return Err(Error::InvalidRequest("a model needs at least one layer".into()));
+            return Err(Error::InvalidRequest(
+                "a model needs at least one layer".into(),
+            ));
         }
         cfg["num_hidden_layers"] = n.into();
     }
@@ -154,12 +156,38 @@ impl WeightSource for SyntheticSource {
         Error::InvalidRequest(format!("synthetic source cannot make {name}"))
     }
 
-    fn get_linear(&self, name: &str, shape: [usize; 2], quant: Option<Quant>) -> Result<LinearWeight> {
+    fn get_linear(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        quant: Option<Quant>,
+    ) -> Result<LinearWeight> {
         match quant.and_then(|q| q.dtype_for(shape[1])) {
             Some(dtype) if self.recorded.is_none() => self.quantized(name, shape, dtype),
             _ => LinearWeight::new(self.get(name, &shape)?, None, quant),
         }
     }
+}
+
+/// A model of the preset's exact shapes with random weights, built in memory.
+pub fn load_preset(
+    name: &str,
+    layers: Option<usize>,
+    quant: Option<Quant>,
+    seed: u64,
+) -> Result<crate::LoadedModel> {
+    let origin = std::path::PathBuf::from(format!("synthetic:{name}"));
+    let config = Llada2Config::from_json(preset(name, layers)?, &origin)?;
+    let model = crate::model::Llada2Model::load(&config, &SyntheticSource::new(seed), quant)?;
+    Ok(crate::LoadedModel {
+        files: crate::ModelFiles {
+            dir: origin,
+            config,
+            generation: Default::default(),
+        },
+        model,
+        tokenizer: None,
+    })
 }
 
 /// Writes a random model folder (`config.json` from `config`, `generation_config.json`
@@ -183,8 +211,63 @@ pub fn write_random_checkpoint(
         ..SyntheticSource::new(seed)
     };
     crate::model::Llada2Model::load(&cfg, &source, None)?;
-    let tensors = source.recorded.expect("recording").into_inner().expect("lock");
+    let tensors = source
+        .recorded
+        .expect("recording")
+        .into_inner()
+        .expect("lock");
     let path = dir.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Llada2Config {
+        let mut cfg = preset("llada2-mini", Some(2)).unwrap();
+        for (k, v) in [
+            ("vocab_size", 512),
+            ("hidden_size", 256),
+            ("num_attention_heads", 4),
+            ("num_key_value_heads", 2),
+            ("head_dim", 64),
+            ("intermediate_size", 512),
+            ("moe_intermediate_size", 256),
+            ("num_experts", 16),
+        ] {
+            cfg[k] = v.into();
+        }
+        Llada2Config::from_json(cfg, Path::new("test")).unwrap()
+    }
+
+    #[test]
+    fn presets_have_the_published_shapes() {
+        let mini =
+            Llada2Config::from_json(preset("llada2-mini", None).unwrap(), Path::new("m")).unwrap();
+        assert_eq!(
+            (mini.num_hidden_layers, mini.hidden_size, mini.vocab_size),
+            (20, 2048, 157184)
+        );
+        assert_eq!(mini.moe_shape().unwrap().num_experts, 256);
+        let flash = preset("llada2-flash", Some(4)).unwrap();
+        assert_eq!(flash["num_hidden_layers"], 4);
+        assert!(preset("llada2-huge", None).is_err());
+        assert!(preset("llada2-mini", Some(0)).is_err());
+    }
+
+    #[test]
+    fn random_quantized_blocks_make_a_runnable_smaller_model() {
+        let cfg = small();
+        let dense = crate::model::Llada2Model::load(&cfg, &SyntheticSource::new(1), None).unwrap();
+        for quant in [Quant::Q8_0, Quant::Q4k] {
+            let q = crate::model::Llada2Model::load(&cfg, &SyntheticSource::new(1), Some(quant))
+                .unwrap();
+            assert!(q.weight_bytes() * 3 < dense.weight_bytes(), "{quant:?}");
+            let logits = q.forward_full(&[1, 2, 3, 4, 5], 4).unwrap();
+            let finite = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(finite.iter().all(|v| v.is_finite()), "{quant:?}");
+        }
+    }
 }

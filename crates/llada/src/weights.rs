@@ -32,7 +32,12 @@ pub trait WeightSource {
     }
 
     /// Loads the matrix `name` (`[out, in]`) for a linear layer, quantized if asked.
-    fn get_linear(&self, name: &str, shape: [usize; 2], quant: Option<Quant>) -> Result<LinearWeight> {
+    fn get_linear(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        quant: Option<Quant>,
+    ) -> Result<LinearWeight> {
         LinearWeight::new(self.get(name, &shape)?, None, quant)
     }
 }
@@ -115,6 +120,20 @@ impl WeightStore {
 
     pub fn shard_count(&self) -> usize {
         self.files.len()
+    }
+
+    /// Every tensor's name and shape, sorted by name.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out: Vec<(String, Vec<usize>)> = self
+            .files
+            .iter()
+            .flat_map(|(_, st)| st.tensors())
+            .filter(|(name, _)| self.routing.contains_key(name))
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
     }
 }
 

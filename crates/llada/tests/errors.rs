@@ -185,7 +185,7 @@ fn bad_requests_are_rejected_with_reasons() {
     };
     // 1024 positions of context: a prompt of 1000 plus 100 new tokens does not fit.
     let long: Vec<u32> = vec![5; 1000];
-    let mut p = base;
+    let mut p = base.clone();
     p.gen_length = 100;
     assert!(matches!(
         run(&long, &p),
@@ -210,7 +210,7 @@ fn bad_requests_are_rejected_with_reasons() {
         (|p| p.sampling.top_p = Some(1.5), "top_p"),
         (|p| p.mask_id = 9999, "mask id"),
     ] {
-        let mut p = base;
+        let mut p = base.clone();
         edit(&mut p);
         let msg = run(&[1, 2, 3], &p).to_string();
         assert!(msg.contains(needle), "{needle}: {msg}");

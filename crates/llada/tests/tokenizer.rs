@@ -96,7 +96,10 @@ fn streaming_never_splits_a_utf8_character() {
     let mut pieces = Vec::new();
     for id in &ids {
         let piece = stream.push(&[*id]).unwrap();
-        assert!(!piece.contains('\u{FFFD}'), "half a character emitted: {piece:?}");
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "half a character emitted: {piece:?}"
+        );
         pieces.push(piece);
     }
     assert_eq!(pieces.concat(), text);
@@ -135,8 +138,14 @@ fn missing_tokenizer_and_broken_template_are_clear_errors() {
         tmp.path().join("tokenizer.json"),
     )
     .unwrap();
-    std::fs::write(tmp.path().join("tokenizer_config.json"), r#"{"chat_template": "{% if %}"}"#)
-        .unwrap();
+    std::fs::write(
+        tmp.path().join("tokenizer_config.json"),
+        r#"{"chat_template": "{% if %}"}"#,
+    )
+    .unwrap();
     let err = Tokenizer::from_dir(tmp.path()).err().unwrap().to_string();
-    assert!(err.contains("tokenizer_config.json") && err.contains("compile"), "{err}");
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("compile"),
+        "{err}"
+    );
 }

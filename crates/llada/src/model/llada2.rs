@@ -90,6 +90,19 @@ impl Rotary {
     }
 }
 
+/// Whether `name` is a matrix the model applies as a linear layer (and so may be
+/// quantized): attention, MLP/expert projections and lm_head, not the router.
+pub fn is_linear_weight(name: &str) -> bool {
+    name == "lm_head.weight"
+        || [
+            ".attention.query_key_value.weight",
+            ".attention.dense.weight",
+            "_proj.weight",
+        ]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
 /// Which matrices are quantized: every linear layer but the router.
 #[derive(Clone, Copy)]
 struct Load<'a> {
@@ -99,14 +112,22 @@ struct Load<'a> {
 
 impl Load<'_> {
     fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<LinearWeight> {
-        let weight = self.src.get_linear(&format!("{name}.weight"), [out, inp], self.quant)?;
+        let weight = self
+            .src
+            .get_linear(&format!("{name}.weight"), [out, inp], self.quant)?;
         if !bias {
             return Ok(weight);
         }
         let b = self.src.get(&format!("{name}.bias"), &[out])?;
         Ok(match weight {
-            LinearWeight::Dense { weight, .. } => LinearWeight::Dense { weight, bias: Some(b) },
-            LinearWeight::Quantized { weight, .. } => LinearWeight::Quantized { weight, bias: Some(b) },
+            LinearWeight::Dense { weight, .. } => LinearWeight::Dense {
+                weight,
+                bias: Some(b),
+            },
+            LinearWeight::Quantized { weight, .. } => LinearWeight::Quantized {
+                weight,
+                bias: Some(b),
+            },
         })
     }
 }
@@ -225,13 +246,7 @@ impl SparseMoe {
             None => vec![0.0; e],
         };
         let experts = (0..e)
-            .map(|i| {
-                Mlp::load(ld,
-                    &format!("{prefix}.experts.{i}"),
-                    h,
-                    shape.intermediate,
-                )
-            })
+            .map(|i| Mlp::load(ld, &format!("{prefix}.experts.{i}"), h, shape.intermediate))
             .collect::<Result<Vec<_>>>()?;
         let shared = if shape.shared_intermediate > 0 {
             Some(Mlp::load(
@@ -426,7 +441,11 @@ struct SeqPlan {
 
 impl Llada2Model {
     /// Builds the model from `store`; `quant` quantizes every linear layer but the router.
-    pub fn load(cfg: &Llada2Config, store: &dyn WeightSource, quant: Option<Quant>) -> Result<Self> {
+    pub fn load(
+        cfg: &Llada2Config,
+        store: &dyn WeightSource,
+        quant: Option<Quant>,
+    ) -> Result<Self> {
         let ld = Load { src: store, quant };
         let h = cfg.hidden_size;
         let v = cfg.vocab_size;

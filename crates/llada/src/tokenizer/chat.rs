@@ -49,9 +49,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| format!("chat template does not compile: {e:#}"))?;
         Ok(Self {
@@ -120,15 +123,23 @@ mod tests {
     #[test]
     fn unknown_roles_and_broken_templates_are_errors() {
         let t = ChatTemplate::new(FALLBACK_TEMPLATE).unwrap();
-        let err = t.render(&[Message::new("robot", "x")], true, None, None).unwrap_err();
+        let err = t
+            .render(&[Message::new("robot", "x")], true, None, None)
+            .unwrap_err();
         assert!(err.contains("unknown chat role: robot"), "{err}");
-        let err = ChatTemplate::new("{% for %}").err().expect("must not compile");
+        let err = ChatTemplate::new("{% for %}")
+            .err()
+            .expect("must not compile");
         assert!(err.contains("does not compile"), "{err}");
     }
 
     #[test]
     fn python_string_methods_work() {
         let t = ChatTemplate::new("{{ messages[0]['content'].strip().upper() }}").unwrap();
-        assert_eq!(t.render(&[Message::new("user", "  hi ")], false, None, None).unwrap(), "HI");
+        assert_eq!(
+            t.render(&[Message::new("user", "  hi ")], false, None, None)
+                .unwrap(),
+            "HI"
+        );
     }
 }

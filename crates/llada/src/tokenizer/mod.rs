@@ -72,9 +72,7 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(Error::MissingTokenizer {
-                path,
-            });
+            return Err(Error::MissingTokenizer { path });
         }
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
             path: path.clone(),
@@ -94,8 +92,8 @@ impl Tokenizer {
         };
         let template_file = dir.join("chat_template.jinja");
         let (source, origin): (String, PathBuf) = if template_file.is_file() {
-            let text =
-                std::fs::read_to_string(&template_file).map_err(|e| Error::io(&template_file, e))?;
+            let text = std::fs::read_to_string(&template_file)
+                .map_err(|e| Error::io(&template_file, e))?;
             (text, template_file)
         } else {
             match config.chat_template {
@@ -184,7 +182,11 @@ impl Tokenizer {
     }
 
     /// Token ids of the chat prompt, as `apply_chat_template(..., tokenize=True)` gives.
-    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
         self.encode(&self.render_chat(messages, add_generation_prompt)?)
     }
 

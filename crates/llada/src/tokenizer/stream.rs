@@ -31,7 +31,9 @@ impl<'a> StreamDecoder<'a> {
         let before = self
             .tokenizer
             .decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
-        let now = self.tokenizer.decode(&self.ids[self.prefix_offset..], skip)?;
+        let now = self
+            .tokenizer
+            .decode(&self.ids[self.prefix_offset..], skip)?;
         if now.ends_with('\u{FFFD}') {
             return Ok(String::new());
         }
