@@ -13,6 +13,17 @@ use crate::error::{Error, Result};
 pub const ARCHITECTURE: &str = "LLaDA2MoeModelLM";
 pub const MODEL_TYPE: &str = "llada2_moe";
 
+/// The files of a model folder besides its weights (absent ones are fine): what
+/// `llada download` fetches and `llada quantize` copies.
+pub const COMPANION_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+];
+
 /// LLaDA2 defaults for the special tokens, used when no config names them.
 pub const DEFAULT_MASK_ID: u32 = 156_895;
 pub const DEFAULT_EOS_ID: u32 = 156_892;

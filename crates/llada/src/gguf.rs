@@ -3,7 +3,6 @@
 //! blocks, everything else f32) next to copies of its config and tokenizer files, so the
 //! next load needs no quantization pass. Such a folder loads like any other.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -20,16 +19,6 @@ use crate::weights::{WeightSource, WeightStore};
 
 pub const GGUF_FILE: &str = "model.gguf";
 const QUANT_KEY: &str = "llada.quantization";
-
-/// Files copied next to the quantized weights.
-const COMPANION_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-];
 
 /// What [`quantize_checkpoint`] wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +52,7 @@ pub fn quantize_checkpoint(src: &Path, out: &Path, quant: Quant) -> Result<Quant
         tensors.push((name, q));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    for file in COMPANION_FILES {
+    for file in crate::config::COMPANION_FILES {
         let from = src.join(file);
         if from.is_file() {
             std::fs::copy(&from, out.join(file)).map_err(|e| Error::io(&from, e))?;
@@ -190,14 +179,4 @@ impl WeightSource for GgufStore {
         }
         LinearWeight::from_qtensor(q, None)
     }
-}
-
-/// Tensor names of a GGUF file, for diagnostics.
-pub fn tensor_names(store: &GgufStore) -> HashMap<String, Vec<usize>> {
-    store
-        .content
-        .tensor_infos
-        .iter()
-        .map(|(k, v)| (k.clone(), v.shape.dims().to_vec()))
-        .collect()
 }

@@ -100,16 +100,6 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     }
 }
 
-/// Files `download` fetches besides the weights; absent ones are skipped.
-const MODEL_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-];
-
 /// Downloads a model repo into the HF cache (same layout `huggingface_hub` writes) and
 /// returns its snapshot folder.
 pub fn download(id: &RepoId, progress: bool) -> Result<PathBuf> {
@@ -132,7 +122,7 @@ pub fn download(id: &RepoId, progress: bool) -> Result<PathBuf> {
     ));
     let info = repo.info().map_err(net)?;
     let listed: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
-    let mut wanted: Vec<String> = MODEL_FILES
+    let mut wanted: Vec<String> = crate::config::COMPANION_FILES
         .iter()
         .filter(|f| listed.iter().any(|l| l == *f))
         .map(|f| f.to_string())

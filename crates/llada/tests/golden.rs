@@ -4,8 +4,8 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{fixture_dir, golden, load_fixture};
-use llada::{generate, DecoderConfig};
+use common::{fixture_dir, generate_cases, golden, load_fixture};
+use llada::generate;
 
 #[test]
 fn forward_logits_match_the_reference() {
@@ -46,26 +46,11 @@ fn generate_matches_the_reference_with_and_without_cache() {
     let defaults = loaded.default_params();
     assert_eq!((defaults.mask_id, defaults.eos_id), (mask, file_eos));
     assert!(defaults.extra_stop_ids.is_empty());
-    let gen_cases = cases["generate"].as_array().unwrap();
+    let gen_cases = generate_cases(&loaded);
     assert!(gen_cases.len() >= 8);
-    for (n, case) in gen_cases.iter().enumerate() {
-        let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
-        let want: Vec<u32> = serde_json::from_value(case["output_ids"].clone()).unwrap();
-        let want_steps = case["denoising_forwards"].as_u64().unwrap() as usize;
-        let mut params = loaded.default_params();
-        params.gen_length = case["gen_length"].as_u64().unwrap() as usize;
-        params.block_length = case["block_length"].as_u64().unwrap() as usize;
-        params.steps = case["steps"].as_u64().unwrap() as usize;
-        params.decoder = DecoderConfig::Threshold {
-            threshold: case["threshold"].as_f64().unwrap() as f32,
-        };
-        if let Some(eos) = case.get("eos_id").and_then(|v| v.as_u64()) {
-            params.eos_id = eos as u32;
-        }
-        params.eos_early_stop = case
-            .get("eos_early_stop")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+    for (n, case) in gen_cases.into_iter().enumerate() {
+        let (prompt, want, want_steps) = (case.prompt, case.output_ids, case.denoising_forwards);
+        let mut params = case.params;
         for use_cache in [false, true] {
             params.use_cache = use_cache;
             let mut streamed = Vec::new();

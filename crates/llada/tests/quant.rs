@@ -6,8 +6,8 @@
 mod common;
 
 use candle_core::Device;
-use common::{fixture_dir, golden};
-use llada::{generate, load_model, load_model_with, DecoderConfig, LoadedModel, Quant};
+use common::{fixture_dir, generate_cases, golden};
+use llada::{generate, load_model, load_model_with, LoadedModel, Quant};
 
 /// Max and mean |logit difference| and the share of positions whose argmax agrees.
 fn logits_distance(a: &LoadedModel, b: &LoadedModel) -> (f32, f32, f32) {
@@ -39,29 +39,16 @@ fn logits_distance(a: &LoadedModel, b: &LoadedModel) -> (f32, f32, f32) {
 
 /// How many golden generate cases give exactly the reference ids.
 fn golden_agreement(m: &LoadedModel) -> (usize, usize) {
-    let cases = golden()["generate"].as_array().unwrap().clone();
-    let mut agree = 0;
-    for case in &cases {
-        let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
-        let want: Vec<u32> = serde_json::from_value(case["output_ids"].clone()).unwrap();
-        let mut p = m.default_params();
-        p.gen_length = case["gen_length"].as_u64().unwrap() as usize;
-        p.block_length = case["block_length"].as_u64().unwrap() as usize;
-        p.steps = case["steps"].as_u64().unwrap() as usize;
-        p.decoder = DecoderConfig::Threshold {
-            threshold: case["threshold"].as_f64().unwrap() as f32,
-        };
-        if let Some(eos) = case.get("eos_id").and_then(|v| v.as_u64()) {
-            p.eos_id = eos as u32;
-        }
-        p.eos_early_stop = case
-            .get("eos_early_stop")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        if generate(&m.model, &prompt, &p, &mut |_| {}).unwrap().ids == want {
-            agree += 1;
-        }
-    }
+    let cases = generate_cases(m);
+    let agree = cases
+        .iter()
+        .filter(|c| {
+            generate(&m.model, &c.prompt, &c.params, &mut |_| {})
+                .unwrap()
+                .ids
+                == c.output_ids
+        })
+        .count();
     (agree, cases.len())
 }
 

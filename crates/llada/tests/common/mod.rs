@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use llada::{load_model, LoadedModel};
+use llada::{load_model, DecoderConfig, GenerateParams, LoadedModel};
 
 /// `../shared/golden/llada2-tiny`, found from the workspace root.
 pub fn fixture_dir() -> PathBuf {
@@ -25,6 +25,46 @@ pub fn load_fixture() -> LoadedModel {
 pub fn golden() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture_dir().join("cases.json")).unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+/// One golden generate case: its prompt, the reference answer, the reference's
+/// denoising step count, and `model`'s parameters set as the case asks.
+pub struct GenerateCase {
+    pub prompt: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub denoising_forwards: usize,
+    pub params: GenerateParams,
+}
+
+pub fn generate_cases(model: &LoadedModel) -> Vec<GenerateCase> {
+    let field = |case: &serde_json::Value, k: &str| case[k].as_u64().unwrap() as usize;
+    golden()["generate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| {
+            let mut params = model.default_params();
+            params.gen_length = field(case, "gen_length");
+            params.block_length = field(case, "block_length");
+            params.steps = field(case, "steps");
+            params.decoder = DecoderConfig::Threshold {
+                threshold: case["threshold"].as_f64().unwrap() as f32,
+            };
+            if let Some(eos) = case.get("eos_id").and_then(|v| v.as_u64()) {
+                params.eos_id = eos as u32;
+            }
+            params.eos_early_stop = case
+                .get("eos_early_stop")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            GenerateCase {
+                prompt: serde_json::from_value(case["prompt_ids"].clone()).unwrap(),
+                output_ids: serde_json::from_value(case["output_ids"].clone()).unwrap(),
+                denoising_forwards: field(case, "denoising_forwards"),
+                params,
+            }
+        })
+        .collect()
 }
 
 pub mod naive;
