@@ -7,6 +7,7 @@ mod chat;
 mod download;
 mod generate_cmd;
 mod quantize;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Write a quantized copy of a model (q8_0 or q4k GGUF weights) for fast loading.
     Quantize(quantize::QuantizeArgs),
+    /// Training: `llada train tokenizer` (more stages to come).
+    Train(train::TrainArgs),
     /// Download a model from the Hugging Face Hub into the local cache.
     Download(download::DownloadArgs),
 }
@@ -51,6 +54,7 @@ fn main() {
         Command::Download(a) => download::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Train(a) => train::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -243,25 +243,49 @@ fn quantize_writes_a_folder_that_generate_loads() {
     let dest = out.path().join("tiny-q8");
     let model = golden();
     let q = llada(
-        &["quantize", "--model", model.to_str().unwrap(), "--quant", "q8_0", "--out", dest.to_str().unwrap()],
+        &[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--quant",
+            "q8_0",
+            "--out",
+            dest.to_str().unwrap(),
+        ],
         &[],
         None,
     );
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     assert!(String::from_utf8_lossy(&q.stdout).contains("quantized to q8_0"));
     let run = |m: &str, extra: &[&str]| {
-        let mut args = vec!["generate", "--model", m, "--prompt-ids", "4,5,6", "--gen-length", "8", "--json"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--prompt-ids",
+            "4,5,6",
+            "--gen-length",
+            "8",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let o = llada(&args, &[], None);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["output_ids"].clone()
     };
-    assert_eq!(run(dest.to_str().unwrap(), &[]), run(model.to_str().unwrap(), &["--quant", "q8_0"]));
+    assert_eq!(
+        run(dest.to_str().unwrap(), &[]),
+        run(model.to_str().unwrap(), &["--quant", "q8_0"])
+    );
 }
 
 #[test]
 fn synthetic_bench_rejects_unknown_models() {
-    let o = llada(&["bench", "--synthetic", "llada9-giant", "--runs", "1"], &[], None);
+    let o = llada(
+        &["bench", "--synthetic", "llada9-giant", "--runs", "1"],
+        &[],
+        None,
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("llada2-mini"));
 }

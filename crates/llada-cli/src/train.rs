@@ -1,0 +1,49 @@
+//! `llada train ...`: the training pipeline's commands.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use llada_train::tokenizer::{train_tokenizer, TokenizerTraining};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    pub command: TrainCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Train a byte-level BPE tokenizer with LLaDA2's special tokens and chat template.
+    Tokenizer(TokenizerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizerArgs {
+    /// Plain-text files to learn from.
+    #[arg(long = "input", short = 'i', required = true, num_args = 1..)]
+    pub inputs: Vec<PathBuf>,
+    /// Vocabulary size, special tokens included.
+    #[arg(long, default_value_t = 4096)]
+    pub vocab_size: usize,
+    /// Least count for a merge.
+    #[arg(long, default_value_t = 2)]
+    pub min_frequency: u64,
+    /// Output folder (tokenizer.json, tokenizer_config.json).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    match args.command {
+        TrainCommand::Tokenizer(a) => {
+            let opts = TokenizerTraining {
+                vocab_size: a.vocab_size,
+                min_frequency: a.min_frequency,
+            };
+            train_tokenizer(&a.inputs, &opts, &a.out)?;
+            println!("wrote {}", a.out.join("tokenizer.json").display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! llada-train: turning text into LLaDA2-style block-diffusion models.
+//!
+//! So far: the byte-level BPE tokenizer a new model starts from, and the noising and
+//! attention masks of block-diffusion training.
+
+pub mod noise;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tokenizer training failed: {0}")]
+    Tokenizer(String),
+    #[error("invalid training input: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Engine(#[from] llada::Error),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never
+/// leaves a half-written file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let err = |source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
