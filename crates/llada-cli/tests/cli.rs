@@ -159,3 +159,33 @@ fn bench_prints_cached_and_baseline_rows() {
         assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn train_tokenizer_writes_a_loadable_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("text.txt");
+    std::fs::write(&corpus, "Now is the winter of our discontent\n".repeat(30)).unwrap();
+    let out = tmp.path().join("tok");
+    let o = llada(&[
+        "train",
+        "tokenizer",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--vocab-size",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("tokenizer.json").is_file() && out.join("tokenizer_config.json").is_file());
+    let o = llada(&[
+        "train",
+        "tokenizer",
+        "--input",
+        "/no/such.txt",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such.txt"));
+}

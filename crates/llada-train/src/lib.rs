@@ -4,6 +4,7 @@
 //! attention masks of block-diffusion training.
 
 pub mod noise;
+pub mod schedule;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
