@@ -3,7 +3,9 @@
 //! So far: the byte-level BPE tokenizer a new model starts from, and the noising and
 //! attention masks of block-diffusion training.
 
+pub mod loss;
 pub mod noise;
+pub mod params;
 pub mod schedule;
 pub mod tokenizer;
 
@@ -29,6 +31,12 @@ pub enum TrainError {
     Invalid(String),
     #[error(transparent)]
     Engine(#[from] llada::Error),
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Engine(llada::Error::Candle(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

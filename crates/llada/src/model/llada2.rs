@@ -27,7 +27,13 @@ pub struct SeqStep<'a> {
     pub cache: &'a mut KvCache,
 }
 
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+/// RMSNorm: candle's fused kernel for inference; plain ops (which have gradients) when
+/// training.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, train: bool) -> candle_core::Result<Tensor> {
+    if train {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        return x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight);
+    }
     candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
@@ -54,10 +60,19 @@ impl Rotary {
     }
 
     fn slice(&self, start: usize, len: usize, device: &Device) -> Result<RopeSlice> {
+        self.at(start..start + len, device)
+    }
+
+    fn at(
+        &self,
+        positions: impl ExactSizeIterator<Item = usize>,
+        device: &Device,
+    ) -> Result<RopeSlice> {
         let half = self.rope_dim / 2;
+        let len = positions.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
-        for pos in start..start + len {
+        for pos in positions {
             for &f in &self.inv_freq {
                 let angle = pos as f32 * f;
                 cos.push(angle.cos());
@@ -176,13 +191,33 @@ struct Route {
 }
 
 impl Router {
-    fn route(&self, x: &Tensor) -> Result<Vec<Route>> {
-        // Router logits in f32, as `router_dtype: fp32` asks.
-        let logits = x
-            .to_dtype(DType::F32)?
-            .matmul(&self.weight.t()?)?
-            .to_vec2::<f32>()?;
-        Ok(logits.iter().map(|row| self.route_token(row)).collect())
+    /// Expert choices per token and the router logits `[tokens, experts]` (f32, as
+    /// `router_dtype: fp32` asks).
+    fn route(&self, x: &Tensor) -> Result<(Vec<Route>, Tensor)> {
+        let logits = x.to_dtype(DType::F32)?.matmul(&self.weight.t()?)?;
+        let rows = logits.to_vec2::<f32>()?;
+        Ok((
+            rows.iter().map(|row| self.route_token(row)).collect(),
+            logits,
+        ))
+    }
+
+    /// The routing weights of `routes` as a tensor `[tokens * k]` that carries gradients
+    /// to the router (selection itself is discrete, as in the reference).
+    fn weights_with_grad(&self, routes: &[Route], logits: &Tensor) -> Result<Tensor> {
+        let k = self.shape.experts_per_token;
+        let idx: Vec<u32> = routes
+            .iter()
+            .flat_map(|r| r.experts.iter().map(|&e| e as u32))
+            .collect();
+        let idx = Tensor::from_vec(idx, (routes.len(), k), logits.device())?;
+        let chosen = candle_nn::ops::sigmoid(logits)?.gather(&idx, 1)?;
+        let weights = if k > 1 {
+            chosen.broadcast_div(&(chosen.sum_keepdim(1)? + 1e-20)?)?
+        } else {
+            chosen
+        };
+        Ok((weights * self.scaling as f64)?.flatten_all()?)
     }
 
     fn route_token(&self, logits: &[f32]) -> Route {
@@ -271,17 +306,28 @@ impl SparseMoe {
     }
 
     /// Tokens are grouped by expert so each expert runs once per step on all its tokens.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let routes = self.router.route(x)?;
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (routes, logits) = self.router.route(x)?;
+        let k = self.router.shape.experts_per_token;
+        let device = x.device();
+        let weights = if train {
+            self.router.weights_with_grad(&routes, &logits)?
+        } else {
+            let flat: Vec<f32> = routes
+                .iter()
+                .flat_map(|r| r.weights.iter().copied())
+                .collect();
+            Tensor::from_vec(flat, routes.len() * k, device)?
+        };
+        // For each expert: the tokens it serves and their slot in `weights`.
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
-        let mut weights: Vec<Vec<f32>> = vec![Vec::new(); self.experts.len()];
+        let mut slots: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
         for (token, route) in routes.iter().enumerate() {
-            for (&e, &w) in route.experts.iter().zip(&route.weights) {
+            for (j, &e) in route.experts.iter().enumerate() {
                 rows[e].push(token as u32);
-                weights[e].push(w);
+                slots[e].push((token * k + j) as u32);
             }
         }
-        let device = x.device();
         let mut outputs = Vec::new();
         let mut all_rows = Vec::new();
         for (e, expert) in self.experts.iter().enumerate() {
@@ -291,7 +337,8 @@ impl SparseMoe {
             let n = rows[e].len();
             let index = Tensor::new(rows[e].as_slice(), device)?;
             let y = expert.forward(&x.index_select(&index, 0)?)?;
-            let w = Tensor::from_vec(std::mem::take(&mut weights[e]), (n, 1), device)?;
+            let slot = Tensor::new(slots[e].as_slice(), device)?;
+            let w = weights.index_select(&slot, 0)?.reshape((n, 1))?;
             outputs.push(y.broadcast_mul(&w)?);
             all_rows.extend_from_slice(&rows[e]);
         }
@@ -311,10 +358,10 @@ enum FeedForward {
 }
 
 impl FeedForward {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             FeedForward::Dense(mlp) => Ok(mlp.forward(x)?),
-            FeedForward::Moe(moe) => moe.forward(x),
+            FeedForward::Moe(moe) => moe.forward(x, train),
         }
     }
 }
@@ -368,11 +415,12 @@ impl Attention {
     fn attend(
         &self,
         x: &Tensor,
-        layer: usize,
         rotary: &Rotary,
-        plan: &SeqPlan,
-        step: &mut SeqStep<'_>,
+        rope: &RopeSlice,
+        mask: Option<&Tensor>,
+        kv: Kv<'_>,
     ) -> Result<Tensor> {
+        let train = matches!(kv, Kv::Train);
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let len = x.dim(0)?;
         let qkv = self
@@ -387,24 +435,31 @@ impl Attention {
             .contiguous()?;
         // QK-norm comes before RoPE.
         if let Some(w) = &self.query_layernorm {
-            q = rms_norm(&q, w, self.eps)?;
+            q = rms_norm(&q, w, self.eps, train)?;
         }
         if let Some(w) = &self.key_layernorm {
-            k = rms_norm(&k, w, self.eps)?;
+            k = rms_norm(&k, w, self.eps, train)?;
         }
-        let q = rotary.apply(&q.transpose(0, 1)?.contiguous()?, &plan.rope)?;
-        let k = rotary.apply(&k.transpose(0, 1)?.contiguous()?, &plan.rope)?;
+        let q = rotary.apply(&q.transpose(0, 1)?.contiguous()?, rope)?;
+        let k = rotary.apply(&k.transpose(0, 1)?.contiguous()?, rope)?;
 
-        let (k_all, v_all) = step.cache.write_and_view(layer, &k, &v)?;
+        let (k_all, v_all) = match kv {
+            Kv::Cache { cache, layer } => cache.write_and_view(layer, &k, &v)?,
+            Kv::Train => (k, v),
+        };
         // GQA without copying K/V: query heads of one KV group are adjacent, so
         // [heads, len, d] regroups to [kv_heads, group * len, d].
         let group = nh / nkv;
         let q = (q * (d as f64).powf(-0.5))?.reshape((nkv, group * len, d))?;
         let mut scores = q.matmul(&k_all.t()?)?;
-        if let Some(mask) = &plan.mask {
+        if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if train {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let out = probs
             .matmul(&v_all)?
             .reshape((nh, len, d))?
@@ -412,6 +467,16 @@ impl Attention {
             .reshape((len, nh * d))?;
         Ok(out)
     }
+}
+
+/// Where attention keys/values go: the sequence's cache (inference), or nowhere, with
+/// differentiable ops throughout (training).
+enum Kv<'a> {
+    Cache {
+        cache: &'a mut KvCache,
+        layer: usize,
+    },
+    Train,
 }
 
 struct DecoderLayer {
@@ -543,28 +608,28 @@ impl Llada2Model {
             ids.extend_from_slice(step.tokens);
         }
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let mut h = self.word_embeddings.forward(&ids)?;
-        for (li, layer) in self.layers.iter().enumerate() {
-            let a = rms_norm(&h, &layer.input_layernorm, self.cfg.rms_norm_eps)?;
+        let h = self.run_layers(&ids, false, |li, attention, a| {
             let mut heads = Vec::with_capacity(batch.len());
             for (step, plan) in batch.iter_mut().zip(&plans) {
-                heads.push(layer.attention.attend(
-                    &a.narrow(0, plan.offset, plan.len)?,
-                    li,
+                let kv = Kv::Cache {
+                    cache: &mut *step.cache,
+                    layer: li,
+                };
+                let x = a.narrow(0, plan.offset, plan.len)?;
+                heads.push(attention.attend(
+                    &x,
                     &self.rotary,
-                    plan,
-                    step,
+                    &plan.rope,
+                    plan.mask.as_ref(),
+                    kv,
                 )?);
             }
-            let heads = if heads.len() == 1 {
+            Ok(if heads.len() == 1 {
                 heads.pop().expect("one sequence")
             } else {
                 Tensor::cat(&heads, 0)?
-            };
-            h = (h + layer.attention.dense.forward(&heads)?)?;
-            let b = rms_norm(&h, &layer.post_attention_layernorm, self.cfg.rms_norm_eps)?;
-            h = (h + layer.mlp.forward(&b)?)?;
-        }
+            })
+        })?;
         let mut logits = Vec::with_capacity(batch.len());
         for (step, plan) in batch.iter_mut().zip(&plans) {
             step.cache.advance(step.commit);
@@ -583,10 +648,69 @@ impl Llada2Model {
                 &h.index_select(&rows, 0)?,
                 &self.norm,
                 self.cfg.rms_norm_eps,
+                false,
             )?;
             logits.push(Some(self.lm_head.forward(&x)?.to_dtype(DType::F32)?));
         }
         Ok(logits)
+    }
+
+    /// The decoder stack on `ids`: embeddings, then per layer `attend` (which returns
+    /// the per-head attention outputs for all tokens) and the feed-forward part.
+    fn run_layers(
+        &self,
+        ids: &Tensor,
+        train: bool,
+        mut attend: impl FnMut(usize, &Attention, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let mut h = self.word_embeddings.forward(ids)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let a = rms_norm(&h, &layer.input_layernorm, eps, train)?;
+            let heads = attend(li, &layer.attention, &a)?;
+            h = (h + layer.attention.dense.forward(&heads)?)?;
+            let b = rms_norm(&h, &layer.post_attention_layernorm, eps, train)?;
+            h = (h + layer.mlp.forward(&b, train)?)?;
+        }
+        Ok(h)
+    }
+
+    /// Training forward: differentiable ops only, no cache. `tokens` sit at `positions`
+    /// (the 2L `[noisy | clean]` layout repeats positions) under the additive `mask`
+    /// (`[n, n]`, 0 visible / -inf hidden). Returns the logits of every token.
+    pub fn forward_train(
+        &self,
+        tokens: &[u32],
+        positions: &[u32],
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        if positions.len() != n || mask.dims() != [n, n] {
+            return Err(Error::InvalidRequest(format!(
+                "training forward: {n} tokens need {n} positions and a [{n}, {n}] mask (got {} and {:?})",
+                positions.len(),
+                mask.dims()
+            )));
+        }
+        let vocab = self.cfg.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab });
+        }
+        let rope = self
+            .rotary
+            .at(positions.iter().map(|&p| p as usize), &self.device)?;
+        let group = self.cfg.num_attention_heads / self.cfg.num_key_value_heads;
+        let mask = if group == 1 {
+            mask.clone()
+        } else {
+            Tensor::cat(&vec![mask; group], 0)?
+        };
+        let ids = Tensor::new(tokens, &self.device)?;
+        let h = self.run_layers(&ids, true, |_, attention, a| {
+            attention.attend(a, &self.rotary, &rope, Some(&mask), Kv::Train)
+        })?;
+        let x = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps, true)?;
+        Ok(self.lm_head.forward(&x)?)
     }
 
     /// Full-sequence forward without cache; logits of every position. This is what the

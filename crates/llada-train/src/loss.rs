@@ -1,0 +1,139 @@
+//! Training losses on the shared LLaDA2 model.
+
+use candle_core::{Device, Tensor, D};
+use llada::Llada2Model;
+
+use crate::noise::{block_diffusion_mask, Noised};
+use crate::Result;
+
+/// How the masked cross-entropy of one example is normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// Sum over masked tokens / (t · L): the ELBO weighting of the paper.
+    InverseT,
+    /// Mean over masked tokens (the SFT code).
+    MaskedMean,
+}
+
+/// Per-example loss terms.
+pub struct LossOutput {
+    /// The loss to minimise (scalar).
+    pub loss: Tensor,
+    /// Mean cross-entropy over the masked tokens (for reporting), nats.
+    pub masked_ce: f32,
+    pub masked_tokens: usize,
+}
+
+/// Block-diffusion loss of one sequence: input `[noised | clean]` with positions
+/// `0..L` twice, cross-entropy of the clean tokens at the masked positions of the noisy
+/// half (position i predicts token i, no shift). `cap_weight > 0` adds the CAP term:
+/// the mean entropy at masked positions the model already predicts correctly.
+pub fn block_diffusion_loss(
+    model: &Llada2Model,
+    clean: &[u32],
+    noised: &Noised,
+    block: usize,
+    doc_ids: Option<&[u32]>,
+    weighting: Weighting,
+    cap_weight: f64,
+) -> Result<LossOutput> {
+    let len = clean.len();
+    let device = model.device();
+    let mut tokens = noised.tokens.clone();
+    tokens.extend_from_slice(clean);
+    let positions: Vec<u32> = (0..2 * len as u32).map(|i| i % len as u32).collect();
+    let mask = Tensor::from_vec(
+        block_diffusion_mask(len, block, doc_ids),
+        (2 * len, 2 * len),
+        device,
+    )?;
+    let logits = model.forward_train(&tokens, &positions, &mask)?;
+    let rows: Vec<u32> = (0..len as u32)
+        .filter(|&i| noised.masked[i as usize])
+        .collect();
+    masked_loss(
+        &logits, clean, &rows, noised.t, len, weighting, cap_weight, device,
+    )
+}
+
+/// Autoregressive loss (the `ar` stage): causal attention, position i predicts i + 1.
+pub fn autoregressive_loss(
+    model: &Llada2Model,
+    tokens: &[u32],
+    doc_ids: Option<&[u32]>,
+) -> Result<LossOutput> {
+    let len = tokens.len();
+    let device = model.device();
+    let mask: Vec<f32> = (0..len * len)
+        .map(|i| {
+            let (q, k) = (i / len, i % len);
+            let same_doc = doc_ids.is_none_or(|d| d[q] == d[k]);
+            if k <= q && same_doc {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (len, len), device)?;
+    let positions: Vec<u32> = (0..len as u32).collect();
+    let logits = model.forward_train(tokens, &positions, &mask)?;
+    let inputs = logits.narrow(0, 0, len - 1)?;
+    let targets = Tensor::new(&tokens[1..], device)?;
+    let loss = candle_nn::loss::cross_entropy(&inputs, &targets)?;
+    let masked_ce = loss.to_scalar::<f32>()?;
+    Ok(LossOutput {
+        loss,
+        masked_ce,
+        masked_tokens: len - 1,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn masked_loss(
+    logits: &Tensor,
+    clean: &[u32],
+    rows: &[u32],
+    t: f32,
+    len: usize,
+    weighting: Weighting,
+    cap_weight: f64,
+    device: &Device,
+) -> Result<LossOutput> {
+    let n = rows.len();
+    let index = Tensor::new(rows, device)?;
+    let picked = logits.index_select(&index, 0)?;
+    let targets: Vec<u32> = rows.iter().map(|&r| clean[r as usize]).collect();
+    let targets = Tensor::new(targets.as_slice(), device)?;
+    let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+    let nll = log_probs
+        .gather(&targets.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .neg()?;
+    let sum = nll.sum_all()?;
+    let masked_ce = (sum.to_scalar::<f32>()?) / n.max(1) as f32;
+    let mut loss = match weighting {
+        Weighting::InverseT => (sum / (t as f64 * len as f64))?,
+        Weighting::MaskedMean => (sum / n.max(1) as f64)?,
+    };
+    if cap_weight > 0.0 {
+        // Entropy at the positions whose argmax is already the target.
+        let argmax = picked.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let want = targets.to_vec1::<u32>()?;
+        let correct: Vec<u32> = (0..n as u32)
+            .filter(|&i| argmax[i as usize] == want[i as usize])
+            .collect();
+        if !correct.is_empty() {
+            let idx = Tensor::new(correct.as_slice(), device)?;
+            let lp = log_probs.index_select(&idx, 0)?;
+            let entropy = (lp.exp()? * &lp)?.sum(D::Minus1)?.neg()?.mean_all()?;
+            loss = (loss + (entropy * cap_weight)?)?;
+        }
+    }
+    Ok(LossOutput {
+        loss,
+        masked_ce,
+        masked_tokens: n,
+    })
+}

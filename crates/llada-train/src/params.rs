@@ -1,0 +1,120 @@
+//! Trainable weights: a model whose tensors are candle `Var`s, and saving them as an
+//! HF-layout checkpoint that llada (and the PyTorch code) loads.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{Device, Tensor, Var};
+use llada::quant::{LinearWeight, Quant};
+use llada::{Llada2Config, Llada2Model, WeightSource};
+
+use crate::{Result, TrainError};
+
+/// Wraps a weight source so that every tensor handed to the model is a fresh `Var`
+/// (recorded by name), which the optimizer then updates in place.
+pub struct TrainableSource<'a> {
+    inner: &'a dyn WeightSource,
+    vars: Mutex<Vec<(String, Var)>>,
+}
+
+impl<'a> TrainableSource<'a> {
+    pub fn new(inner: &'a dyn WeightSource) -> Self {
+        Self {
+            inner,
+            vars: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl WeightSource for TrainableSource<'_> {
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+
+    fn get_optional(&self, name: &str, shape: &[usize]) -> llada::Result<Option<Tensor>> {
+        let Some(t) = self.inner.get_optional(name, shape)? else {
+            return Ok(None);
+        };
+        let var = Var::from_tensor(&t)?;
+        let tensor = var.as_tensor().clone();
+        self.vars
+            .lock()
+            .expect("vars lock")
+            .push((name.to_string(), var));
+        Ok(Some(tensor))
+    }
+
+    fn missing(&self, name: &str) -> llada::Error {
+        self.inner.missing(name)
+    }
+
+    /// Trainable matrices stay dense f32.
+    fn get_linear(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        _quant: Option<Quant>,
+    ) -> llada::Result<LinearWeight> {
+        LinearWeight::new(self.get(name, &shape)?, None, None)
+    }
+}
+
+/// A model and its parameters by HF name.
+pub struct TrainableModel {
+    pub model: Llada2Model,
+    pub config: Llada2Config,
+    pub params: Vec<(String, Var)>,
+}
+
+impl TrainableModel {
+    /// Builds the model from `source` (a checkpoint, or random init) with `Var` weights.
+    /// The router's `expert_bias` is a buffer, not a parameter: it is not trained.
+    pub fn new(config: &Llada2Config, source: &dyn WeightSource) -> Result<Self> {
+        let trainable = TrainableSource::new(source);
+        let model = Llada2Model::load(config, &trainable, None)?;
+        let mut params = trainable.vars.into_inner().expect("vars lock");
+        params.retain(|(name, _)| !name.ends_with("expert_bias"));
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            model,
+            config: config.clone(),
+            params,
+        })
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// The current weights by name (expert_bias buffers included, from `source`).
+    pub fn tensors(&self, buffers: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+        let mut out: HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect();
+        out.extend(buffers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out
+    }
+}
+
+/// Saves `tensors` as `dir/model.safetensors` via a temporary file and a rename.
+pub fn save_safetensors(dir: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join("model.safetensors");
+    let tmp = dir.join("model.safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp)?;
+    std::fs::rename(&tmp, &path).map_err(|source| TrainError::Write { path, source })
+}
