@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use llada_train::recipe::Recipe;
 use llada_train::tokenizer::{train_tokenizer, TokenizerTraining};
+use llada_train::trainer::{self, RunOptions, RunOutcome};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -16,6 +18,20 @@ pub struct TrainArgs {
 pub enum TrainCommand {
     /// Train a byte-level BPE tokenizer with LLaDA2's special tokens and chat template.
     Tokenizer(TokenizerArgs),
+    /// Run (or resume) the stages of a recipe: ar, wsd (conversion), sft.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The recipe (TOML); running it again resumes from the latest checkpoints.
+    pub recipe: PathBuf,
+    /// Stop after this many optimizer steps (resume later by running again).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +59,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
             };
             train_tokenizer(&a.inputs, &opts, &a.out)?;
             println!("wrote {}", a.out.join("tokenizer.json").display());
+            Ok(())
+        }
+        TrainCommand::Run(a) => {
+            let recipe = Recipe::load(&a.recipe)?;
+            let opts = RunOptions {
+                quiet: a.quiet,
+                max_steps: a.max_steps,
+            };
+            match trainer::run(&recipe, &opts)? {
+                RunOutcome::Finished(dir) => {
+                    println!("finished: {}", dir.display());
+                    eprintln!("chat with it: llada chat --model {}", dir.display());
+                }
+                RunOutcome::Stopped { stage, step } => {
+                    println!("stopped in stage {stage}; last checkpoint at step {step}");
+                    eprintln!("resume with: llada train run {}", a.recipe.display());
+                }
+            }
             Ok(())
         }
     }

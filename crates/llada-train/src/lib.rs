@@ -3,11 +3,16 @@
 //! So far: the byte-level BPE tokenizer a new model starts from, and the noising and
 //! attention masks of block-diffusion training.
 
+pub mod data;
+pub mod init;
 pub mod loss;
 pub mod noise;
+pub mod optim;
 pub mod params;
+pub mod recipe;
 pub mod schedule;
 pub mod tokenizer;
+pub mod trainer;
 
 use std::path::{Path, PathBuf};
 

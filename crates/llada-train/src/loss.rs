@@ -29,6 +29,10 @@ pub struct LossOutput {
 /// `0..L` twice, cross-entropy of the clean tokens at the masked positions of the noisy
 /// half (position i predicts token i, no shift). `cap_weight > 0` adds the CAP term:
 /// the mean entropy at masked positions the model already predicts correctly.
+/// `embed_noise = Some((std, seed))` adds Gaussian noise to the masked tokens'
+/// embeddings (an AR model's mask embedding is untrained; the noise keeps early
+/// conversion stable).
+#[allow(clippy::too_many_arguments)]
 pub fn block_diffusion_loss(
     model: &Llada2Model,
     clean: &[u32],
@@ -37,6 +41,7 @@ pub fn block_diffusion_loss(
     doc_ids: Option<&[u32]>,
     weighting: Weighting,
     cap_weight: f64,
+    embed_noise: Option<(f32, u64)>,
 ) -> Result<LossOutput> {
     let len = clean.len();
     let device = model.device();
@@ -48,7 +53,19 @@ pub fn block_diffusion_loss(
         (2 * len, 2 * len),
         device,
     )?;
-    let logits = model.forward_train(&tokens, &positions, &mask)?;
+    let noise = if let Some((std, seed)) = embed_noise.filter(|(std, _)| *std > 0.0) {
+        let hidden = model.config().hidden_size;
+        let gauss = crate::init::gaussian(2 * len * hidden, std, seed);
+        let gauss = Tensor::from_vec(gauss, (2 * len, hidden), device)?;
+        let keep: Vec<f32> = (0..2 * len)
+            .map(|i| f32::from(u8::from(i < len && noised.masked[i])))
+            .collect();
+        let keep = Tensor::from_vec(keep, (2 * len, 1), device)?;
+        Some(gauss.broadcast_mul(&keep)?)
+    } else {
+        None
+    };
+    let logits = model.forward_train(&tokens, &positions, &mask, noise.as_ref())?;
     let rows: Vec<u32> = (0..len as u32)
         .filter(|&i| noised.masked[i as usize])
         .collect();
@@ -78,7 +95,7 @@ pub fn autoregressive_loss(
         .collect();
     let mask = Tensor::from_vec(mask, (len, len), device)?;
     let positions: Vec<u32> = (0..len as u32).collect();
-    let logits = model.forward_train(tokens, &positions, &mask)?;
+    let logits = model.forward_train(tokens, &positions, &mask, None)?;
     let inputs = logits.narrow(0, 0, len - 1)?;
     let targets = Tensor::new(&tokens[1..], device)?;
     let loss = candle_nn::loss::cross_entropy(&inputs, &targets)?;

@@ -29,8 +29,17 @@ fn gradients_reach_embeddings_attention_router_experts_and_head() {
     let clean: Vec<u32> = (0..16).map(|i| (i * 31 + 7) % 500).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let noised = mask_tokens(&clean, 0.5, 510, None, &mut rng);
-    let out =
-        block_diffusion_loss(&m.model, &clean, &noised, 4, None, Weighting::InverseT, 0.0).unwrap();
+    let out = block_diffusion_loss(
+        &m.model,
+        &clean,
+        &noised,
+        4,
+        None,
+        Weighting::InverseT,
+        0.0,
+        None,
+    )
+    .unwrap();
     let grads = out.loss.backward().unwrap();
     for name in [
         "model.word_embeddings.weight",
@@ -84,9 +93,18 @@ fn block_diffusion_and_ar_losses_fall() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let noised = mask_tokens(&clean, 0.5, 510, None, &mut rng);
     let (first, last) = train(15, |m| {
-        block_diffusion_loss(&m.model, &clean, &noised, 8, None, Weighting::InverseT, 0.0)
-            .unwrap()
-            .loss
+        block_diffusion_loss(
+            &m.model,
+            &clean,
+            &noised,
+            8,
+            None,
+            Weighting::InverseT,
+            0.0,
+            Some((0.1, 3)),
+        )
+        .unwrap()
+        .loss
     });
     assert!(last < 0.5 * first, "block diffusion: {first} -> {last}");
     let (first, last) = train(15, |m| {
@@ -102,6 +120,7 @@ fn block_diffusion_and_ar_losses_fall() {
             None,
             Weighting::MaskedMean,
             2.0,
+            None,
         )
         .unwrap()
         .loss

@@ -93,7 +93,10 @@ fn training_forward_matches_the_reference() {
             .collect();
         let mask = Tensor::from_vec(mask, (n, n), &candle_core::Device::Cpu).unwrap();
         let positions: Vec<u32> = (0..n as u32).collect();
-        let got = loaded.model.forward_train(&ids, &positions, &mask).unwrap();
+        let got = loaded
+            .model
+            .forward_train(&ids, &positions, &mask, None)
+            .unwrap();
         let want = &expected[case["logits"].as_str().unwrap()];
         let diff = (got - want)
             .unwrap()

@@ -608,7 +608,7 @@ impl Llada2Model {
             ids.extend_from_slice(step.tokens);
         }
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let h = self.run_layers(&ids, false, |li, attention, a| {
+        let h = self.run_layers(&ids, None, |li, attention, a| {
             let mut heads = Vec::with_capacity(batch.len());
             for (step, plan) in batch.iter_mut().zip(&plans) {
                 let kv = Kv::Cache {
@@ -660,11 +660,16 @@ impl Llada2Model {
     fn run_layers(
         &self,
         ids: &Tensor,
-        train: bool,
+        train: Option<Option<&Tensor>>,
         mut attend: impl FnMut(usize, &Attention, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps;
         let mut h = self.word_embeddings.forward(ids)?;
+        // Training may perturb embeddings (noise on masked tokens early in conversion).
+        if let Some(Some(noise)) = train {
+            h = (h + noise)?;
+        }
+        let train = train.is_some();
         for (li, layer) in self.layers.iter().enumerate() {
             let a = rms_norm(&h, &layer.input_layernorm, eps, train)?;
             let heads = attend(li, &layer.attention, &a)?;
@@ -677,12 +682,14 @@ impl Llada2Model {
 
     /// Training forward: differentiable ops only, no cache. `tokens` sit at `positions`
     /// (the 2L `[noisy | clean]` layout repeats positions) under the additive `mask`
-    /// (`[n, n]`, 0 visible / -inf hidden). Returns the logits of every token.
+    /// (`[n, n]`, 0 visible / -inf hidden). `embed_noise` (`[n, hidden]`) is added to
+    /// the token embeddings. Returns the logits of every token.
     pub fn forward_train(
         &self,
         tokens: &[u32],
         positions: &[u32],
         mask: &Tensor,
+        embed_noise: Option<&Tensor>,
     ) -> Result<Tensor> {
         let n = tokens.len();
         if positions.len() != n || mask.dims() != [n, n] {
@@ -706,7 +713,7 @@ impl Llada2Model {
             Tensor::cat(&vec![mask; group], 0)?
         };
         let ids = Tensor::new(tokens, &self.device)?;
-        let h = self.run_layers(&ids, true, |_, attention, a| {
+        let h = self.run_layers(&ids, Some(embed_noise), |_, attention, a| {
             attention.attend(a, &self.rotary, &rope, Some(&mask), Kv::Train)
         })?;
         let x = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps, true)?;

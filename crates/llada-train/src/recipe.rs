@@ -1,0 +1,181 @@
+//! The recipe: one TOML file that records everything needed to reproduce a run —
+//! model shape, tokenizer, data, and the stages with their schedules and seeds.
+//!
+//! ```toml
+//! name = "tiny"
+//! seed = 0
+//! out = "runs/tiny"            # relative paths are relative to the recipe file
+//! tokenizer = "tokenizer"      # folder with tokenizer.json
+//!
+//! [model]                      # config.json fields of LLaDA2MoeModelLM
+//! hidden_size = 64
+//! # ...
+//!
+//! [[stage]]
+//! name = "ar"
+//! kind = "ar"                  # ar | wsd | sft
+//! data = ["corpus.txt"]        # text files (ar, wsd) or one JSONL file (sft)
+//! steps = 100
+//! batch_size = 4
+//! seq_len = 64
+//! checkpoint_every = 50
+//! lr = { kind = "cosine", peak = 3e-3, min_lr = 3e-4, warmup = 10, total = 100 }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamWConfig;
+use crate::schedule::{LrSchedule, WsdBlockSchedule};
+use crate::{Result, TrainError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// Causal next-token pre-training (the autoregressive model to convert).
+    Ar,
+    /// Block-diffusion continual pre-training with a WSD block-size schedule.
+    Wsd,
+    /// Supervised fine-tuning on chat data.
+    Sft,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    pub kind: StageKind,
+    pub data: Vec<PathBuf>,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub lr: LrSchedule,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    #[serde(default)]
+    pub optimizer: AdamWConfig,
+    /// wsd: the block-size schedule (its `seq_len` must equal the stage's).
+    #[serde(default)]
+    pub block_schedule: Option<WsdBlockSchedule>,
+    /// sft (and the block size wsd reports after its schedule): the target block.
+    #[serde(default = "default_block")]
+    pub block: usize,
+    /// wsd: smallest mask rate, t ~ U(eps, 1).
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+    /// wsd: Gaussian noise (std) on masked-token embeddings during the first steps.
+    #[serde(default)]
+    pub embed_noise_std: f64,
+    #[serde(default)]
+    pub embed_noise_steps: usize,
+    /// sft: mask-rate range.
+    #[serde(default = "default_sft_t")]
+    pub t_range: (f32, f32),
+    /// sft: also train on the complementary mask of each example.
+    #[serde(default = "default_true")]
+    pub complementary: bool,
+    /// sft: weight of the CAP confidence loss (0: off).
+    #[serde(default)]
+    pub cap_weight: f64,
+}
+
+fn default_checkpoint_every() -> usize {
+    100
+}
+fn default_block() -> usize {
+    32
+}
+fn default_eps() -> f32 {
+    1e-3
+}
+fn default_sft_t() -> (f32, f32) {
+    (0.3, 0.8)
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub out: PathBuf,
+    pub tokenizer: PathBuf,
+    /// `config.json` fields of the model (architecture fields are filled in).
+    pub model: toml::Table,
+    /// Start the first stage from this HF model folder instead of a random init.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    #[serde(rename = "stage")]
+    pub stages: Vec<Stage>,
+}
+
+impl Recipe {
+    /// Reads and checks a recipe; relative paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut recipe: Recipe = toml::from_str(&text)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut recipe.out);
+        rebase(&mut recipe.tokenizer);
+        if let Some(p) = recipe.init_from.as_mut() {
+            rebase(p);
+        }
+        for stage in &mut recipe.stages {
+            stage.data.iter_mut().for_each(rebase);
+        }
+        recipe.check()?;
+        Ok(recipe)
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Invalid(format!("recipe {}: {m}", self.name)));
+        if self.stages.is_empty() {
+            return bad("no [[stage]]".into());
+        }
+        for s in &self.stages {
+            if s.steps == 0 || s.batch_size == 0 || s.seq_len < 2 || s.data.is_empty() {
+                return bad(format!(
+                    "stage {}: steps, batch_size, data and seq_len >= 2 are required",
+                    s.name
+                ));
+            }
+            if s.kind == StageKind::Wsd {
+                match &s.block_schedule {
+                    Some(b) if b.seq_len == s.seq_len => {}
+                    Some(b) => {
+                        return bad(format!(
+                            "stage {}: block_schedule.seq_len {} != seq_len {}",
+                            s.name, b.seq_len, s.seq_len
+                        ))
+                    }
+                    None => return bad(format!("stage {}: wsd needs a block_schedule", s.name)),
+                }
+            }
+            if s.kind == StageKind::Sft && s.data.len() != 1 {
+                return bad(format!("stage {}: sft takes one JSONL file", s.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The model's `config.json`.
+    pub fn config_json(&self) -> serde_json::Value {
+        let mut cfg = serde_json::to_value(&self.model).expect("TOML table is JSON");
+        cfg["architectures"] = serde_json::json!(["LLaDA2MoeModelLM"]);
+        cfg["model_type"] = serde_json::json!("llada2_moe");
+        cfg
+    }
+}

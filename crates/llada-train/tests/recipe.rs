@@ -1,0 +1,207 @@
+//! A whole recipe on a tiny model: AR pre-training, WSD conversion and SFT each lower
+//! their loss; checkpoints are HF folders that llada loads; a killed run resumes from
+//! its last checkpoint and ends exactly where an uninterrupted run ends.
+
+use std::path::Path;
+
+use candle_core::Device;
+use llada_train::recipe::Recipe;
+use llada_train::tokenizer::{train_tokenizer, TokenizerTraining};
+use llada_train::trainer::{run, RunOptions, RunOutcome, StepMetrics};
+
+const CORPUS: &str =
+    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n\
+Rough winds do shake the darling buds of May, and summer's lease hath all too short a date.\n\n\n\
+To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n";
+
+fn setup(dir: &Path, out: &str) -> Recipe {
+    std::fs::write(dir.join("corpus.txt"), CORPUS.repeat(4)).unwrap();
+    let mut chat = String::new();
+    for a in 0..12 {
+        let b = (a * 7) % 10;
+        let line = serde_json::json!({"messages": [
+            {"role": "user", "content": format!("{a}+{b}=")},
+            {"role": "assistant", "content": format!("{}", a + b)},
+        ]});
+        chat.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(dir.join("chat.jsonl"), chat).unwrap();
+    if !dir.join("tokenizer/tokenizer.json").exists() {
+        let opts = TokenizerTraining {
+            vocab_size: 300,
+            min_frequency: 2,
+        };
+        train_tokenizer(&[dir.join("corpus.txt")], &opts, &dir.join("tokenizer")).unwrap();
+    }
+    let recipe = format!(
+        r#"
+name = "test"
+seed = 7
+out = "{out}"
+tokenizer = "tokenizer"
+
+[model]
+vocab_size = 300
+hidden_size = 32
+intermediate_size = 48
+num_hidden_layers = 2
+num_attention_heads = 4
+num_key_value_heads = 2
+head_dim = 8
+num_experts = 4
+num_experts_per_tok = 2
+n_group = 2
+topk_group = 1
+moe_intermediate_size = 16
+num_shared_experts = 1
+first_k_dense_replace = 1
+max_position_embeddings = 256
+use_bias = false
+rms_norm_eps = 1e-6
+
+[[stage]]
+name = "ar"
+kind = "ar"
+data = ["corpus.txt"]
+steps = 12
+batch_size = 2
+seq_len = 32
+checkpoint_every = 5
+lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
+
+[[stage]]
+name = "wsd"
+kind = "wsd"
+data = ["corpus.txt"]
+steps = 12
+batch_size = 2
+seq_len = 32
+checkpoint_every = 6
+embed_noise_std = 0.1
+embed_noise_steps = 3
+lr = {{ kind = "wsd", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12, decay = 4 }}
+block_schedule = {{ warmup = [1, 4], warmup_steps_each = 3, seq_len = 32, stable_steps = 3, decay = [8], decay_steps_each = 3 }}
+
+[[stage]]
+name = "sft"
+kind = "sft"
+data = ["chat.jsonl"]
+steps = 12
+batch_size = 2
+seq_len = 96
+block = 8
+cap_weight = 1.0
+checkpoint_every = 6
+lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
+"#
+    );
+    std::fs::write(dir.join("recipe.toml"), recipe).unwrap();
+    Recipe::load(&dir.join("recipe.toml")).unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<StepMetrics> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn quiet() -> RunOptions {
+    RunOptions {
+        quiet: true,
+        max_steps: None,
+    }
+}
+
+#[test]
+fn every_stage_learns_and_the_result_decodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = setup(tmp.path(), "run");
+    let RunOutcome::Finished(final_dir) = run(&recipe, &quiet()).unwrap() else {
+        panic!("the run should finish");
+    };
+    for stage in ["ar", "wsd", "sft"] {
+        let m = metrics(&tmp.path().join("run").join(stage));
+        assert_eq!(m.len(), 12, "{stage}");
+        let head: f32 = m[..3].iter().map(|s| s.ce).sum::<f32>() / 3.0;
+        let tail: f32 = m[9..].iter().map(|s| s.ce).sum::<f32>() / 3.0;
+        println!("{stage}: cross-entropy {head:.3} -> {tail:.3}");
+        assert!(tail < head, "{stage}: {head} -> {tail}");
+    }
+    let wsd = metrics(&tmp.path().join("run/wsd"));
+    let blocks: Vec<usize> = wsd.iter().map(|m| m.block).collect();
+    assert_eq!(blocks, [1, 1, 1, 4, 4, 4, 32, 32, 32, 8, 8, 8]);
+    // The final checkpoint is an ordinary model folder.
+    let loaded = llada::load_model(&final_dir, &Device::Cpu).unwrap();
+    let tok = loaded.tokenizer.as_ref().unwrap();
+    let prompt = tok
+        .encode_chat(&[llada::Message::new("user", "3+1=")], true)
+        .unwrap();
+    let mut params = loaded.default_params();
+    params.gen_length = 8;
+    params.block_length = 8;
+    params.steps = 8;
+    let out = llada::generate(&loaded.model, &prompt, &params, &mut |_| {}).unwrap();
+    assert!(!out.ids.is_empty());
+}
+
+#[test]
+fn a_killed_run_resumes_where_it_left_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = setup(tmp.path(), "straight");
+    let RunOutcome::Finished(want) = run(&straight, &quiet()).unwrap() else {
+        panic!("finishes");
+    };
+    let killed = setup(tmp.path(), "killed");
+    // Killed after 7 steps of the first stage: the checkpoint at step 5 survives.
+    let stopped = run(
+        &killed,
+        &RunOptions {
+            quiet: true,
+            max_steps: Some(7),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        stopped,
+        RunOutcome::Stopped {
+            stage: "ar".into(),
+            step: 5
+        }
+    );
+    // Resumed: 7 steps finish the first stage, 7 more pass the second stage's
+    // checkpoint at step 6 before the next kill.
+    let stopped = run(
+        &killed,
+        &RunOptions {
+            quiet: true,
+            max_steps: Some(14),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        stopped,
+        RunOutcome::Stopped {
+            stage: "wsd".into(),
+            step: 6
+        }
+    );
+    let RunOutcome::Finished(got) = run(&killed, &quiet()).unwrap() else {
+        panic!("finishes after resuming");
+    };
+    let a = candle_core::safetensors::load(want.join("model.safetensors"), &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(got.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (name, x) in &a {
+        let d = (x - &b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{name} differs by {d}");
+    }
+}
