@@ -20,6 +20,21 @@ pub enum TrainCommand {
     Tokenizer(TokenizerArgs),
     /// Run (or resume) the stages of a recipe: ar, wsd (conversion), sft.
     Run(RunArgs),
+    /// Generate the checkable task set (add, copy, reverse, sort, compare) as chat JSONL.
+    Tasks(TasksArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TasksArgs {
+    /// Output folder: tasks-train.jsonl and tasks-eval.jsonl.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 20000)]
+    pub train: usize,
+    #[arg(long, default_value_t = 200)]
+    pub eval: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -59,6 +74,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             };
             train_tokenizer(&a.inputs, &opts, &a.out)?;
             println!("wrote {}", a.out.join("tokenizer.json").display());
+            Ok(())
+        }
+        TrainCommand::Tasks(a) => {
+            std::fs::create_dir_all(&a.out)?;
+            let train = llada_train::tasks::generate(a.train, a.seed);
+            // A different seed stream for the held-out set.
+            let eval = llada_train::tasks::generate(a.eval, a.seed ^ 0xE7A1);
+            llada_train::tasks::write_jsonl(&train, &a.out.join("tasks-train.jsonl"))?;
+            llada_train::tasks::write_jsonl(&eval, &a.out.join("tasks-eval.jsonl"))?;
+            println!("wrote {} training and {} eval tasks to {}", a.train, a.eval, a.out.display());
             Ok(())
         }
         TrainCommand::Run(a) => {

@@ -24,8 +24,30 @@ fn read(path: &Path) -> Result<String> {
     })
 }
 
-/// Tokenizes each file (one document per file, or per blank-line-separated paragraph
-/// block when `split_paragraphs`), ends every document with EOS, concatenates and cuts
+/// Files as given, with folders replaced by their `*.txt` files (sorted).
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(|source| TrainError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let mut txt: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "txt"))
+                .collect();
+            txt.sort();
+            out.extend(txt);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Tokenizes each file (folders: their `*.txt` files; documents are separated by two
+/// blank lines), ends every document with EOS, concatenates and cuts
 /// into sequences of `seq_len` (the remainder is dropped).
 pub fn pack_text(
     files: &[PathBuf],
@@ -35,7 +57,7 @@ pub fn pack_text(
 ) -> Result<Vec<Packed>> {
     let mut stream: Vec<(u32, u32)> = Vec::new();
     let mut doc = 0u32;
-    for file in files {
+    for file in &expand(files)? {
         let text = read(file)?;
         for part in text.split("\n\n\n").filter(|p| !p.trim().is_empty()) {
             for id in tok.encode(part)? {

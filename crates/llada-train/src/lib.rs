@@ -11,6 +11,7 @@ pub mod optim;
 pub mod params;
 pub mod recipe;
 pub mod schedule;
+pub mod tasks;
 pub mod tokenizer;
 pub mod trainer;
 
