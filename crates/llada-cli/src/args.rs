@@ -9,7 +9,7 @@ use llada::{DecoderConfig, GenerateParams, LoadedModel, Message, Quant, Sampling
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model folder in Hugging Face layout, or a repo id (org/name[@revision]) found in
-    /// the local Hugging Face cache.
+    /// the local Hugging Face cache. Default: the embedded model (models/default).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
     /// Quantize the linear layers at load time for CPU inference: q8_0 or q4k.
@@ -19,10 +19,10 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn dir(&self) -> Result<PathBuf> {
-        let Some(model) = &self.model else {
-            bail!("no model given: pass --model DIR or --model org/name");
-        };
-        Ok(llada::hub::resolve_model(model)?)
+        match &self.model {
+            Some(model) => Ok(llada::hub::resolve_model(model)?),
+            None => default_model(),
+        }
     }
 
     pub fn load(&self) -> Result<LoadedModel> {
@@ -30,6 +30,22 @@ impl ModelArgs {
         llada::load_model_with(&dir, &llada::Device::Cpu, self.quant)
             .with_context(|| format!("loading the model from {}", dir.display()))
     }
+}
+
+/// The embedded default model: `LLADA_DEFAULT_MODEL`, else the repository's
+/// `models/default` (trained by its committed recipe).
+fn default_model() -> Result<PathBuf> {
+    let dir = match std::env::var_os("LLADA_DEFAULT_MODEL") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default")),
+    };
+    if !dir.join("config.json").is_file() {
+        bail!(
+            "no --model given and the default model is not at {} (set LLADA_DEFAULT_MODEL or pass --model)",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 #[derive(Args, Debug, Clone)]

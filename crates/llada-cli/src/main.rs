@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod chat;
 mod download;
+mod eval;
 mod generate_cmd;
 mod quantize;
 mod train;
@@ -34,7 +35,9 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Write a quantized copy of a model (q8_0 or q4k GGUF weights) for fast loading.
     Quantize(quantize::QuantizeArgs),
-    /// Training: `llada train tokenizer` (more stages to come).
+    /// Evaluate: task accuracy and TPF, held-out NELBO.
+    Eval(eval::EvalArgs),
+    /// Training: tokenizer, task set, recipe stages (ar, wsd, sft), export.
     Train(train::TrainArgs),
     /// Download a model from the Hugging Face Hub into the local cache.
     Download(download::DownloadArgs),
@@ -55,6 +58,7 @@ fn main() {
         Command::Chat(a) => chat::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

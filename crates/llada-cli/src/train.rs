@@ -20,8 +20,22 @@ pub enum TrainCommand {
     Tokenizer(TokenizerArgs),
     /// Run (or resume) the stages of a recipe: ar, wsd (conversion), sft.
     Run(RunArgs),
+    /// Copy a checkpoint's model files (no optimizer state) into a model folder,
+    /// optionally storing the weights in bf16.
+    Export(ExportArgs),
     /// Generate the checkable task set (add, copy, reverse, sort, compare) as chat JSONL.
     Tasks(TasksArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A checkpoint folder written by `llada train run`.
+    pub checkpoint: PathBuf,
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Store the weights as bf16 (half the size).
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +90,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
             println!("wrote {}", a.out.join("tokenizer.json").display());
             Ok(())
         }
+        TrainCommand::Export(a) => {
+            let bytes = llada_train::params::export(&a.checkpoint, &a.out, a.bf16)?;
+            println!(
+                "wrote {} ({:.1} MiB of weights)",
+                a.out.display(),
+                bytes as f64 / (1u64 << 20) as f64
+            );
+            Ok(())
+        }
         TrainCommand::Tasks(a) => {
             std::fs::create_dir_all(&a.out)?;
             let train = llada_train::tasks::generate(a.train, a.seed);
@@ -83,7 +106,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let eval = llada_train::tasks::generate(a.eval, a.seed ^ 0xE7A1);
             llada_train::tasks::write_jsonl(&train, &a.out.join("tasks-train.jsonl"))?;
             llada_train::tasks::write_jsonl(&eval, &a.out.join("tasks-eval.jsonl"))?;
-            println!("wrote {} training and {} eval tasks to {}", a.train, a.eval, a.out.display());
+            println!(
+                "wrote {} training and {} eval tasks to {}",
+                a.train,
+                a.eval,
+                a.out.display()
+            );
             Ok(())
         }
         TrainCommand::Run(a) => {

@@ -289,3 +289,51 @@ fn synthetic_bench_rejects_unknown_models() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("llada2-mini"));
 }
+
+#[test]
+fn eval_reports_task_accuracy_and_nelbo() {
+    let tmp = tempfile::tempdir().unwrap();
+    chat_model(tmp.path());
+    let tasks = tmp.path().join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        "{\"kind\":\"add\",\"messages\":[{\"role\":\"user\",\"content\":\"What is 1 plus 2?\"},{\"role\":\"assistant\",\"content\":\"3\"}]}\n",
+    )
+    .unwrap();
+    let text = tmp.path().join("held-out.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(20),
+    )
+    .unwrap();
+    let o = llada(
+        &[
+            "eval",
+            "--model",
+            tmp.path().to_str().unwrap(),
+            "--tasks",
+            tasks.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--seq-len",
+            "32",
+            "--block",
+            "8",
+            "--gen-length",
+            "8",
+            "--block-length",
+            "8",
+            "--steps",
+            "8",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tasks"]["items"], 1);
+    assert!(v["tasks"]["tokens_per_forward"].as_f64().unwrap() > 0.0);
+    let bits = v["nelbo"]["bits_per_token"].as_f64().unwrap();
+    assert!(bits.is_finite() && bits > 0.0, "{bits}");
+}

@@ -4,6 +4,7 @@
 //! attention masks of block-diffusion training.
 
 pub mod data;
+pub mod eval;
 pub mod init;
 pub mod loss;
 pub mod noise;

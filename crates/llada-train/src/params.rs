@@ -118,3 +118,34 @@ pub fn save_safetensors(dir: &Path, tensors: &HashMap<String, Tensor>) -> Result
     candle_core::safetensors::save(tensors, &tmp)?;
     std::fs::rename(&tmp, &path).map_err(|source| TrainError::Write { path, source })
 }
+
+/// Copies a checkpoint's model files into `out` (config, generation config, tokenizer,
+/// weights; not the optimizer or trainer state), weights optionally in bf16. Returns
+/// the size of the written weights.
+pub fn export(checkpoint: &Path, out: &Path, bf16: bool) -> Result<u64> {
+    let weights = checkpoint.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)?;
+    let dtype = if bf16 {
+        candle_core::DType::BF16
+    } else {
+        candle_core::DType::F32
+    };
+    let converted = tensors
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
+        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    save_safetensors(out, &converted)?;
+    for file in llada::config::COMPANION_FILES {
+        let from = checkpoint.join(file);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(file)).map_err(|source| TrainError::Write {
+                path: out.join(file),
+                source,
+            })?;
+        }
+    }
+    let path = out.join("model.safetensors");
+    Ok(std::fs::metadata(&path)
+        .map_err(|source| TrainError::Read { path, source })?
+        .len())
+}

@@ -38,7 +38,10 @@ fn digits(rng: &mut impl Rng, n: usize) -> Vec<u32> {
 }
 
 fn join<T: ToString>(v: &[T]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A random task of a random kind.

@@ -144,6 +144,30 @@ fn every_stage_learns_and_the_result_decodes() {
     params.steps = 8;
     let out = llada::generate(&loaded.model, &prompt, &params, &mut |_| {}).unwrap();
     assert!(!out.ids.is_empty());
+    // Export drops the optimizer state; bf16 halves the weights and still loads.
+    let exported = tmp.path().join("exported");
+    let f32_bytes = llada_train::params::export(&final_dir, &exported, false).unwrap();
+    assert!(!exported.join("optimizer.safetensors").exists());
+    let same = llada::load_model(&exported, &Device::Cpu).unwrap();
+    let ids = [5u32, 6, 7, 8];
+    let a = loaded.model.forward_full(&ids, 2).unwrap();
+    let b = same.model.forward_full(&ids, 2).unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0);
+    let half = tmp.path().join("exported-bf16");
+    let bf16_bytes = llada_train::params::export(&final_dir, &half, true).unwrap();
+    assert!(
+        bf16_bytes * 10 < f32_bytes * 6,
+        "{bf16_bytes} vs {f32_bytes}"
+    );
+    llada::load_model(&half, &Device::Cpu).unwrap();
 }
 
 #[test]

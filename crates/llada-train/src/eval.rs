@@ -1,0 +1,147 @@
+//! `llada eval`: how good a model is. The masked-diffusion NELBO in bits per token on
+//! held-out text, and exact-match accuracy with tokens per forward on a task set.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use llada::{generate, GenerateParams, LoadedModel, Message};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::pack_text;
+use crate::loss::{block_diffusion_loss, Weighting};
+use crate::noise::{mask_tokens, sample_t};
+use crate::{Result, TrainError};
+
+/// NELBO of held-out text under block diffusion with block `block`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NelboReport {
+    pub sequences: usize,
+    pub tokens: usize,
+    pub bits_per_token: f64,
+}
+
+/// Monte-Carlo estimate: `samples` mask rates per sequence, loss sum / (t · L).
+pub fn nelbo(
+    m: &LoadedModel,
+    files: &[PathBuf],
+    seq_len: usize,
+    block: usize,
+    samples: usize,
+    max_sequences: usize,
+) -> Result<NelboReport> {
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| TrainError::Invalid("the model has no tokenizer".into()))?;
+    let params = m.default_params();
+    let seqs = pack_text(files, tok, params.eos_id, seq_len)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut total = 0f64;
+    let mut count = 0usize;
+    for seq in seqs.iter().take(max_sequences) {
+        for _ in 0..samples {
+            let t = sample_t(&mut rng, 1e-3);
+            let noised = mask_tokens(&seq.tokens, t, params.mask_id, None, &mut rng);
+            let out = block_diffusion_loss(
+                &m.model,
+                &seq.tokens,
+                &noised,
+                block,
+                Some(&seq.doc_ids),
+                Weighting::InverseT,
+                0.0,
+                None,
+            )?;
+            total += out.loss.to_scalar::<f32>()? as f64;
+            count += 1;
+        }
+    }
+    let used = seqs.len().min(max_sequences);
+    Ok(NelboReport {
+        sequences: used,
+        tokens: used * seq_len,
+        bits_per_token: total / count.max(1) as f64 / std::f64::consts::LN_2,
+    })
+}
+
+#[derive(Deserialize)]
+struct TaskLine {
+    messages: Vec<Message>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Accuracy and decoding speed on a chat task set.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    pub items: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    pub by_kind: BTreeMap<String, (usize, usize)>,
+    pub tokens: usize,
+    pub forwards: usize,
+    pub tokens_per_forward: f64,
+    pub tokens_per_second: f64,
+}
+
+/// Answers every item (the last message is the expected answer) with `params` and
+/// counts exact matches of the trimmed text.
+pub fn tasks(
+    m: &LoadedModel,
+    path: &Path,
+    params: &GenerateParams,
+    limit: usize,
+) -> Result<TaskReport> {
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| TrainError::Invalid("the model has no tokenizer".into()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut report = TaskReport {
+        items: 0,
+        correct: 0,
+        accuracy: 0.0,
+        by_kind: BTreeMap::new(),
+        tokens: 0,
+        forwards: 0,
+        tokens_per_forward: 0.0,
+        tokens_per_second: 0.0,
+    };
+    let mut seconds = 0f64;
+    for (n, line) in text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(limit)
+        .enumerate()
+    {
+        let item: TaskLine = serde_json::from_str(line)
+            .map_err(|e| TrainError::Invalid(format!("{}:{}: {e}", path.display(), n + 1)))?;
+        let Some((answer, prompt)) = item.messages.split_last() else {
+            continue;
+        };
+        let ids = tok.encode_chat(prompt, true)?;
+        let out = generate(&m.model, &ids, params, &mut |_| {})?;
+        let got = tok.decode(&out.ids, true)?;
+        let ok = got.trim() == answer.content.trim();
+        report.items += 1;
+        report.correct += usize::from(ok);
+        let kind = report
+            .by_kind
+            .entry(item.kind.unwrap_or_default())
+            .or_default();
+        kind.0 += usize::from(ok);
+        kind.1 += 1;
+        report.tokens += out.stats.tokens;
+        report.forwards += out.stats.forwards;
+        seconds += out.stats.seconds;
+    }
+    report.accuracy = report.correct as f64 / report.items.max(1) as f64;
+    report.tokens_per_forward = report.tokens as f64 / report.forwards.max(1) as f64;
+    report.tokens_per_second = report.tokens as f64 / seconds.max(1e-9);
+    Ok(report)
+}
