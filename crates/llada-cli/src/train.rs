@@ -23,6 +23,8 @@ pub enum TrainCommand {
     /// Copy a checkpoint's model files (no optimizer state) into a model folder,
     /// optionally storing the weights in bf16.
     Export(ExportArgs),
+    /// Average the k checkpoints with the lowest validation NELBO into one model.
+    Merge(MergeArgs),
     /// Generate the checkable task set (add, copy, reverse, sort, compare) as chat JSONL.
     Tasks(TasksArgs),
 }
@@ -36,6 +38,25 @@ pub struct ExportArgs {
     /// Store the weights as bf16 (half the size).
     #[arg(long)]
     pub bf16: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Checkpoint folders to choose from.
+    #[arg(long, num_args = 1.., required = true)]
+    pub checkpoints: Vec<PathBuf>,
+    /// How many of the best to average.
+    #[arg(long, default_value_t = 3)]
+    pub top_k: usize,
+    /// Held-out text for the validation NELBO.
+    #[arg(long, num_args = 1.., required = true)]
+    pub validation: Vec<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 32)]
+    pub block: usize,
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +117,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 "wrote {} ({:.1} MiB of weights)",
                 a.out.display(),
                 bytes as f64 / (1u64 << 20) as f64
+            );
+            Ok(())
+        }
+        TrainCommand::Merge(a) => {
+            let mut scored = Vec::new();
+            for dir in &a.checkpoints {
+                let m = llada::load_model(dir, &llada::Device::Cpu)?;
+                let r = llada_train::eval::nelbo(&m, &a.validation, a.seq_len, a.block, 2, 32)?;
+                println!("{}: {:.4} bits/token", dir.display(), r.bits_per_token);
+                scored.push((dir.clone(), r.bits_per_token));
+            }
+            let best = llada_train::merge::top_k(&scored, a.top_k);
+            llada_train::merge::average(&best, &a.out)?;
+            println!(
+                "averaged {} checkpoints into {}",
+                best.len(),
+                a.out.display()
             );
             Ok(())
         }

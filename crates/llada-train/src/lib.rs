@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod init;
 pub mod loss;
+pub mod merge;
 pub mod noise;
 pub mod optim;
 pub mod params;
