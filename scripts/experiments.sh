@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Produces docs/experiments.md from the trained default model (and, when present, the
+# CAP run of models/default/cap.toml). Every number in the report comes from the
+# `llada eval` / `llada bench` commands below, run on this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LLADA=${LLADA:-target/release/llada}
+TASKS=data/tasks/tasks-eval.jsonl
+MODEL=${MODEL:-models/default}
+out=data/experiments
+mkdir -p "$out"
+
+evaluate() { # name model extra-args...
+    local name=$1 model=$2; shift 2
+    "$LLADA" eval --model "$model" --tasks "$TASKS" --gen-length 32 --json "$@" > "$out/$name.json"
+}
+
+for block in 8 32; do
+    for t in 0.5 0.7 0.9 0.95; do
+        evaluate "thr-$t-block-$block" "$MODEL" --block-length "$block" --steps "$block" --threshold "$t"
+    done
+done
+evaluate "ar" "$MODEL" --block-length 1 --steps 1
+if [ -f data/runs/default-cap/sft-cap/final/model.safetensors ]; then
+    evaluate "cap-0.9-block-32" data/runs/default-cap/sft-cap/final --block-length 32 --steps 32 --threshold 0.9
+fi
+"$LLADA" eval --model "$MODEL" --text data/shakespeare-heldout --seq-len 128 --block 32 \
+    --samples 4 --max-sequences 32 --json > "$out/nelbo.json"
+
+python3 - "$out" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+def load(name):
+    p = out / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+lines = ["# Experiments with the default model", "",
+         "Produced by `scripts/experiments.sh` (task set: `data/tasks/tasks-eval.jsonl`,",
+         "200 held-out items; greedy decoding; gen-length 32; 2-core machine, release build).", ""]
+lines += ["## Accuracy and TPF vs threshold and block length", "",
+          "| block | threshold | accuracy | tokens/forward | tokens/s |", "|---|---|---|---|---|"]
+for block in (8, 32):
+    for t in ("0.5", "0.7", "0.9", "0.95"):
+        r = load(f"thr-{t}-block-{block}")["tasks"]
+        lines.append(f"| {block} | {t} | {100*r['accuracy']:.1f}% | {r['tokens_per_forward']:.2f} | {r['tokens_per_second']:.0f} |")
+ar = load("ar")["tasks"]
+lines += ["", "## Diffusion vs autoregressive decoding of the same model", "",
+          "| decoding | accuracy | tokens/forward | tokens/s |", "|---|---|---|---|"]
+for name, label in (("thr-0.9-block-32", "diffusion, block 32, threshold 0.9"), ("thr-0.95-block-32", "diffusion, block 32, threshold 0.95")):
+    r = load(name)["tasks"]
+    lines.append(f"| {label} | {100*r['accuracy']:.1f}% | {r['tokens_per_forward']:.2f} | {r['tokens_per_second']:.0f} |")
+lines.append(f"| AR (block 1, 1 step) | {100*ar['accuracy']:.1f}% | {ar['tokens_per_forward']:.2f} | {ar['tokens_per_second']:.0f} |")
+by_kind = load("thr-0.9-block-32")["tasks"]["by_kind"]
+lines += ["", "Per task kind (block 32, threshold 0.9): " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in by_kind.items()) + "."]
+cap = load("cap-0.9-block-32")
+lines += ["", "## CAP vs no CAP (SFT from the same converted checkpoint, same budget)", ""]
+if cap:
+    base = load("thr-0.9-block-32")["tasks"]
+    cap = cap["tasks"]
+    lines += ["| SFT | accuracy | tokens/forward |", "|---|---|---|",
+              f"| no CAP | {100*base['accuracy']:.1f}% | {base['tokens_per_forward']:.2f} |",
+              f"| CAP (weight 1.0) | {100*cap['accuracy']:.1f}% | {cap['tokens_per_forward']:.2f} |"]
+else:
+    lines.append("Not run yet: `llada train run models/default/cap.toml`, then this script.")
+nelbo = load("nelbo")["nelbo"]
+lines += ["", "## Held-out NELBO", "",
+          f"Hamlet, {nelbo['tokens']} tokens, block 32: {nelbo['bits_per_token']:.3f} bits/token.", ""]
+pathlib.Path("docs").mkdir(exist_ok=True)
+pathlib.Path("docs/experiments.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
