@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::pack_text;
 use crate::loss::{block_diffusion_loss, Weighting};
-use crate::noise::{mask_tokens, sample_t};
+use crate::noise::Noised;
+use rand::seq::SliceRandom;
+use rand::Rng;
 use crate::{Result, TrainError};
 
 /// NELBO of held-out text under block diffusion with block `block`.
@@ -22,7 +24,11 @@ pub struct NelboReport {
     pub bits_per_token: f64,
 }
 
-/// Monte-Carlo estimate: `samples` mask rates per sequence, loss sum / (t · L).
+/// Monte-Carlo estimate of the masked-diffusion bound in the form LLaDA evaluates it:
+/// the number of masked tokens l ~ U{1..L} (stratified over the `samples`), exactly l
+/// positions masked, and -log p ≤ E_l[(L / l) · Σ_masked CE]; per token that is the
+/// mean masked cross-entropy averaged over l. (Masking with rate t and weighting 1/t is
+/// the same bound but has far higher variance at small t.)
 pub fn nelbo(
     m: &LoadedModel,
     files: &[PathBuf],
@@ -40,17 +46,35 @@ pub fn nelbo(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut total = 0f64;
     let mut count = 0usize;
+    let samples = samples.max(1);
     for seq in seqs.iter().take(max_sequences) {
-        for _ in 0..samples {
-            let t = sample_t(&mut rng, 1e-3);
-            let noised = mask_tokens(&seq.tokens, t, params.mask_id, None, &mut rng);
+        for s in 0..samples {
+            // Stratified: sample s draws l from the s-th of `samples` equal slices.
+            let lo = 1 + s * seq_len / samples;
+            let hi = (1 + (s + 1) * seq_len / samples).min(seq_len + 1).max(lo + 1);
+            let l = rng.random_range(lo..hi);
+            let mut order: Vec<usize> = (0..seq_len).collect();
+            order.shuffle(&mut rng);
+            let mut masked = vec![false; seq_len];
+            order[..l].iter().for_each(|&i| masked[i] = true);
+            let tokens = seq
+                .tokens
+                .iter()
+                .zip(&masked)
+                .map(|(&t, &m)| if m { params.mask_id } else { t })
+                .collect();
+            let noised = Noised {
+                tokens,
+                masked,
+                t: l as f32 / seq_len as f32,
+            };
             let out = block_diffusion_loss(
                 &m.model,
                 &seq.tokens,
                 &noised,
                 block,
                 Some(&seq.doc_ids),
-                Weighting::InverseT,
+                Weighting::MaskedMean,
                 0.0,
                 None,
             )?;
