@@ -342,11 +342,22 @@ fn eval_reports_task_accuracy_and_nelbo() {
 fn the_default_model_answers_offline_in_the_chat_format() {
     // No --model: the embedded models/default, trained by its committed recipe.
     let out = llada(
-        &["generate", "--prompt", "Sort: 3 1 2", "--gen-length", "32", "--json"],
+        &[
+            "generate",
+            "--prompt",
+            "Sort: 3 1 2",
+            "--gen-length",
+            "32",
+            "--json",
+        ],
         &[],
         None,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids: Vec<u32> = serde_json::from_value(v["output_ids"].clone()).unwrap();
     // The answer ends its turn (<|role_end|> = 2 or EOS = 0) well before gen_length.

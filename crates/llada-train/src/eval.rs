@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::pack_text;
 use crate::loss::{block_diffusion_loss, Weighting};
 use crate::noise::Noised;
+use crate::{Result, TrainError};
 use rand::seq::SliceRandom;
 use rand::Rng;
-use crate::{Result, TrainError};
 
 /// NELBO of held-out text under block diffusion with block `block`.
 #[derive(Debug, Clone, Serialize)]
@@ -51,7 +51,9 @@ pub fn nelbo(
         for s in 0..samples {
             // Stratified: sample s draws l from the s-th of `samples` equal slices.
             let lo = 1 + s * seq_len / samples;
-            let hi = (1 + (s + 1) * seq_len / samples).min(seq_len + 1).max(lo + 1);
+            let hi = (1 + (s + 1) * seq_len / samples)
+                .min(seq_len + 1)
+                .max(lo + 1);
             let l = rng.random_range(lo..hi);
             let mut order: Vec<usize> = (0..seq_len).collect();
             order.shuffle(&mut rng);
