@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{fixture_dir, generate_cases, golden, load_fixture};
+use common::{fixture_dir, generate_cases, golden, load_fixture, max_abs_diff};
 use llada::generate;
 
 #[test]
@@ -25,14 +25,7 @@ fn forward_logits_match_the_reference() {
         let got = loaded.model.forward_full(&ids, block).unwrap();
         let want: &Tensor = &expected[name];
         assert_eq!(got.dims(), want.dims(), "{name}");
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, want);
         assert!(diff < 1e-4, "{name}: max |diff| = {diff}");
     }
 }
@@ -98,14 +91,7 @@ fn training_forward_matches_the_reference() {
             .forward_train(&ids, &positions, &mask, None)
             .unwrap();
         let want = &expected[case["logits"].as_str().unwrap()];
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, want);
         assert!(diff < 1e-4, "max |diff| = {diff}");
     }
 }

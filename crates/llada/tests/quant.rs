@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::Device;
-use common::{fixture_dir, generate_cases, golden};
+use common::{fixture_dir, generate_cases, golden, max_abs_diff};
 use llada::{generate, load_model, load_model_with, LoadedModel, Quant};
 
 /// Max and mean |logit difference| and the share of positions whose argmax agrees.
@@ -163,14 +163,7 @@ fn quantized_checkpoint_loads_and_matches_load_time_quantization() {
     let ids = [5u32, 6, 7, 8, 9, 10, 11, 12, 13];
     let a = from_file.model.forward_full(&ids, 4).unwrap();
     let b = at_load.model.forward_full(&ids, 4).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&a, &b);
     assert_eq!(d, 0.0, "same blocks, same logits");
     // A corrupt GGUF is named in the error.
     std::fs::write(out.path().join("model.gguf"), b"GGUF\x03\x00").unwrap();

@@ -22,6 +22,18 @@ pub fn load_fixture() -> LoadedModel {
     load_model(&fixture_dir(), &Device::Cpu).expect("fixture loads")
 }
 
+/// Largest absolute elementwise difference of two tensors of one shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 pub fn golden() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture_dir().join("cases.json")).unwrap();
     serde_json::from_str(&text).unwrap()
