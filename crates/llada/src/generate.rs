@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::decode::{transfer_schedule, Candidate, DecoderConfig, StepInfo};
+use candle_core::Tensor;
+
+use crate::cache::KvCache;
+use crate::decode::{transfer_schedule, Candidate, Decoder, DecoderConfig, StepInfo};
 use crate::error::{Error, Result};
 use crate::model::{Llada2Model, SeqStep};
 use crate::sampling::{Sampler, SamplingParams};
@@ -52,6 +55,11 @@ impl GenerateParams {
     /// Whether `token` ends the answer.
     pub fn is_stop(&self, token: u32) -> bool {
         token == self.eos_id || self.extra_stop_ids.contains(&token)
+    }
+
+    /// Positions a prompt of `prompt_len` tokens occupies with its answer: whole blocks.
+    pub fn positions_needed(&self, prompt_len: usize) -> usize {
+        (prompt_len + self.gen_length).div_ceil(self.block_length.max(1)) * self.block_length
     }
 
     fn validate(&self, vocab: usize) -> Result<()> {
@@ -167,188 +175,326 @@ pub fn generate_observed(
     observer: &mut dyn Observer,
 ) -> Result<GenerateOutput> {
     let _span = tracing::debug_span!("generate", prompt = prompt.len()).entered();
-    let cfg = model.config();
-    params.validate(cfg.vocab_size)?;
-    if prompt.is_empty() {
-        return Err(Error::InvalidRequest("the prompt is empty".into()));
-    }
-    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-        return Err(Error::TokenOutOfRange {
-            id,
-            vocab: cfg.vocab_size,
-        });
-    }
-    let started = Instant::now();
-    let b = params.block_length;
-    let p = prompt.len();
-    let num_blocks = (p + params.gen_length).div_ceil(b);
-    let total = num_blocks * b;
-    if total > cfg.max_position_embeddings {
-        return Err(Error::ContextOverflow {
-            prompt: p,
-            gen: params.gen_length,
-            needed: total,
-            context: cfg.max_position_embeddings,
-        });
-    }
-    let steps = params.steps.min(params.gen_length);
-    let schedule = transfer_schedule(b, steps);
-    let mut decoder = params.decoder.build();
-    let mut sampler = Sampler::new(params.sampling, params.seed);
+    let mut generation = Generation::new(model, prompt, params.clone())?;
+    while generation.step(model, observer)? {}
+    Ok(generation.finish())
+}
 
-    let mut x = prompt.to_vec();
-    x.resize(total, params.mask_id);
-    let answer_end = p + params.gen_length;
-    let mut stats = GenerateStats {
-        prompt_tokens: p,
-        ..Default::default()
-    };
-    let mut stream = Stream::new(p, answer_end, params);
-    let mut cache = model.new_cache_for(total);
+/// One answer being decoded, advanced one forward pass at a time, so that a caller can
+/// drive several of them through shared (batched) forward passes.
+pub struct Generation {
+    params: GenerateParams,
+    x: Vec<u32>,
+    prompt_len: usize,
+    answer_end: usize,
+    num_blocks: usize,
+    /// Current block and step inside it.
+    block: usize,
+    step: usize,
+    schedule: Vec<usize>,
+    decoder: Box<dyn Decoder + Send>,
+    sampler: Sampler,
+    cache: KvCache,
+    stats: GenerateStats,
+    /// Answer tokens before this are final and reported.
+    committed: usize,
+    /// A stop token has been reported: nothing after it will be.
+    stopped: bool,
+    /// Set once the answer is decided.
+    result: Option<Vec<u32>>,
+    started: Instant,
+}
 
-    for block in p / b..num_blocks {
-        let (bs, be) = (block * b, (block + 1) * b);
-        for (step, &scheduled) in schedule.iter().enumerate() {
-            let masked: Vec<usize> = (bs..be).filter(|&i| x[i] == params.mask_id).collect();
-            if masked.is_empty() {
-                break;
-            }
-            let logits = if params.use_cache {
-                // The first step of a block also commits what the cache lacks (the
-                // previous block, or the prompt's full blocks): one pass, not two.
-                let start = cache.len();
-                let rows: Vec<usize> = masked.iter().map(|&i| i - start).collect();
-                run(
-                    model,
-                    &x[start..be],
-                    start,
-                    b,
-                    bs - start,
-                    &rows,
-                    &mut cache,
-                )?
-            } else {
-                let mut scratch = model.new_cache_for(be);
-                run(model, &x[..be], 0, b, 0, &masked, &mut scratch)?
-            };
-            stats.forwards += 1;
-            stats.denoising_steps += 1;
+/// What one pending forward pass of a [`Generation`] reads and writes.
+struct Plan {
+    start: usize,
+    end: usize,
+    commit: usize,
+    /// Masked positions of the current block (absolute).
+    masked: Vec<usize>,
+    /// The same, relative to `start` (the rows whose logits are needed).
+    rows: Vec<usize>,
+}
 
-            let vocab = cfg.vocab_size;
-            let candidates: Vec<Candidate> = masked
-                .iter()
-                .enumerate()
-                .map(|(row, &pos)| {
-                    let (token, confidence) = sampler.pick(&logits[row * vocab..(row + 1) * vocab]);
-                    Candidate {
-                        offset: pos - bs,
-                        token,
-                        confidence,
-                    }
-                })
-                .collect();
-            let accepted = decoder.select(StepInfo { step, scheduled }, &candidates);
-            let mut placed_eos = false;
-            let mut filled = Vec::with_capacity(accepted.len());
-            for &i in &accepted {
-                let c = candidates[i];
-                x[bs + c.offset] = c.token;
-                placed_eos |= params.is_stop(c.token);
-                filled.push(c.offset);
-            }
-            observer.on_step(&BlockView {
-                index: block,
-                step,
-                tokens: &x[bs..be],
-                filled: &filled,
-                mask_id: params.mask_id,
+impl Generation {
+    /// Validates the request and lays out prompt + masks; no forward pass yet.
+    pub fn new(model: &Llada2Model, prompt: &[u32], params: GenerateParams) -> Result<Self> {
+        let cfg = model.config();
+        params.validate(cfg.vocab_size)?;
+        if prompt.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab: cfg.vocab_size,
             });
-            stream.advance(&x, be, observer);
-            // The reference searches for the EOS from position 0 and up to the end of the
-            // block; we search the answer only (an EOS inside the prompt would make it
-            // return a piece of the prompt) and never past `gen_length` (it would return
-            // more tokens than asked for). Within those bounds the rule is the reference's.
-            if params.eos_early_stop && placed_eos {
-                if let Some(eos) = (p..be.min(answer_end)).find(|&i| params.is_stop(x[i])) {
-                    if x[p..eos].iter().all(|&t| t != params.mask_id) {
-                        return Ok(finish(x[p..=eos].to_vec(), stats, started));
-                    }
+        }
+        let b = params.block_length;
+        let p = prompt.len();
+        let total = params.positions_needed(p);
+        if total > cfg.max_position_embeddings {
+            return Err(Error::ContextOverflow {
+                prompt: p,
+                gen: params.gen_length,
+                needed: total,
+                context: cfg.max_position_embeddings,
+            });
+        }
+        let schedule = transfer_schedule(b, params.steps.min(params.gen_length));
+        let mut x = prompt.to_vec();
+        x.resize(total, params.mask_id);
+        Ok(Self {
+            decoder: params.decoder.build(),
+            sampler: Sampler::new(params.sampling, params.seed),
+            answer_end: p + params.gen_length,
+            num_blocks: total / b,
+            block: p / b,
+            step: 0,
+            schedule,
+            cache: model.new_cache_for(total),
+            stats: GenerateStats {
+                prompt_tokens: p,
+                ..Default::default()
+            },
+            committed: p,
+            stopped: false,
+            result: None,
+            started: Instant::now(),
+            prompt_len: p,
+            x,
+            params,
+        })
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.result.is_some()
+    }
+
+    pub fn params(&self) -> &GenerateParams {
+        &self.params
+    }
+
+    /// Statistics so far (final once [`Generation::is_finished`]).
+    pub fn stats(&self) -> GenerateStats {
+        let mut stats = self.stats;
+        stats.tokens = match &self.result {
+            Some(ids) => ids.len(),
+            None => self.committed - self.prompt_len,
+        };
+        stats.seconds = self.started.elapsed().as_secs_f64();
+        stats
+    }
+
+    /// Runs one forward pass of this sequence alone; false once the answer is finished.
+    pub fn step(&mut self, model: &Llada2Model, observer: &mut dyn Observer) -> Result<bool> {
+        let Some(plan) = self.plan() else {
+            return Ok(false);
+        };
+        let mut seq = [self.seq_step(&plan)];
+        let logits = model.forward(&mut seq)?.pop().flatten();
+        self.absorb(&plan, logits, observer)?;
+        Ok(!self.is_finished())
+    }
+
+    /// The answer and its statistics (the answer so far if called before the end).
+    pub fn finish(mut self) -> GenerateOutput {
+        let stats = self.stats();
+        let ids = self.result.take().unwrap_or_else(|| self.answer_so_far());
+        GenerateOutput { ids, stats }
+    }
+
+    fn answer_so_far(&self) -> Vec<u32> {
+        let mut answer = self.x[self.prompt_len..self.answer_end].to_vec();
+        if let Some(eos) = answer.iter().position(|&t| self.params.is_stop(t)) {
+            answer.truncate(eos + 1);
+        }
+        answer
+    }
+
+    /// The next forward pass, moving on to the next block when this one is done; `None`
+    /// (and the result set) when the answer is finished.
+    fn plan(&mut self) -> Option<Plan> {
+        if self.result.is_some() {
+            return None;
+        }
+        let b = self.params.block_length;
+        let mask = self.params.mask_id;
+        loop {
+            if self.block >= self.num_blocks {
+                self.result = Some(self.answer_so_far());
+                return None;
+            }
+            let (bs, be) = (self.block * b, (self.block + 1) * b);
+            let masked: Vec<usize> = (bs..be).filter(|&i| self.x[i] == mask).collect();
+            if masked.is_empty() || self.step >= self.schedule.len() {
+                if self.x[self.prompt_len..be]
+                    .iter()
+                    .any(|&t| self.params.is_stop(t))
+                {
+                    self.result = Some(self.answer_so_far());
+                    return None;
+                }
+                self.block += 1;
+                self.step = 0;
+                continue;
+            }
+            // With the cache, the first step of a block also commits what the cache
+            // lacks (the previous block, or the prompt's full blocks): one pass, not two.
+            // Without it, the whole prefix is recomputed, exactly as the reference does.
+            let start = if self.params.use_cache {
+                self.cache.len()
+            } else {
+                self.cache.clear();
+                0
+            };
+            let commit = if self.params.use_cache { bs - start } else { 0 };
+            let rows = masked.iter().map(|&i| i - start).collect();
+            return Some(Plan {
+                start,
+                end: be,
+                commit,
+                masked,
+                rows,
+            });
+        }
+    }
+
+    fn seq_step<'a>(&'a mut self, plan: &'a Plan) -> SeqStep<'a> {
+        SeqStep {
+            tokens: &self.x[plan.start..plan.end],
+            start: plan.start,
+            block_length: self.params.block_length,
+            commit: plan.commit,
+            logit_rows: &plan.rows,
+            cache: &mut self.cache,
+        }
+    }
+
+    /// Takes this step's logits: picks candidates, lets the decoder accept some, reports
+    /// what became final.
+    fn absorb(
+        &mut self,
+        plan: &Plan,
+        logits: Option<Tensor>,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        let logits = logits.ok_or_else(|| Error::InvalidRequest("no logits requested".into()))?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        self.stats.forwards += 1;
+        self.stats.denoising_steps += 1;
+        let vocab = logits.len() / plan.masked.len();
+        let b = self.params.block_length;
+        let (bs, be) = (self.block * b, plan.end);
+        let candidates: Vec<Candidate> = plan
+            .masked
+            .iter()
+            .enumerate()
+            .map(|(row, &pos)| {
+                let (token, confidence) =
+                    self.sampler.pick(&logits[row * vocab..(row + 1) * vocab]);
+                Candidate {
+                    offset: pos - bs,
+                    token,
+                    confidence,
+                }
+            })
+            .collect();
+        let info = StepInfo {
+            step: self.step,
+            scheduled: self.schedule[self.step],
+        };
+        let accepted = self.decoder.select(info, &candidates);
+        self.step += 1;
+        let mut placed_eos = false;
+        let mut filled = Vec::with_capacity(accepted.len());
+        for &i in &accepted {
+            let c = candidates[i];
+            self.x[bs + c.offset] = c.token;
+            placed_eos |= self.params.is_stop(c.token);
+            filled.push(c.offset);
+        }
+        observer.on_step(&BlockView {
+            index: self.block,
+            step: info.step,
+            tokens: &self.x[bs..be],
+            filled: &filled,
+            mask_id: self.params.mask_id,
+        });
+        self.report_commits(be, observer);
+        // The reference searches for the EOS from position 0 and up to the end of the
+        // block; we search the answer only (an EOS inside the prompt would make it
+        // return a piece of the prompt) and never past `gen_length` (it would return
+        // more tokens than asked for). Within those bounds the rule is the reference's.
+        if self.params.eos_early_stop && placed_eos {
+            let p = self.prompt_len;
+            if let Some(eos) =
+                (p..be.min(self.answer_end)).find(|&i| self.params.is_stop(self.x[i]))
+            {
+                if self.x[p..eos].iter().all(|&t| t != self.params.mask_id) {
+                    self.result = Some(self.x[p..=eos].to_vec());
                 }
             }
         }
-        if x[p..be].iter().any(|&t| params.is_stop(t)) {
-            break;
-        }
-    }
-    let mut answer = x[p..answer_end].to_vec();
-    if let Some(eos) = answer.iter().position(|&t| params.is_stop(t)) {
-        answer.truncate(eos + 1);
-    }
-    Ok(finish(answer, stats, started))
-}
-
-fn finish(ids: Vec<u32>, mut stats: GenerateStats, started: Instant) -> GenerateOutput {
-    stats.tokens = ids.len();
-    stats.seconds = started.elapsed().as_secs_f64();
-    GenerateOutput { ids, stats }
-}
-
-/// One forward pass of one sequence; the requested rows' logits, flattened.
-fn run(
-    model: &Llada2Model,
-    tokens: &[u32],
-    start: usize,
-    block_length: usize,
-    commit: usize,
-    rows: &[usize],
-    cache: &mut crate::cache::KvCache,
-) -> Result<Vec<f32>> {
-    let mut step = [SeqStep {
-        tokens,
-        start,
-        block_length,
-        commit,
-        logit_rows: rows,
-        cache,
-    }];
-    let logits = model.forward(&mut step)?.pop().flatten();
-    let logits = logits.ok_or_else(|| Error::InvalidRequest("no logits requested".into()))?;
-    Ok(logits.flatten_all()?.to_vec1::<f32>()?)
-}
-
-/// Emits the answer's final, left-contiguous prefix as it grows.
-struct Stream<'a> {
-    next: usize,
-    end: usize,
-    params: &'a GenerateParams,
-    done: bool,
-}
-
-impl<'a> Stream<'a> {
-    fn new(prompt_len: usize, answer_end: usize, params: &'a GenerateParams) -> Self {
-        Self {
-            next: prompt_len,
-            end: answer_end,
-            params,
-            done: false,
-        }
+        Ok(())
     }
 
-    fn advance(&mut self, x: &[u32], window_end: usize, observer: &mut dyn Observer) {
-        if self.done {
+    /// Reports the answer's final, left-contiguous prefix as it grows.
+    fn report_commits(&mut self, window_end: usize, observer: &mut dyn Observer) {
+        if self.stopped {
             return;
         }
-        let from = self.next;
-        let limit = window_end.min(self.end);
-        while self.next < limit && x[self.next] != self.params.mask_id {
-            self.next += 1;
-            if self.params.is_stop(x[self.next - 1]) {
-                self.done = true;
+        let from = self.committed;
+        let limit = window_end.min(self.answer_end);
+        while self.committed < limit && self.x[self.committed] != self.params.mask_id {
+            self.committed += 1;
+            if self.params.is_stop(self.x[self.committed - 1]) {
+                self.stopped = true;
                 break;
             }
         }
-        if self.next > from {
-            observer.on_commit(&x[from..self.next]);
+        if self.committed > from {
+            observer.on_commit(&self.x[from..self.committed]);
         }
+    }
+}
+
+/// Advances every unfinished generation of `batch` by one step in a single forward pass
+/// (linear and expert layers see all their tokens together; attention stays per
+/// sequence). `on_commit(i, ids)` receives `batch[i]`'s newly final answer tokens.
+/// Returns how many sequences took part.
+pub fn step_batch(
+    model: &Llada2Model,
+    batch: &mut [&mut Generation],
+    on_commit: &mut dyn FnMut(usize, &[u32]),
+) -> Result<usize> {
+    let plans: Vec<Option<Plan>> = batch.iter_mut().map(|g| g.plan()).collect();
+    let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(batch.len());
+    let mut members = Vec::with_capacity(batch.len());
+    for (i, (g, plan)) in batch.iter_mut().zip(&plans).enumerate() {
+        if let Some(plan) = plan {
+            steps.push(g.seq_step(plan));
+            members.push(i);
+        }
+    }
+    if steps.is_empty() {
+        return Ok(0);
+    }
+    let logits = model.forward(&mut steps)?;
+    drop(steps);
+    for (&i, logits) in members.iter().zip(logits) {
+        let plan = plans[i].as_ref().expect("planned member");
+        let mut report = Indexed(i, on_commit);
+        batch[i].absorb(plan, logits, &mut report)?;
+    }
+    Ok(members.len())
+}
+
+/// Forwards commits to a callback together with the sequence's index in its batch.
+struct Indexed<'a>(usize, &'a mut dyn FnMut(usize, &[u32]));
+
+impl Observer for Indexed<'_> {
+    fn on_commit(&mut self, ids: &[u32]) {
+        (self.1)(self.0, ids)
     }
 }

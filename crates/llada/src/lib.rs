@@ -25,7 +25,8 @@ pub use config::{GenerationConfig, Llada2Config, ModelFiles};
 pub use decode::{Decoder, DecoderConfig};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_observed, BlockView, GenerateOutput, GenerateParams, GenerateStats, Observer,
+    generate, generate_observed, step_batch, BlockView, GenerateOutput, GenerateParams,
+    GenerateStats, Generation, Observer,
 };
 pub use model::Llada2Model;
 pub use quant::Quant;

@@ -1,0 +1,73 @@
+//! Batched decoding: several generations advanced by shared forward passes must give the
+//! reference's answers, whatever joins or leaves the batch.
+
+mod common;
+
+use common::{generate_cases, load_fixture};
+use llada::{step_batch, Generation};
+
+#[test]
+fn all_golden_cases_decoded_together_match_the_reference() {
+    let loaded = load_fixture();
+    let cases = generate_cases(&loaded);
+    let mut gens: Vec<Generation> = cases
+        .iter()
+        .map(|c| Generation::new(&loaded.model, &c.prompt, c.params.clone()).unwrap())
+        .collect();
+    let mut streamed = vec![Vec::new(); gens.len()];
+    let mut passes = 0;
+    loop {
+        let mut batch: Vec<&mut Generation> = gens.iter_mut().collect();
+        let members = step_batch(&loaded.model, &mut batch, &mut |i, ids| {
+            streamed[i].extend_from_slice(ids)
+        })
+        .unwrap();
+        if members == 0 {
+            break;
+        }
+        passes += 1;
+    }
+    let most_steps = cases.iter().map(|c| c.denoising_forwards).max().unwrap();
+    assert_eq!(
+        passes, most_steps,
+        "the batch runs as long as its longest member"
+    );
+    for (i, (g, case)) in gens.into_iter().zip(&cases).enumerate() {
+        let out = g.finish();
+        assert_eq!(out.ids, case.output_ids, "case {i}: answer");
+        assert_eq!(
+            out.stats.denoising_steps, case.denoising_forwards,
+            "case {i}: steps"
+        );
+        let expected_stream: Vec<u32> = match out.ids.iter().position(|&t| t == case.params.eos_id)
+        {
+            Some(eos) => out.ids[..=eos].to_vec(),
+            None => out.ids.clone(),
+        };
+        assert_eq!(streamed[i], expected_stream, "case {i}: streamed commits");
+    }
+}
+
+#[test]
+fn members_may_join_late_and_leave_early() {
+    let loaded = load_fixture();
+    let cases = generate_cases(&loaded);
+    let (first, second) = (&cases[0], &cases[1]);
+    let mut a = Generation::new(&loaded.model, &first.prompt, first.params.clone()).unwrap();
+    let mut b = Generation::new(&loaded.model, &second.prompt, second.params.clone()).unwrap();
+    // `a` runs alone for two steps, then `b` joins; `a` is dropped from the batch list
+    // as soon as it finishes while `b` goes on.
+    for _ in 0..2 {
+        step_batch(&loaded.model, &mut [&mut a], &mut |_, _| {}).unwrap();
+    }
+    while !(a.is_finished() && b.is_finished()) {
+        let mut batch: Vec<&mut Generation> = Vec::new();
+        if !a.is_finished() {
+            batch.push(&mut a);
+        }
+        batch.push(&mut b);
+        step_batch(&loaded.model, &mut batch, &mut |_, _| {}).unwrap();
+    }
+    assert_eq!(a.finish().ids, first.output_ids);
+    assert_eq!(b.finish().ids, second.output_ids);
+}
