@@ -1,4 +1,4 @@
-//! `llada`: run, benchmark (and later chat with, serve and train) LLaDA2 diffusion LMs.
+//! `llada`: run, chat with, serve, benchmark and train LLaDA2 diffusion LMs.
 //! A thin binary: flags are parsed here and handed to the library crates.
 
 mod args;
@@ -8,6 +8,7 @@ mod download;
 mod eval;
 mod generate_cmd;
 mod quantize;
+mod serve;
 mod train;
 
 use anyhow::Result;
@@ -39,6 +40,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Training: tokenizer, task set, recipe stages (ar, wsd, sft), export.
     Train(train::TrainArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API with batched decoding.
+    Serve(serve::ServeArgs),
     /// Download a model from the Hugging Face Hub into the local cache.
     Download(download::DownloadArgs),
 }
@@ -59,6 +62,7 @@ fn main() {
         Command::Quantize(a) => quantize::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

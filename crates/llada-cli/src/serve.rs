@@ -1,0 +1,94 @@
+//! `llada serve`: the OpenAI-compatible HTTP server (see llada-server).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use llada_server::{AppState, ServerConfig};
+
+use crate::args::{DecodeArgs, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Decoding defaults for requests that do not set them (`--gen-length` is the
+    /// default `max_tokens`).
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Address to bind: loopback unless told otherwise (0.0.0.0 exposes the server).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Most requests decoded together in one batched forward pass.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_batch: u32,
+    /// Most requests waiting for a slot; beyond it requests get 429.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue: u32,
+    /// Seconds a request may take from arrival to its last token (then 504).
+    #[arg(long, default_value_t = 300)]
+    pub request_timeout: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// The model name clients send as `model` (default: the model folder's name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let dir = args.model.dir()?;
+    let loaded = args.model.load()?;
+    let mut config = ServerConfig::new(args.model_name.clone().unwrap_or_else(|| model_id(&args, &dir)));
+    config.api_key = args.api_key.clone();
+    config.max_batch = args.max_batch as usize;
+    config.max_queue = args.max_queue as usize;
+    config.request_timeout = Duration::from_secs(args.request_timeout);
+    config.max_body_bytes = args.max_body_bytes;
+    config.default_max_tokens = args.decode.gen_length;
+    let defaults = args.decode.params(&loaded);
+    let mut state = AppState::new(config, Arc::new(loaded))?;
+    state.defaults = defaults;
+    let state = Arc::new(state);
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "llada serve: model {:?} on http://{local} (max batch {}, queue {}{})",
+            state.config.model_id,
+            state.config.max_batch,
+            state.config.max_queue,
+            if state.config.api_key.is_some() { ", API key required" } else { "" },
+        );
+        let app = llada_server::router(state);
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("llada serve: shutting down");
+        };
+        llada_server::serve(listener, app, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// `--model` as given (a repo id or folder), or "default" for the embedded model.
+fn model_id(args: &ServeArgs, dir: &std::path::Path) -> String {
+    match &args.model.model {
+        Some(spec) if !std::path::Path::new(spec).exists() => spec.clone(),
+        _ if args.model.model.is_none() => "default".into(),
+        _ => dir
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned()),
+    }
+}

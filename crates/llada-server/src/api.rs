@@ -1,0 +1,269 @@
+//! OpenAI request and response bodies, and how a request's settings become the engine's
+//! decoding parameters.
+
+use serde::{Deserialize, Serialize};
+
+use llada::{DecoderConfig, GenerateParams, Llada2Config};
+
+use crate::error::ApiError;
+
+/// Settings shared by `/v1/chat/completions` and `/v1/completions` (parsed from the same
+/// body as the endpoint's own fields): OpenAI's fields plus
+/// the diffusion ones (`block_length`, `threshold`, `steps`, `decoder`, `top_k`,
+/// `eos_early_stop`) as extra body fields. Unknown fields are ignored, as OpenAI-style
+/// servers do.
+#[derive(Debug, Default, Deserialize)]
+pub struct CommonParams {
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub stop: Option<Stop>,
+    pub seed: Option<u64>,
+    pub n: Option<u32>,
+    pub user: Option<String>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub block_length: Option<u32>,
+    pub threshold: Option<f32>,
+    pub steps: Option<u32>,
+    pub decoder: Option<String>,
+    pub eos_early_stop: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+/// A message's content: a string, or OpenAI's list of parts (text parts only here).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+}
+
+/// `/v1/completions` prompts: text or token ids, one prompt per request.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+    Texts(Vec<String>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+impl ChatMessage {
+    /// The engine's message: OpenAI's `developer` role is the template's `system`.
+    pub fn to_engine(&self, index: usize) -> Result<llada::Message, ApiError> {
+        let param = format!("messages[{index}].content");
+        let content = match &self.content {
+            None => return Err(ApiError::invalid_param(&param, "a message needs content")),
+            Some(Content::Text(text)) => text.clone(),
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), &part.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        (kind, _) => {
+                            return Err(ApiError::invalid_param(
+                                &param,
+                                format!("content parts of type `{kind}` are not supported (text only)"),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+        };
+        let role = match self.role.as_str() {
+            "developer" => "system",
+            r @ ("system" | "user" | "assistant") => r,
+            other => {
+                return Err(ApiError::invalid_param(
+                    &format!("messages[{index}].role"),
+                    format!("role `{other}` is not supported (system, developer, user, assistant)"),
+                ))
+            }
+        };
+        Ok(llada::Message::new(role, content))
+    }
+}
+
+/// Limits of the server that requests are checked against.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `max_tokens` when a request does not say (capped by what the context leaves).
+    pub default_max_tokens: usize,
+}
+
+impl CommonParams {
+    pub fn stop_strings(&self) -> Result<Vec<String>, ApiError> {
+        let stops = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stops.len() > 4 {
+            return Err(ApiError::invalid_param("stop", "at most 4 stop sequences"));
+        }
+        if stops.iter().any(String::is_empty) {
+            return Err(ApiError::invalid_param("stop", "stop sequences must not be empty"));
+        }
+        Ok(stops)
+    }
+
+    /// The engine's parameters for a prompt of `prompt_len` tokens, every setting checked.
+    pub fn to_params(
+        &self,
+        defaults: &GenerateParams,
+        config: &Llada2Config,
+        limits: &Limits,
+        prompt_len: usize,
+    ) -> Result<GenerateParams, ApiError> {
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
+            }
+        }
+        let mut p = defaults.clone();
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::invalid_param("temperature", format!("temperature must be in [0, 2], got {t}")));
+            }
+            p.sampling.temperature = t;
+        }
+        if let Some(top_p) = self.top_p {
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(ApiError::invalid_param("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+            }
+            p.sampling.top_p = Some(top_p);
+        }
+        if let Some(k) = self.top_k {
+            p.sampling.top_k = (k > 0).then_some(k as usize);
+        }
+        if let Some(seed) = self.seed {
+            p.seed = seed;
+        }
+        let context = config.max_position_embeddings;
+        if let Some(b) = self.block_length {
+            if b == 0 || b as usize > context {
+                return Err(ApiError::invalid_param("block_length", format!("block_length must be in [1, {context}], got {b}")));
+            }
+            p.block_length = b as usize;
+        }
+        if let Some(s) = self.steps {
+            if s == 0 {
+                return Err(ApiError::invalid_param("steps", "steps must be at least 1"));
+            }
+            p.steps = s as usize;
+        } else if self.block_length.is_some() {
+            // One step per position unless told otherwise, as the reference default.
+            p.steps = p.block_length;
+        }
+        if let Some(name) = &self.decoder {
+            if name != "threshold" {
+                return Err(ApiError::invalid_param("decoder", format!("unknown decoder `{name}` (known: threshold)")));
+            }
+        }
+        if let Some(t) = self.threshold {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(ApiError::invalid_param("threshold", format!("threshold must be in [0, 1], got {t}")));
+            }
+            p.decoder = DecoderConfig::Threshold { threshold: t };
+        }
+        p.eos_early_stop = self.eos_early_stop.unwrap_or(true);
+
+        let asked = self.max_completion_tokens.or(self.max_tokens);
+        let field = if self.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+        p.gen_length = match asked {
+            Some(0) => return Err(ApiError::invalid_param(field, format!("{field} must be at least 1"))),
+            Some(n) => n as usize,
+            None => {
+                // What fits in the context after the prompt, in whole blocks.
+                let room = (context / p.block_length * p.block_length).saturating_sub(prompt_len);
+                limits.default_max_tokens.min(room).max(1)
+            }
+        };
+        let needed = p.positions_needed(prompt_len);
+        if needed > context {
+            return Err(ApiError::invalid_param(field, format!(
+                "This model's maximum context length is {context} tokens. However, you requested {needed} tokens ({prompt_len} in the prompt, {} to generate, rounded up to whole blocks of {}). Please reduce the prompt or {field}.",
+                p.gen_length, p.block_length
+            ))
+            .with_code("context_length_exceeded"));
+        }
+        Ok(p)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token or stop sequence ended the answer.
+    Stop,
+    /// `max_tokens` ran out first.
+    Length,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    /// Forward passes this request took part in (diffusion: fewer than tokens).
+    pub forwards: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    pub context_length: usize,
+}

@@ -1,0 +1,436 @@
+//! The HTTP endpoints.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use llada::Generation;
+
+use crate::api::{ChatRequest, CommonParams, CompletionRequest, FinishReason, ModelCard, ModelList, Prompt};
+use crate::error::ApiError;
+use crate::metrics::RequestLabels;
+use crate::scheduler::{Event, Job, SubmitError};
+use crate::AppState;
+
+/// A JSON object body, read without regard to its content type (curl's `-d` sends a
+/// form type). Its parts are then parsed with [`field_errors`] so errors name the field.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
+        Ok(JsonBody(value))
+    }
+}
+
+/// Parses `T` out of the body, naming the offending field on error (`messages[0].role`).
+pub fn field_errors<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::invalid(format!("invalid request body: {inner}"))
+        } else {
+            ApiError::invalid_param(&path, format!("invalid `{path}`: {inner}"))
+        }
+    })
+}
+
+/// The body size limit, for the error message.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Rejects requests without the configured bearer token (constant-time comparison).
+pub async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        if req.uri().path() != "/health" {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+                return ApiError::unauthorized().into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Counts requests by endpoint and status, and times them to the response head.
+pub async fn track(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    req.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
+    let response = next.run(req).await;
+    let m = &state.metrics;
+    m.http_seconds.observe(started.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            endpoint,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "model": state.config.model_id,
+        "active": state.metrics.active.get(),
+        "queued": state.scheduler.queued(),
+    }))
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![state.model_card()],
+    })
+}
+
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(req.uri().path())
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = field_errors(&body)?;
+    let common: CommonParams = field_errors(&body)?;
+    state.check_model(&req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_param("messages", "messages must not be empty"));
+    }
+    let messages = req
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| m.to_engine(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prompt = state.tokenizer().encode_chat(&messages, true)?;
+    let run = state.submit(prompt, &common)?;
+    let format = Format::Chat;
+    Ok(if common.stream {
+        stream_response(state, run, format, include_usage(&common))
+    } else {
+        whole_response(state, run, format).await?
+    })
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = field_errors(&body)?;
+    let common: CommonParams = field_errors(&body)?;
+    state.check_model(&req.model)?;
+    if req.echo == Some(true) {
+        return Err(ApiError::invalid_param("echo", "echo is not supported"));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
+    }
+    let one = || ApiError::invalid_param("prompt", "one prompt per request (n = 1)");
+    let prompt = match req.prompt {
+        Prompt::Text(text) => state.tokenizer().encode(&text)?,
+        Prompt::Ids(ids) => ids,
+        Prompt::Texts(mut v) if v.len() == 1 => state.tokenizer().encode(&v.remove(0))?,
+        Prompt::IdLists(mut v) if v.len() == 1 => v.remove(0),
+        Prompt::Texts(_) | Prompt::IdLists(_) => return Err(one()),
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
+    }
+    let run = state.submit(prompt, &common)?;
+    let format = Format::Completion;
+    Ok(if common.stream {
+        stream_response(state, run, format, include_usage(&common))
+    } else {
+        whole_response(state, run, format).await?
+    })
+}
+
+fn include_usage(common: &CommonParams) -> bool {
+    common.stream_options.as_ref().is_some_and(|o| o.include_usage)
+}
+
+/// An accepted request: its id, creation time and event stream.
+pub struct Run {
+    id: String,
+    created: u64,
+    events: UnboundedReceiver<Event>,
+}
+
+impl AppState {
+    fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if model == self.config.model_id {
+            Ok(())
+        } else {
+            Err(ApiError::unknown_model(model))
+        }
+    }
+
+    fn tokenizer(&self) -> &llada::Tokenizer {
+        self.model
+            .tokenizer
+            .as_ref()
+            .expect("checked when the server started")
+    }
+
+    pub(crate) fn model_card(&self) -> ModelCard {
+        ModelCard {
+            id: self.config.model_id.clone(),
+            object: "model",
+            created: self.started,
+            owned_by: "llada",
+            context_length: self.model.files.config.max_position_embeddings,
+        }
+    }
+
+    /// Checks the request's settings against the model and queues it.
+    fn submit(&self, prompt: Vec<u32>, common: &CommonParams) -> Result<Run, ApiError> {
+        let config = &self.model.files.config;
+        let params = common.to_params(&self.defaults, config, &self.limits, prompt.len())?;
+        let stop = common.stop_strings()?;
+        let generation = Generation::new(&self.model.model, &prompt, params)?;
+        let (tx, rx) = unbounded_channel();
+        let received = Instant::now();
+        let job = Job {
+            generation,
+            stop,
+            received,
+            deadline: received + self.config.request_timeout,
+            events: tx,
+        };
+        match self.scheduler.submit(job) {
+            Ok(()) => Ok(Run {
+                id: new_id(),
+                created: unix_now(),
+                events: rx,
+            }),
+            Err(SubmitError::Full) => Err(ApiError::busy(self.scheduler.max_queue())),
+            Err(SubmitError::Stopped) => Err(ApiError::unavailable()),
+        }
+    }
+}
+
+fn new_id() -> String {
+    format!("{:024x}", rand::random::<u128>() >> 32)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// The two OpenAI response shapes.
+#[derive(Clone, Copy)]
+enum Format {
+    Chat,
+    Completion,
+}
+
+impl Format {
+    fn id(self, id: &str) -> String {
+        match self {
+            Format::Chat => format!("chatcmpl-{id}"),
+            Format::Completion => format!("cmpl-{id}"),
+        }
+    }
+
+    fn envelope(self, state: &AppState, run: &Run, stream: bool, choices: Value) -> Value {
+        let object = match (self, stream) {
+            (Format::Chat, false) => "chat.completion",
+            (Format::Chat, true) => "chat.completion.chunk",
+            (Format::Completion, _) => "text_completion",
+        };
+        json!({
+            "id": self.id(&run.id),
+            "object": object,
+            "created": run.created,
+            "model": state.config.model_id,
+            "system_fingerprint": state.fingerprint,
+            "choices": choices,
+        })
+    }
+
+    fn choice(self, text: &str, finish: Option<FinishReason>) -> Value {
+        match self {
+            Format::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            Format::Completion => json!({
+                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+            }),
+        }
+    }
+
+    fn delta(self, text: Option<&str>, first: bool, finish: Option<FinishReason>) -> Value {
+        match self {
+            Format::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if let Some(text) = text {
+                    delta.insert("content".into(), json!(text));
+                }
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            Format::Completion => json!({
+                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+            }),
+        }
+    }
+}
+
+/// Waits for the whole answer.
+async fn whole_response(state: Arc<AppState>, mut run: Run, format: Format) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    loop {
+        match run.events.recv().await {
+            Some(Event::Text(piece)) => text.push_str(&piece),
+            Some(Event::Done { reason, usage }) => {
+                let mut body = format.envelope(&state, &run, false, json!([format.choice(&text, Some(reason))]));
+                body["usage"] = json!(usage);
+                return Ok(Json(body).into_response());
+            }
+            Some(Event::Failed(e)) => return Err(e),
+            None => return Err(ApiError::unavailable()),
+        }
+    }
+}
+
+/// Server-sent events: a first chunk at once, then text as it becomes final, a last
+/// chunk with the finish reason, optionally a usage chunk, and `[DONE]`. If the client
+/// goes away the stream is dropped, which the scheduler sees at its next step.
+fn stream_response(state: Arc<AppState>, run: Run, format: Format, include_usage: bool) -> Response {
+    let mut pending: Vec<SseEvent> = Vec::new();
+    if let Format::Chat = format {
+        let first = format.envelope(&state, &run, true, json!([format.delta(Some(""), true, None)]));
+        pending.push(data(&first));
+    }
+    let init = SseState {
+        state,
+        run,
+        format,
+        include_usage,
+        pending: pending.into(),
+        done: false,
+    };
+    let events = stream::unfold(init, |mut s| async move {
+        loop {
+            if let Some(event) = s.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(event), s));
+            }
+            if s.done {
+                return None;
+            }
+            let event = s.run.events.recv().await;
+            s.render(event);
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+struct SseState {
+    state: Arc<AppState>,
+    run: Run,
+    format: Format,
+    include_usage: bool,
+    pending: std::collections::VecDeque<SseEvent>,
+    done: bool,
+}
+
+impl SseState {
+    fn render(&mut self, event: Option<Event>) {
+        let chunk = |s: &Self, choices: Value| s.format.envelope(&s.state, &s.run, true, choices);
+        match event {
+            Some(Event::Text(text)) => {
+                let c = chunk(self, json!([self.format.delta(Some(&text), false, None)]));
+                self.pending.push_back(data(&c));
+            }
+            Some(Event::Done { reason, usage }) => {
+                let c = chunk(self, json!([self.format.delta(None, false, Some(reason))]));
+                self.pending.push_back(data(&c));
+                if self.include_usage {
+                    let mut c = chunk(self, json!([]));
+                    c["usage"] = json!(usage);
+                    self.pending.push_back(data(&c));
+                }
+                self.end();
+            }
+            Some(Event::Failed(e)) => {
+                self.pending.push_back(data(&e.body()));
+                self.end();
+            }
+            None => {
+                self.pending.push_back(data(&ApiError::unavailable().body()));
+                self.end();
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.pending.push_back(SseEvent::default().data("[DONE]"));
+        self.done = true;
+    }
+}
+
+fn data(value: &Value) -> SseEvent {
+    SseEvent::default().data(value.to_string())
+}

@@ -1,0 +1,311 @@
+//! The request scheduler: one thread owns the model and decodes every admitted request's
+//! current block in one batched forward pass per step. Requests wait in a bounded queue,
+//! join the batch between steps and leave it when they finish, time out, or their client
+//! goes away.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use llada::tokenizer::StreamDecoder;
+use llada::{step_batch, Generation, LoadedModel};
+
+use crate::api::{FinishReason, Usage};
+use crate::error::ApiError;
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::stop::StopMatcher;
+
+/// One admitted request.
+pub struct Job {
+    pub generation: Generation,
+    pub stop: Vec<String>,
+    pub received: Instant,
+    pub deadline: Instant,
+    pub events: UnboundedSender<Event>,
+}
+
+/// What a request's handler hears back, in order: text pieces, then one `Done` or
+/// `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Final text, left-contiguous: it will never change.
+    Text(String),
+    Done { reason: FinishReason, usage: Usage },
+    Failed(ApiError),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    Full,
+    Stopped,
+}
+
+/// The handlers' side of the scheduler.
+pub struct Scheduler {
+    jobs: SyncSender<Job>,
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Scheduler {
+    /// Starts the decoding thread; it stops when the last `Scheduler` handle is dropped
+    /// and its work is done.
+    pub fn start(
+        model: Arc<LoadedModel>,
+        max_batch: usize,
+        max_queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (jobs, inbox) = mpsc::sync_channel(max_queue.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            model,
+            max_batch: max_batch.max(1),
+            inbox,
+            queued: queued.clone(),
+            metrics: metrics.clone(),
+        };
+        std::thread::Builder::new()
+            .name("llada-scheduler".into())
+            .spawn(move || worker.run())?;
+        Ok(Self {
+            jobs,
+            queued,
+            max_queue: max_queue.max(1),
+            metrics,
+        })
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
+
+    /// Queues `job`, or says why not, at once (never waits for room).
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.set(self.queued() as i64);
+                Ok(())
+            }
+            Err(e) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::Full,
+                    TrySendError::Disconnected(_) => SubmitError::Stopped,
+                })
+            }
+        }
+    }
+}
+
+struct Worker {
+    model: Arc<LoadedModel>,
+    max_batch: usize,
+    inbox: Receiver<Job>,
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+/// A request in the batch, with its detokenizer and stop-sequence state.
+struct Active<'t> {
+    job: Job,
+    text: StreamDecoder<'t>,
+    stop: StopMatcher,
+    first_text: bool,
+}
+
+impl Worker {
+    fn run(self) {
+        let model = self.model.clone();
+        let Some(tokenizer) = model.tokenizer.as_ref() else {
+            tracing::error!("the scheduler needs the model's tokenizer");
+            return;
+        };
+        let mut active: Vec<Active<'_>> = Vec::new();
+        loop {
+            if !self.admit(&mut active, tokenizer) {
+                return;
+            }
+            self.drop_gone(&mut active);
+            if active.is_empty() {
+                continue;
+            }
+            self.step(&mut active);
+            self.metrics.active.set(active.len() as i64);
+        }
+    }
+
+    /// Moves queued jobs into the batch while there is room; waits when idle. False once
+    /// every handle is gone and nothing is left to do.
+    fn admit<'t>(&self, active: &mut Vec<Active<'t>>, tokenizer: &'t llada::Tokenizer) -> bool {
+        while active.len() < self.max_batch {
+            let job = if active.is_empty() {
+                match self.inbox.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                }
+            } else {
+                match self.inbox.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            };
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.queue_depth.set(self.queued.load(Ordering::SeqCst) as i64);
+            self.metrics
+                .prompt_tokens
+                .inc_by(job.generation.stats().prompt_tokens as u64);
+            let stop = StopMatcher::new(job.stop.clone());
+            active.push(Active {
+                job,
+                text: tokenizer.stream_decoder(true),
+                stop,
+                first_text: true,
+            });
+        }
+        self.metrics.active.set(active.len() as i64);
+        true
+    }
+
+    /// Frees the slots of requests whose client left or whose time ran out.
+    fn drop_gone(&self, active: &mut Vec<Active<'_>>) {
+        let now = Instant::now();
+        active.retain(|a| {
+            if a.job.events.is_closed() {
+                self.count("cancelled");
+                return false;
+            }
+            if now >= a.job.deadline {
+                let limit = a.job.deadline - a.job.received;
+                let _ = a.job.events.send(Event::Failed(ApiError::timeout(limit.as_secs_f64())));
+                self.count("timeout");
+                return false;
+            }
+            true
+        });
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .generations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// One batched forward pass over every active request, then their new text out.
+    fn step(&self, active: &mut Vec<Active<'_>>) {
+        let model = &self.model.model;
+        let mut commits: Vec<Vec<u32>> = vec![Vec::new(); active.len()];
+        let result = {
+            let mut batch: Vec<&mut Generation> =
+                active.iter_mut().map(|a| &mut a.job.generation).collect();
+            // A failing pass must not take the server down: its requests fail, others go on.
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                step_batch(model, &mut batch, &mut |i, ids| commits[i].extend_from_slice(ids))
+            }))
+        };
+        let members = match result {
+            Ok(Ok(members)) => members,
+            Ok(Err(e)) => return self.fail_all(active, e.to_string()),
+            Err(_) => return self.fail_all(active, "the forward pass panicked".into()),
+        };
+        if members > 0 {
+            self.metrics.forwards.inc();
+            self.metrics.sequence_forwards.inc_by(members as u64);
+            self.metrics.batch_size.observe(members as f64);
+        }
+        let mut i = 0;
+        active.retain_mut(|a| {
+            let ids = std::mem::take(&mut commits[i]);
+            i += 1;
+            !self.emit(a, &ids)
+        });
+        self.metrics.refresh_tpf();
+    }
+
+    /// Sends `a`'s new text; true when the request is finished (and told so).
+    fn emit(&self, a: &mut Active<'_>, ids: &[u32]) -> bool {
+        let text = match a.text.push(ids) {
+            Ok(text) => text,
+            Err(e) => return self.fail(a, ApiError::internal(e.to_string())),
+        };
+        let released = a.stop.push(&text);
+        self.send_text(a, released.text);
+        if released.stopped {
+            return self.finish(a, FinishReason::Stop);
+        }
+        if a.job.generation.is_finished() {
+            let rest = a.stop.flush();
+            self.send_text(a, rest);
+            let ended_by_stop = a
+                .text
+                .ids()
+                .last()
+                .is_some_and(|&t| a.job.generation.params().is_stop(t));
+            let reason = if ended_by_stop {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            };
+            return self.finish(a, reason);
+        }
+        false
+    }
+
+    fn send_text(&self, a: &mut Active<'_>, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        if a.first_text {
+            a.first_text = false;
+            self.metrics
+                .time_to_first_token
+                .observe(a.job.received.elapsed().as_secs_f64());
+        }
+        let _ = a.job.events.send(Event::Text(text));
+    }
+
+    fn finish(&self, a: &mut Active<'_>, reason: FinishReason) -> bool {
+        let stats = a.job.generation.stats();
+        let completion = a.text.ids().len();
+        let usage = Usage {
+            prompt_tokens: stats.prompt_tokens,
+            completion_tokens: completion,
+            total_tokens: stats.prompt_tokens + completion,
+            forwards: stats.forwards,
+        };
+        self.metrics.completion_tokens.inc_by(completion as u64);
+        self.metrics
+            .generation_seconds
+            .observe(a.job.received.elapsed().as_secs_f64());
+        self.count(match reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        });
+        let _ = a.job.events.send(Event::Done { reason, usage });
+        true
+    }
+
+    fn fail(&self, a: &mut Active<'_>, error: ApiError) -> bool {
+        tracing::error!("request failed: {}", error.message);
+        self.count("error");
+        let _ = a.job.events.send(Event::Failed(error));
+        true
+    }
+
+    fn fail_all(&self, active: &mut Vec<Active<'_>>, message: String) {
+        for mut a in active.drain(..) {
+            self.fail(&mut a, ApiError::internal(message.clone()));
+        }
+    }
+}
