@@ -46,7 +46,11 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<()> {
     let dir = args.model.dir()?;
     let loaded = args.model.load()?;
-    let mut config = ServerConfig::new(args.model_name.clone().unwrap_or_else(|| model_id(&args, &dir)));
+    let mut config = ServerConfig::new(
+        args.model_name
+            .clone()
+            .unwrap_or_else(|| model_id(&args, &dir)),
+    );
     config.api_key = args.api_key.clone();
     config.max_batch = args.max_batch as usize;
     config.max_queue = args.max_queue as usize;
@@ -70,7 +74,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             state.config.model_id,
             state.config.max_batch,
             state.config.max_queue,
-            if state.config.api_key.is_some() { ", API key required" } else { "" },
+            if state.config.api_key.is_some() {
+                ", API key required"
+            } else {
+                ""
+            },
         );
         let app = llada_server::router(state);
         let shutdown = async {

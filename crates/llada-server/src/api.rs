@@ -95,25 +95,26 @@ impl ChatMessage {
     /// The engine's message: OpenAI's `developer` role is the template's `system`.
     pub fn to_engine(&self, index: usize) -> Result<llada::Message, ApiError> {
         let param = format!("messages[{index}].content");
-        let content = match &self.content {
-            None => return Err(ApiError::invalid_param(&param, "a message needs content")),
-            Some(Content::Text(text)) => text.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for part in parts {
-                    match (part.kind.as_str(), &part.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        (kind, _) => {
-                            return Err(ApiError::invalid_param(
+        let content =
+            match &self.content {
+                None => return Err(ApiError::invalid_param(&param, "a message needs content")),
+                Some(Content::Text(text)) => text.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        match (part.kind.as_str(), &part.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            (kind, _) => return Err(ApiError::invalid_param(
                                 &param,
-                                format!("content parts of type `{kind}` are not supported (text only)"),
-                            ))
+                                format!(
+                                    "content parts of type `{kind}` are not supported (text only)"
+                                ),
+                            )),
                         }
                     }
+                    text
                 }
-                text
-            }
-        };
+            };
         let role = match self.role.as_str() {
             "developer" => "system",
             r @ ("system" | "user" | "assistant") => r,
@@ -146,7 +147,10 @@ impl CommonParams {
             return Err(ApiError::invalid_param("stop", "at most 4 stop sequences"));
         }
         if stops.iter().any(String::is_empty) {
-            return Err(ApiError::invalid_param("stop", "stop sequences must not be empty"));
+            return Err(ApiError::invalid_param(
+                "stop",
+                "stop sequences must not be empty",
+            ));
         }
         Ok(stops)
     }
@@ -167,13 +171,19 @@ impl CommonParams {
         let mut p = defaults.clone();
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::invalid_param("temperature", format!("temperature must be in [0, 2], got {t}")));
+                return Err(ApiError::invalid_param(
+                    "temperature",
+                    format!("temperature must be in [0, 2], got {t}"),
+                ));
             }
             p.sampling.temperature = t;
         }
         if let Some(top_p) = self.top_p {
             if !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(ApiError::invalid_param("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+                return Err(ApiError::invalid_param(
+                    "top_p",
+                    format!("top_p must be in (0, 1], got {top_p}"),
+                ));
             }
             p.sampling.top_p = Some(top_p);
         }
@@ -186,7 +196,10 @@ impl CommonParams {
         let context = config.max_position_embeddings;
         if let Some(b) = self.block_length {
             if b == 0 || b as usize > context {
-                return Err(ApiError::invalid_param("block_length", format!("block_length must be in [1, {context}], got {b}")));
+                return Err(ApiError::invalid_param(
+                    "block_length",
+                    format!("block_length must be in [1, {context}], got {b}"),
+                ));
             }
             p.block_length = b as usize;
         }
@@ -201,21 +214,36 @@ impl CommonParams {
         }
         if let Some(name) = &self.decoder {
             if name != "threshold" {
-                return Err(ApiError::invalid_param("decoder", format!("unknown decoder `{name}` (known: threshold)")));
+                return Err(ApiError::invalid_param(
+                    "decoder",
+                    format!("unknown decoder `{name}` (known: threshold)"),
+                ));
             }
         }
         if let Some(t) = self.threshold {
             if !(0.0..=1.0).contains(&t) {
-                return Err(ApiError::invalid_param("threshold", format!("threshold must be in [0, 1], got {t}")));
+                return Err(ApiError::invalid_param(
+                    "threshold",
+                    format!("threshold must be in [0, 1], got {t}"),
+                ));
             }
             p.decoder = DecoderConfig::Threshold { threshold: t };
         }
         p.eos_early_stop = self.eos_early_stop.unwrap_or(true);
 
         let asked = self.max_completion_tokens.or(self.max_tokens);
-        let field = if self.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+        let field = if self.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
         p.gen_length = match asked {
-            Some(0) => return Err(ApiError::invalid_param(field, format!("{field} must be at least 1"))),
+            Some(0) => {
+                return Err(ApiError::invalid_param(
+                    field,
+                    format!("{field} must be at least 1"),
+                ))
+            }
             Some(n) => n as usize,
             None => {
                 // What fits in the context after the prompt, in whole blocks.

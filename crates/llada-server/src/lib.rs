@@ -118,8 +118,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         // Route layers run inside routing, so `track` sees the matched path; it wraps
         // `authorize` so that rejected requests are counted too.
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::authorize))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::track))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::authorize,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::track,
+        ))
         .with_state(state)
 }
 

@@ -68,19 +68,67 @@ impl Metrics {
             http_seconds: latency(),
             registry: Registry::default(),
         };
-        registry.register("http_requests", "HTTP requests by endpoint and status", m.requests.clone());
-        registry.register("generations", "Finished generations by outcome", m.generations.clone());
-        registry.register("prompt_tokens", "Prompt tokens of admitted requests", m.prompt_tokens.clone());
-        registry.register("completion_tokens", "Tokens generated", m.completion_tokens.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by endpoint and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "generations",
+            "Finished generations by outcome",
+            m.generations.clone(),
+        );
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens of admitted requests",
+            m.prompt_tokens.clone(),
+        );
+        registry.register(
+            "completion_tokens",
+            "Tokens generated",
+            m.completion_tokens.clone(),
+        );
         registry.register("forwards", "Batched forward passes", m.forwards.clone());
-        registry.register("sequence_forwards", "Per-sequence steps summed over batched forward passes", m.sequence_forwards.clone());
-        registry.register("tokens_per_forward", "Generated tokens per sequence step, since start (TPF)", m.tokens_per_forward.clone());
-        registry.register("queue_depth", "Requests waiting for a batch slot", m.queue_depth.clone());
-        registry.register("active_requests", "Requests being decoded", m.active.clone());
-        registry.register("batch_size", "Sequences per batched forward pass", m.batch_size.clone());
-        registry.register("time_to_first_token_seconds", "From request to its first streamed text", m.time_to_first_token.clone());
-        registry.register("generation_seconds", "From request to its last token", m.generation_seconds.clone());
-        registry.register("http_request_seconds", "Time to the response head", m.http_seconds.clone());
+        registry.register(
+            "sequence_forwards",
+            "Per-sequence steps summed over batched forward passes",
+            m.sequence_forwards.clone(),
+        );
+        registry.register(
+            "tokens_per_forward",
+            "Generated tokens per sequence step, since start (TPF)",
+            m.tokens_per_forward.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a batch slot",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "active_requests",
+            "Requests being decoded",
+            m.active.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Sequences per batched forward pass",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "From request to its first streamed text",
+            m.time_to_first_token.clone(),
+        );
+        registry.register(
+            "generation_seconds",
+            "From request to its last token",
+            m.generation_seconds.clone(),
+        );
+        registry.register(
+            "http_request_seconds",
+            "Time to the response head",
+            m.http_seconds.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -19,7 +19,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use llada::Generation;
 
-use crate::api::{ChatRequest, CommonParams, CompletionRequest, FinishReason, ModelCard, ModelList, Prompt};
+use crate::api::{
+    ChatRequest, CommonParams, CompletionRequest, FinishReason, ModelCard, ModelList, Prompt,
+};
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
 use crate::scheduler::{Event, Job, SubmitError};
@@ -93,7 +95,8 @@ pub async fn track(State(state): State<Arc<AppState>>, mut req: Request, next: N
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    req.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
+    req.extensions_mut()
+        .insert(BodyLimit(state.config.max_body_bytes));
     let response = next.run(req).await;
     let m = &state.metrics;
     m.http_seconds.observe(started.elapsed().as_secs_f64());
@@ -117,7 +120,10 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -146,7 +152,10 @@ pub async fn chat_completions(
     let common: CommonParams = field_errors(&body)?;
     state.check_model(&req.model)?;
     if req.messages.is_empty() {
-        return Err(ApiError::invalid_param("messages", "messages must not be empty"));
+        return Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        ));
     }
     let messages = req
         .messages
@@ -198,7 +207,10 @@ pub async fn completions(
 }
 
 fn include_usage(common: &CommonParams) -> bool {
-    common.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    common
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage)
 }
 
 /// An accepted request: its id, creation time and event stream.
@@ -337,13 +349,22 @@ impl Format {
 }
 
 /// Waits for the whole answer.
-async fn whole_response(state: Arc<AppState>, mut run: Run, format: Format) -> Result<Response, ApiError> {
+async fn whole_response(
+    state: Arc<AppState>,
+    mut run: Run,
+    format: Format,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
     loop {
         match run.events.recv().await {
             Some(Event::Text(piece)) => text.push_str(&piece),
             Some(Event::Done { reason, usage }) => {
-                let mut body = format.envelope(&state, &run, false, json!([format.choice(&text, Some(reason))]));
+                let mut body = format.envelope(
+                    &state,
+                    &run,
+                    false,
+                    json!([format.choice(&text, Some(reason))]),
+                );
                 body["usage"] = json!(usage);
                 return Ok(Json(body).into_response());
             }
@@ -356,10 +377,20 @@ async fn whole_response(state: Arc<AppState>, mut run: Run, format: Format) -> R
 /// Server-sent events: a first chunk at once, then text as it becomes final, a last
 /// chunk with the finish reason, optionally a usage chunk, and `[DONE]`. If the client
 /// goes away the stream is dropped, which the scheduler sees at its next step.
-fn stream_response(state: Arc<AppState>, run: Run, format: Format, include_usage: bool) -> Response {
+fn stream_response(
+    state: Arc<AppState>,
+    run: Run,
+    format: Format,
+    include_usage: bool,
+) -> Response {
     let mut pending: Vec<SseEvent> = Vec::new();
     if let Format::Chat = format {
-        let first = format.envelope(&state, &run, true, json!([format.delta(Some(""), true, None)]));
+        let first = format.envelope(
+            &state,
+            &run,
+            true,
+            json!([format.delta(Some(""), true, None)]),
+        );
         pending.push(data(&first));
     }
     let init = SseState {
@@ -419,7 +450,8 @@ impl SseState {
                 self.end();
             }
             None => {
-                self.pending.push_back(data(&ApiError::unavailable().body()));
+                self.pending
+                    .push_back(data(&ApiError::unavailable().body()));
                 self.end();
             }
         }

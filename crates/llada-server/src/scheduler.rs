@@ -34,7 +34,10 @@ pub struct Job {
 pub enum Event {
     /// Final text, left-contiguous: it will never change.
     Text(String),
-    Done { reason: FinishReason, usage: Usage },
+    Done {
+        reason: FinishReason,
+        usage: Usage,
+    },
     Failed(ApiError),
 }
 
@@ -161,7 +164,9 @@ impl Worker {
                 }
             };
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            self.metrics.queue_depth.set(self.queued.load(Ordering::SeqCst) as i64);
+            self.metrics
+                .queue_depth
+                .set(self.queued.load(Ordering::SeqCst) as i64);
             self.metrics
                 .prompt_tokens
                 .inc_by(job.generation.stats().prompt_tokens as u64);
@@ -187,7 +192,10 @@ impl Worker {
             }
             if now >= a.job.deadline {
                 let limit = a.job.deadline - a.job.received;
-                let _ = a.job.events.send(Event::Failed(ApiError::timeout(limit.as_secs_f64())));
+                let _ = a
+                    .job
+                    .events
+                    .send(Event::Failed(ApiError::timeout(limit.as_secs_f64())));
                 self.count("timeout");
                 return false;
             }
@@ -211,7 +219,9 @@ impl Worker {
                 active.iter_mut().map(|a| &mut a.job.generation).collect();
             // A failing pass must not take the server down: its requests fail, others go on.
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                step_batch(model, &mut batch, &mut |i, ids| commits[i].extend_from_slice(ids))
+                step_batch(model, &mut batch, &mut |i, ids| {
+                    commits[i].extend_from_slice(ids)
+                })
             }))
         };
         let members = match result {

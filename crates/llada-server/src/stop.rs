@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn a_stop_split_over_pieces_is_caught_and_never_shown() {
-        assert_eq!(run(&["END"], &["abc E", "N", "D more"]), ("abc ".into(), true));
+        assert_eq!(
+            run(&["END"], &["abc E", "N", "D more"]),
+            ("abc ".into(), true)
+        );
         let mut m = StopMatcher::new(vec!["END".into()]);
         assert_eq!(m.push("abc E").text, "abc ");
         assert_eq!(m.push("N").text, "");
