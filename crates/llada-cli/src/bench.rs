@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use llada::{generate, GenerateParams, GenerateStats};
+use llada::{generate, step_batch, GenerateParams, GenerateStats, Generation, Llada2Model};
 use serde::Serialize;
 
 use crate::args::{DecodeArgs, ModelArgs, PromptArgs};
@@ -34,6 +34,13 @@ pub struct BenchArgs {
     /// Which rows to run: cached, no-cache, ar (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "cached,no-cache,ar")]
     pub modes: Vec<String>,
+    /// Also decode N copies of the prompt together, one batched forward pass per step
+    /// (as `llada serve` does): a row with the aggregate tokens/s.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: u32,
+    /// Generate all --gen-length tokens whatever the model says (EOS ends nothing).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Serialize)]
@@ -57,7 +64,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let load_seconds = started.elapsed().as_secs_f64();
     let weight_gib = loaded.model.weight_bytes() as f64 / (1u64 << 30) as f64;
-    let base = args.decode.params(&loaded);
+    let mut base = args.decode.params(&loaded);
+    base.ignore_eos = args.ignore_eos;
     let prompt = match args.prompt.ids(&loaded)? {
         Some(ids) => ids,
         None => synthetic_prompt(args.prompt_length, loaded.model.config().vocab_size, &base),
@@ -88,6 +96,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--modes is empty");
     }
     let mut rows = Vec::new();
+    if args.batch > 1 {
+        let n = args.batch as usize;
+        run_batched(&loaded.model, &prompt, &base, n)?;
+        let (mut total, mut passes) = (GenerateStats::default(), 0);
+        for _ in 0..args.runs {
+            let (s, p) = run_batched(&loaded.model, &prompt, &base, n)?;
+            total.tokens += s.tokens;
+            total.forwards += s.forwards;
+            total.seconds += s.seconds;
+            passes += p;
+        }
+        rows.push(Row {
+            mode: "cached, batched (below)",
+            tokens: total.tokens / args.runs,
+            forwards: passes / args.runs,
+            tokens_per_forward: total.tokens_per_forward(),
+            ms_per_forward: 1e3 * total.seconds / passes.max(1) as f64,
+            tokens_per_second: total.tokens_per_second(),
+        });
+    }
     for (mode, params) in modes {
         generate(&loaded.model, &prompt, &params, &mut |_| {})?;
         let mut total = GenerateStats::default();
@@ -138,6 +166,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "", "", "", "", "", "", ""
     );
     let reference = rows[0].tokens_per_second;
+    if args.batch > 1 {
+        println!(
+            "row 1: {} copies of the prompt decoded together; tokens and tokens/s are summed over them, forwards and ms/forward count batched passes, TPF is per sequence",
+            args.batch
+        );
+    }
     for r in &rows {
         println!(
             "| {:<26} | {:>6} | {:>8} | {:>6.2} | {:>10.2} | {:>9.1} | {:>7.2}x |",
@@ -151,6 +185,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Decodes `n` copies of `prompt` through shared forward passes. Returns the summed
+/// per-sequence statistics (wall time once) and the number of batched passes.
+fn run_batched(
+    model: &Llada2Model,
+    prompt: &[u32],
+    params: &GenerateParams,
+    n: usize,
+) -> Result<(GenerateStats, usize)> {
+    let started = std::time::Instant::now();
+    let mut gens = (0..n)
+        .map(|_| Generation::new(model, prompt, params.clone()))
+        .collect::<llada::Result<Vec<_>>>()?;
+    let mut passes = 0;
+    loop {
+        let mut batch: Vec<&mut Generation> =
+            gens.iter_mut().filter(|g| !g.is_finished()).collect();
+        if step_batch(model, &mut batch, &mut |_, _| {})? == 0 {
+            break;
+        }
+        passes += 1;
+    }
+    let mut total = GenerateStats::default();
+    for g in gens {
+        let s = g.finish().stats;
+        total.tokens += s.tokens;
+        total.forwards += s.forwards;
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    Ok((total, passes))
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`).

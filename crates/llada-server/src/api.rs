@@ -10,7 +10,7 @@ use crate::error::ApiError;
 /// Settings shared by `/v1/chat/completions` and `/v1/completions` (parsed from the same
 /// body as the endpoint's own fields): OpenAI's fields plus
 /// the diffusion ones (`block_length`, `threshold`, `steps`, `decoder`, `top_k`,
-/// `eos_early_stop`) as extra body fields. Unknown fields are ignored, as OpenAI-style
+/// `eos_early_stop`, `ignore_eos`) as extra body fields. Unknown fields are ignored, as OpenAI-style
 /// servers do.
 #[derive(Debug, Default, Deserialize)]
 pub struct CommonParams {
@@ -31,6 +31,8 @@ pub struct CommonParams {
     pub steps: Option<u32>,
     pub decoder: Option<String>,
     pub eos_early_stop: Option<bool>,
+    /// Generate all `max_tokens` tokens (as vLLM's `ignore_eos`), for benchmarks.
+    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,26 +97,27 @@ impl ChatMessage {
     /// The engine's message: OpenAI's `developer` role is the template's `system`.
     pub fn to_engine(&self, index: usize) -> Result<llada::Message, ApiError> {
         let param = format!("messages[{index}].content");
-        let content =
-            match &self.content {
-                None => return Err(ApiError::invalid_param(&param, "a message needs content")),
-                Some(Content::Text(text)) => text.clone(),
-                Some(Content::Parts(parts)) => {
-                    let mut text = String::new();
-                    for part in parts {
-                        match (part.kind.as_str(), &part.text) {
-                            ("text", Some(t)) => text.push_str(t),
-                            (kind, _) => return Err(ApiError::invalid_param(
+        let content = match &self.content {
+            None => return Err(ApiError::invalid_param(&param, "a message needs content")),
+            Some(Content::Text(text)) => text.clone(),
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), &part.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        (kind, _) => {
+                            return Err(ApiError::invalid_param(
                                 &param,
                                 format!(
                                     "content parts of type `{kind}` are not supported (text only)"
                                 ),
-                            )),
+                            ))
                         }
                     }
-                    text
                 }
-            };
+                text
+            }
+        };
         let role = match self.role.as_str() {
             "developer" => "system",
             r @ ("system" | "user" | "assistant") => r,
@@ -230,6 +233,7 @@ impl CommonParams {
             p.decoder = DecoderConfig::Threshold { threshold: t };
         }
         p.eos_early_stop = self.eos_early_stop.unwrap_or(true);
+        p.ignore_eos = self.ignore_eos.unwrap_or(false);
 
         let asked = self.max_completion_tokens.or(self.max_tokens);
         let field = if self.max_completion_tokens.is_some() {

@@ -29,6 +29,9 @@ pub struct GenerateParams {
     pub extra_stop_ids: Vec<u32>,
     /// Stop inside a block as soon as an EOS is placed with no mask before it.
     pub eos_early_stop: bool,
+    /// Generate all `gen_length` tokens: EOS and the extra stop ids end nothing
+    /// (benchmarks measure fixed lengths this way).
+    pub ignore_eos: bool,
     /// Serve finished blocks from the KV cache (false: recompute the whole prefix each
     /// step, exactly as the reference does).
     pub use_cache: bool,
@@ -48,13 +51,14 @@ impl GenerateParams {
             eos_id,
             extra_stop_ids: Vec::new(),
             eos_early_stop: false,
+            ignore_eos: false,
             use_cache: true,
         }
     }
 
     /// Whether `token` ends the answer.
     pub fn is_stop(&self, token: u32) -> bool {
-        token == self.eos_id || self.extra_stop_ids.contains(&token)
+        !self.ignore_eos && (token == self.eos_id || self.extra_stop_ids.contains(&token))
     }
 
     /// Positions a prompt of `prompt_len` tokens occupies with its answer: whole blocks.

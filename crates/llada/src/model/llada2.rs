@@ -59,10 +59,6 @@ impl Rotary {
         Self { inv_freq, rope_dim }
     }
 
-    fn slice(&self, start: usize, len: usize, device: &Device) -> Result<RopeSlice> {
-        self.at(start..start + len, device)
-    }
-
     fn at(
         &self,
         positions: impl ExactSizeIterator<Item = usize>,
@@ -410,23 +406,16 @@ impl Attention {
         })
     }
 
-    /// Attention of one sequence's new tokens `x: [len, hidden]` over its cache plus
-    /// themselves; returns the per-head outputs `[len, heads * head_dim]` (before `dense`).
-    fn attend(
-        &self,
-        x: &Tensor,
-        rotary: &Rotary,
-        rope: &RopeSlice,
-        mask: Option<&Tensor>,
-        kv: Kv<'_>,
-    ) -> Result<Tensor> {
-        let train = matches!(kv, Kv::Train);
+    /// Queries, keys and values of every token of a pass (all sequences together, so
+    /// the projection, QK-norm and RoPE run once per layer, not once per sequence).
+    /// `rope` holds each token's own position.
+    fn project(&self, x: &Tensor, rotary: &Rotary, rope: &RopeSlice, train: bool) -> Result<Qkv> {
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let len = x.dim(0)?;
+        let n = x.dim(0)?;
         let qkv = self
             .query_key_value
             .forward(x)?
-            .reshape((len, nh + 2 * nkv, d))?;
+            .reshape((n, nh + 2 * nkv, d))?;
         let mut q = qkv.narrow(1, 0, nh)?;
         let mut k = qkv.narrow(1, nh, nkv)?;
         let v = qkv
@@ -442,15 +431,24 @@ impl Attention {
         }
         let q = rotary.apply(&q.transpose(0, 1)?.contiguous()?, rope)?;
         let k = rotary.apply(&k.transpose(0, 1)?.contiguous()?, rope)?;
+        let q = (q * (d as f64).powf(-0.5))?;
+        Ok(Qkv { q, k, v })
+    }
 
+    /// Attention of one sequence's tokens (`qkv`, heads first) over its cache plus
+    /// themselves; returns the per-head outputs `[heads, len, head_dim]`.
+    fn attend(&self, qkv: &Qkv, mask: Option<&Tensor>, kv: Kv<'_>) -> Result<Tensor> {
+        let train = matches!(kv, Kv::Train);
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let len = qkv.q.dim(1)?;
         let (k_all, v_all) = match kv {
-            Kv::Cache { cache, layer } => cache.write_and_view(layer, &k, &v)?,
-            Kv::Train => (k, v),
+            Kv::Cache { cache, layer } => cache.write_and_view(layer, &qkv.k, &qkv.v)?,
+            Kv::Train => (qkv.k.clone(), qkv.v.clone()),
         };
         // GQA without copying K/V: query heads of one KV group are adjacent, so
         // [heads, len, d] regroups to [kv_heads, group * len, d].
         let group = nh / nkv;
-        let q = (q * (d as f64).powf(-0.5))?.reshape((nkv, group * len, d))?;
+        let q = qkv.q.contiguous()?.reshape((nkv, group * len, d))?;
         let mut scores = q.matmul(&k_all.t()?)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
@@ -460,13 +458,39 @@ impl Attention {
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let out = probs
-            .matmul(&v_all)?
-            .reshape((nh, len, d))?
-            .transpose(0, 1)?
-            .reshape((len, nh * d))?;
-        Ok(out)
+        Ok(probs.matmul(&v_all)?.reshape((nh, len, d))?)
     }
+}
+
+/// Heads-first projections: q `[heads, n, d]` (already scaled), k and v `[kv_heads, n, d]`.
+struct Qkv {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+}
+
+impl Qkv {
+    /// The tokens `offset..offset + len` (one sequence of a batched pass).
+    fn narrow(&self, offset: usize, len: usize) -> Result<Self> {
+        if offset == 0 && len == self.q.dim(1)? {
+            return Ok(Self {
+                q: self.q.clone(),
+                k: self.k.clone(),
+                v: self.v.clone(),
+            });
+        }
+        Ok(Self {
+            q: self.q.narrow(1, offset, len)?,
+            k: self.k.narrow(1, offset, len)?,
+            v: self.v.narrow(1, offset, len)?,
+        })
+    }
+}
+
+/// `[heads, n, d]` per-head outputs to `[n, heads * d]`, the input of `dense`.
+fn merge_heads(out: &Tensor) -> Result<Tensor> {
+    let (nh, n, d) = out.dims3()?;
+    Ok(out.transpose(0, 1)?.reshape((n, nh * d))?)
 }
 
 /// Where attention keys/values go: the sequence's cache (inference), or nowhere, with
@@ -500,7 +524,6 @@ pub struct Llada2Model {
 struct SeqPlan {
     offset: usize,
     len: usize,
-    rope: RopeSlice,
     mask: Option<Tensor>,
 }
 
@@ -600,35 +623,34 @@ impl Llada2Model {
             plans.push(SeqPlan {
                 offset: ids.len(),
                 len: step.tokens.len(),
-                rope: self
-                    .rotary
-                    .slice(step.start, step.tokens.len(), &self.device)?,
                 mask: self.block_mask(step)?,
             });
             ids.extend_from_slice(step.tokens);
         }
+        let positions = batch
+            .iter()
+            .flat_map(|step| step.start..step.start + step.tokens.len());
+        let rope = self
+            .rotary
+            .at(positions.collect::<Vec<_>>().into_iter(), &self.device)?;
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let h = self.run_layers(&ids, None, |li, attention, a| {
+            let qkv = attention.project(a, &self.rotary, &rope, false)?;
             let mut heads = Vec::with_capacity(batch.len());
             for (step, plan) in batch.iter_mut().zip(&plans) {
                 let kv = Kv::Cache {
                     cache: &mut *step.cache,
                     layer: li,
                 };
-                let x = a.narrow(0, plan.offset, plan.len)?;
-                heads.push(attention.attend(
-                    &x,
-                    &self.rotary,
-                    &plan.rope,
-                    plan.mask.as_ref(),
-                    kv,
-                )?);
+                let one = qkv.narrow(plan.offset, plan.len)?;
+                heads.push(attention.attend(&one, plan.mask.as_ref(), kv)?);
             }
-            Ok(if heads.len() == 1 {
+            let heads = if heads.len() == 1 {
                 heads.pop().expect("one sequence")
             } else {
-                Tensor::cat(&heads, 0)?
-            })
+                Tensor::cat(&heads, 1)?
+            };
+            merge_heads(&heads)
         })?;
         let mut logits = Vec::with_capacity(batch.len());
         for (step, plan) in batch.iter_mut().zip(&plans) {
@@ -714,7 +736,8 @@ impl Llada2Model {
         };
         let ids = Tensor::new(tokens, &self.device)?;
         let h = self.run_layers(&ids, Some(embed_noise), |_, attention, a| {
-            attention.attend(a, &self.rotary, &rope, Some(&mask), Kv::Train)
+            let qkv = attention.project(a, &self.rotary, &rope, true)?;
+            merge_heads(&attention.attend(&qkv, Some(&mask), Kv::Train)?)
         })?;
         let x = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps, true)?;
         Ok(self.lm_head.forward(&x)?)
