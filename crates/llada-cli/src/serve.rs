@@ -33,7 +33,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
     /// Seconds a request may take from arrival to its last token (then 504).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub request_timeout: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// The model name clients send as `model` (default: the model folder's name).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Largest block length a request may ask for.
+    #[arg(long, default_value_t = 256)]
+    pub max_block_length: usize,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -57,10 +60,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     config.request_timeout = Duration::from_secs(args.request_timeout);
     config.max_body_bytes = args.max_body_bytes;
     config.default_max_tokens = args.decode.gen_length;
-    let defaults = args.decode.params(&loaded);
-    let mut state = AppState::new(config, Arc::new(loaded))?;
-    state.defaults = defaults;
-    let state = Arc::new(state);
+    config.max_block_length = args.max_block_length;
+    let mut defaults = args.decode.params(&loaded);
+    // The answer is complete once its EOS is final; a request may still ask otherwise.
+    defaults.eos_early_stop = true;
+    let state = Arc::new(AppState::with_defaults(config, Arc::new(loaded), defaults)?);
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -82,12 +86,40 @@ pub fn run(args: ServeArgs) -> Result<()> {
         );
         let app = llada_server::router(state);
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("llada serve: shutting down");
+            shutdown_signal().await;
+            eprintln!("llada serve: shutting down (a second signal stops at once)");
+            // Streams in flight get to finish; a second signal does not wait for them.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                std::process::exit(130);
+            });
         };
         llada_server::serve(listener, app, shutdown).await?;
         Ok(())
     })
+}
+
+/// Ctrl-C, or SIGTERM (what service managers and containers send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// `--model` as given (a repo id or folder), or "default" for the embedded model.

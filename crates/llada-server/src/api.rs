@@ -23,9 +23,13 @@ pub struct CommonParams {
     pub seed: Option<u64>,
     pub n: Option<u32>,
     pub user: Option<String>,
-    #[serde(default)]
-    pub stream: bool,
+    pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// Options that would change the response's shape or meaning; refused when set.
+    pub logprobs: Option<serde_json::Value>,
+    pub top_logprobs: Option<serde_json::Value>,
+    pub tools: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
     pub block_length: Option<u32>,
     pub threshold: Option<f32>,
     pub steps: Option<u32>,
@@ -44,8 +48,7 @@ pub enum Stop {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
+    pub include_usage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +108,9 @@ impl ChatMessage {
                 for part in parts {
                     match (part.kind.as_str(), &part.text) {
                         ("text", Some(t)) => text.push_str(t),
+                        ("text", None) => {
+                            return Err(ApiError::invalid_param(&param, "a text part needs `text`"))
+                        }
                         (kind, _) => {
                             return Err(ApiError::invalid_param(
                                 &param,
@@ -137,9 +143,59 @@ impl ChatMessage {
 pub struct Limits {
     /// `max_tokens` when a request does not say (capped by what the context leaves).
     pub default_max_tokens: usize,
+    /// Largest `block_length` a request may ask for: every masked position of a block
+    /// needs a vocabulary-wide row of logits, shared by everyone in the batch.
+    pub max_block_length: usize,
+}
+
+/// Whether an optional setting is present with a value that asks for something.
+fn is_set(v: &Option<serde_json::Value>) -> bool {
+    match v {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
+        Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    }
 }
 
 impl CommonParams {
+    pub fn stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// Refuses options this server does not implement but that a client relies on.
+    fn check_unsupported(&self) -> Result<(), ApiError> {
+        for (name, value) in [
+            ("logprobs", &self.logprobs),
+            ("top_logprobs", &self.top_logprobs),
+            ("tools", &self.tools),
+        ] {
+            if is_set(value) {
+                return Err(ApiError::invalid_param(
+                    name,
+                    format!("`{name}` is not supported"),
+                ));
+            }
+        }
+        if let Some(format) = &self.response_format {
+            let kind = format.get("type").and_then(|t| t.as_str());
+            if !format.is_null() && kind != Some("text") {
+                return Err(ApiError::invalid_param(
+                    "response_format",
+                    "only response_format {\"type\": \"text\"} is supported",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn stop_strings(&self) -> Result<Vec<String>, ApiError> {
         let stops = match &self.stop {
             None => Vec::new(),
@@ -171,6 +227,7 @@ impl CommonParams {
                 return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
             }
         }
+        self.check_unsupported()?;
         let mut p = defaults.clone();
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
@@ -193,15 +250,15 @@ impl CommonParams {
         if let Some(k) = self.top_k {
             p.sampling.top_k = (k > 0).then_some(k as usize);
         }
-        if let Some(seed) = self.seed {
-            p.seed = seed;
-        }
+        // Without a seed, sampled answers differ from call to call, as with OpenAI.
+        p.seed = self.seed.unwrap_or_else(rand::random);
         let context = config.max_position_embeddings;
         if let Some(b) = self.block_length {
-            if b == 0 || b as usize > context {
+            let most = limits.max_block_length.min(context);
+            if b == 0 || b as usize > most {
                 return Err(ApiError::invalid_param(
                     "block_length",
-                    format!("block_length must be in [1, {context}], got {b}"),
+                    format!("block_length must be in [1, {most}], got {b}"),
                 ));
             }
             p.block_length = b as usize;
@@ -232,8 +289,8 @@ impl CommonParams {
             }
             p.decoder = DecoderConfig::Threshold { threshold: t };
         }
-        p.eos_early_stop = self.eos_early_stop.unwrap_or(true);
-        p.ignore_eos = self.ignore_eos.unwrap_or(false);
+        p.eos_early_stop = self.eos_early_stop.unwrap_or(p.eos_early_stop);
+        p.ignore_eos = self.ignore_eos.unwrap_or(p.ignore_eos);
 
         let asked = self.max_completion_tokens.or(self.max_tokens);
         let field = if self.max_completion_tokens.is_some() {

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// `max_tokens` of requests that do not set it.
     pub default_max_tokens: usize,
+    /// Largest `block_length` a request may set.
+    pub max_block_length: usize,
 }
 
 impl ServerConfig {
@@ -51,6 +53,7 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(300),
             max_body_bytes: 1 << 20,
             default_max_tokens: 256,
+            max_block_length: 256,
         }
     }
 }
@@ -61,6 +64,8 @@ pub enum ServerError {
     NoTokenizer,
     #[error("cannot start the scheduler thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("invalid decoding defaults: {0}")]
+    Defaults(String),
 }
 
 /// Everything the handlers share.
@@ -78,10 +83,33 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Starts the scheduler for `model`.
+    /// Starts the scheduler for `model` with its default decoding settings, ending
+    /// answers as soon as their EOS is final.
     pub fn new(config: ServerConfig, model: Arc<LoadedModel>) -> Result<Self, ServerError> {
+        let mut defaults = model.default_params();
+        defaults.eos_early_stop = true;
+        Self::with_defaults(config, model, defaults)
+    }
+
+    /// As [`AppState::new`], with the decoding settings of requests that set nothing.
+    pub fn with_defaults(
+        config: ServerConfig,
+        model: Arc<LoadedModel>,
+        defaults: GenerateParams,
+    ) -> Result<Self, ServerError> {
         if model.tokenizer.is_none() {
             return Err(ServerError::NoTokenizer);
+        }
+        let cfg = &model.files.config;
+        defaults
+            .validate(cfg.vocab_size)
+            .map_err(|e| ServerError::Defaults(e.to_string()))?;
+        let most = config.max_block_length.min(cfg.max_position_embeddings);
+        if defaults.block_length > most {
+            return Err(ServerError::Defaults(format!(
+                "block length {} is over the largest allowed, {most}",
+                defaults.block_length
+            )));
         }
         let metrics = Arc::new(Metrics::new());
         let scheduler = Scheduler::start(
@@ -91,9 +119,10 @@ impl AppState {
             metrics.clone(),
         )?;
         Ok(Self {
-            defaults: model.default_params(),
+            defaults,
             limits: Limits {
                 default_max_tokens: config.default_max_tokens,
+                max_block_length: config.max_block_length,
             },
             fingerprint: format!("llada-{}", env!("CARGO_PKG_VERSION")),
             started: routes::unix_now(),

@@ -109,13 +109,21 @@ pub async fn track(State(state): State<Arc<AppState>>, mut req: Request, next: N
     response
 }
 
-pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
+/// 200 while the decoding loop runs, 503 once it has died (so balancers stop sending).
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let running = state.scheduler.is_running();
+    let status = if running {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if running { "ok" } else { "decoding loop stopped" },
         "model": state.config.model_id,
         "active": state.metrics.active.get(),
         "queued": state.scheduler.queued(),
-    }))
+    });
+    (status, Json(body)).into_response()
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -166,8 +174,8 @@ pub async fn chat_completions(
     let prompt = state.tokenizer().encode_chat(&messages, true)?;
     let run = state.submit(prompt, &common)?;
     let format = Format::Chat;
-    Ok(if common.stream {
-        stream_response(state, run, format, include_usage(&common))
+    Ok(if common.stream() {
+        stream_response(state, run, format, common.include_usage())
     } else {
         whole_response(state, run, format).await?
     })
@@ -199,18 +207,11 @@ pub async fn completions(
     }
     let run = state.submit(prompt, &common)?;
     let format = Format::Completion;
-    Ok(if common.stream {
-        stream_response(state, run, format, include_usage(&common))
+    Ok(if common.stream() {
+        stream_response(state, run, format, common.include_usage())
     } else {
         whole_response(state, run, format).await?
     })
-}
-
-fn include_usage(common: &CommonParams) -> bool {
-    common
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage)
 }
 
 /// An accepted request: its id, creation time and event stream.
@@ -218,6 +219,19 @@ pub struct Run {
     id: String,
     created: u64,
     events: UnboundedReceiver<Event>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Run {
+    /// The next event, or a timeout error once the request's time is up (also when the
+    /// decoding loop itself is stuck).
+    async fn next(&mut self) -> Option<Event> {
+        match tokio::time::timeout_at(self.deadline.into(), self.events.recv()).await {
+            Ok(event) => event,
+            Err(_) => Some(Event::Failed(ApiError::timeout(self.timeout.as_secs_f64()))),
+        }
+    }
 }
 
 impl AppState {
@@ -250,15 +264,29 @@ impl AppState {
     fn submit(&self, prompt: Vec<u32>, common: &CommonParams) -> Result<Run, ApiError> {
         let config = &self.model.files.config;
         let params = common.to_params(&self.defaults, config, &self.limits, prompt.len())?;
+        // A mask in the prompt would be decoded over, changing the prompt.
+        if let Some(at) = prompt.iter().position(|&t| t == params.mask_id) {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                format!(
+                    "the prompt contains the mask token (id {}) at token {at}",
+                    params.mask_id
+                ),
+            ));
+        }
         let stop = common.stop_strings()?;
         let generation = Generation::new(&self.model.model, &prompt, params)?;
         let (tx, rx) = unbounded_channel();
         let received = Instant::now();
+        let timeout = self.config.request_timeout;
+        let deadline = received
+            .checked_add(timeout)
+            .unwrap_or_else(|| received + Duration::from_secs(365 * 86_400));
         let job = Job {
             generation,
             stop,
             received,
-            deadline: received + self.config.request_timeout,
+            deadline,
             events: tx,
         };
         match self.scheduler.submit(job) {
@@ -266,6 +294,8 @@ impl AppState {
                 id: new_id(),
                 created: unix_now(),
                 events: rx,
+                deadline,
+                timeout,
             }),
             Err(SubmitError::Full) => Err(ApiError::busy(self.scheduler.max_queue())),
             Err(SubmitError::Stopped) => Err(ApiError::unavailable()),
@@ -356,7 +386,7 @@ async fn whole_response(
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
     loop {
-        match run.events.recv().await {
+        match run.next().await {
             Some(Event::Text(piece)) => text.push_str(&piece),
             Some(Event::Done { reason, usage }) => {
                 let mut body = format.envelope(
@@ -409,7 +439,7 @@ fn stream_response(
             if s.done {
                 return None;
             }
-            let event = s.run.events.recv().await;
+            let event = s.run.next().await;
             s.render(event);
         }
     });

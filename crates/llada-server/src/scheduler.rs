@@ -4,7 +4,7 @@
 //! goes away.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +51,7 @@ pub enum SubmitError {
 pub struct Scheduler {
     jobs: SyncSender<Job>,
     queued: Arc<AtomicUsize>,
+    running: Arc<AtomicBool>,
     max_queue: usize,
     metrics: Arc<Metrics>,
 }
@@ -66,6 +67,7 @@ impl Scheduler {
     ) -> std::io::Result<Self> {
         let (jobs, inbox) = mpsc::sync_channel(max_queue.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicBool::new(true));
         let worker = Worker {
             model,
             max_batch: max_batch.max(1),
@@ -73,15 +75,25 @@ impl Scheduler {
             queued: queued.clone(),
             metrics: metrics.clone(),
         };
+        let alive = Alive(running.clone());
         std::thread::Builder::new()
             .name("llada-scheduler".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                let _alive = alive;
+                worker.run()
+            })?;
         Ok(Self {
             jobs,
             queued,
+            running,
             max_queue: max_queue.max(1),
             metrics,
         })
+    }
+
+    /// False once the decoding thread has ended (it panicked outside a forward pass).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
     }
 
     pub fn queued(&self) -> usize {
@@ -111,6 +123,15 @@ impl Scheduler {
     }
 }
 
+/// Clears the running flag when the decoding thread ends, however it ends.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 struct Worker {
     model: Arc<LoadedModel>,
     max_batch: usize,
@@ -136,6 +157,7 @@ impl Worker {
         };
         let mut active: Vec<Active<'_>> = Vec::new();
         loop {
+            self.metrics.active.set(active.len() as i64);
             if !self.admit(&mut active, tokenizer) {
                 return;
             }
@@ -144,7 +166,6 @@ impl Worker {
                 continue;
             }
             self.step(&mut active);
-            self.metrics.active.set(active.len() as i64);
         }
     }
 
@@ -217,7 +238,8 @@ impl Worker {
         let result = {
             let mut batch: Vec<&mut Generation> =
                 active.iter_mut().map(|a| &mut a.job.generation).collect();
-            // A failing pass must not take the server down: its requests fail, others go on.
+            // A failing pass must not take the server down: the requests in it fail (all
+            // active ones), the queue goes on.
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 step_batch(model, &mut batch, &mut |i, ids| {
                     commits[i].extend_from_slice(ids)
@@ -254,7 +276,7 @@ impl Worker {
         if released.stopped {
             return self.finish(a, FinishReason::Stop);
         }
-        if a.job.generation.is_finished() {
+        if a.job.generation.answer_is_final() {
             let rest = a.stop.flush();
             self.send_text(a, rest);
             let ended_by_stop = a

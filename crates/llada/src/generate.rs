@@ -66,7 +66,8 @@ impl GenerateParams {
         (prompt_len + self.gen_length).div_ceil(self.block_length.max(1)) * self.block_length
     }
 
-    fn validate(&self, vocab: usize) -> Result<()> {
+    /// Checks every setting against a vocabulary of `vocab` tokens.
+    pub fn validate(&self, vocab: usize) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidRequest(m));
         if self.gen_length == 0 {
             return bad("gen_length must be at least 1".into());
@@ -273,6 +274,13 @@ impl Generation {
 
     pub fn is_finished(&self) -> bool {
         self.result.is_some()
+    }
+
+    /// Whether the answer can no longer change: finished, or its stop token is final
+    /// with everything before it (the reference may still fill the rest of the block,
+    /// which changes nothing in the answer).
+    pub fn answer_is_final(&self) -> bool {
+        self.result.is_some() || self.stopped
     }
 
     pub fn params(&self) -> &GenerateParams {
