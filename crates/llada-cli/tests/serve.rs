@@ -121,3 +121,24 @@ fn load_test_with_disconnects_checks_every_response() {
     assert!(result["single_stream_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(result["concurrent_tokens_per_s"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn serve_explains_what_keeps_it_from_starting() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_llada"))
+            .arg("serve")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--model", "/nonexistent/model-dir"]);
+    assert!(err.contains("/nonexistent/model-dir"), "{err}");
+    let err = run(&["--host", "256.0.0.1", "--port", "0"]);
+    assert!(err.contains("cannot listen on 256.0.0.1:0"), "{err}");
+    let err = run(&["--block-length", "0", "--port", "0"]);
+    assert!(err.contains("block_length"), "{err}");
+    let err = run(&["--max-batch", "0"]);
+    assert!(err.contains("--max-batch"), "{err}");
+}
