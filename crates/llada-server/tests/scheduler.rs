@@ -152,10 +152,18 @@ async fn a_full_queue_answers_429_and_serving_resumes() {
     );
     assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
 
-    // Both long requests leave; the server serves again.
+    // Both long requests leave; once their slots are free the server serves again.
     assert!(busy_rx.recv().await.is_some());
     drop(busy_rx);
     drop(queued_rx);
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("slots freed", || {
+            s.scheduler.queued() == 0 && s.metrics.active.get() == 0
+        })
+    })
+    .await
+    .unwrap();
     let reply = post(&app, "/v1/chat/completions", &body).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
 }
