@@ -78,6 +78,13 @@ pub struct Stage {
     /// sft: weight of the CAP confidence loss (0: off).
     #[serde(default)]
     pub cap_weight: f64,
+    /// sft: plain-text corpora mixed into the batches (block-diffusion loss on packed
+    /// text, as in wsd) so that fine-tuning does not erase language modelling.
+    #[serde(default)]
+    pub text_data: Vec<PathBuf>,
+    /// sft: the share of batch rows drawn from `text_data`.
+    #[serde(default)]
+    pub text_fraction: f64,
 }
 
 fn default_checkpoint_every() -> usize {
@@ -135,6 +142,7 @@ impl Recipe {
         }
         for stage in &mut recipe.stages {
             stage.data.iter_mut().for_each(rebase);
+            stage.text_data.iter_mut().for_each(rebase);
         }
         recipe.check()?;
         Ok(recipe)
@@ -166,6 +174,18 @@ impl Recipe {
             }
             if s.kind == StageKind::Sft && s.data.len() != 1 {
                 return bad(format!("stage {}: sft takes one JSONL file", s.name));
+            }
+            if !(0.0..1.0).contains(&s.text_fraction) {
+                return bad(format!("stage {}: text_fraction must be in [0, 1)", s.name));
+            }
+            let mixes = s.text_fraction > 0.0 || !s.text_data.is_empty();
+            if mixes
+                && (s.kind != StageKind::Sft || s.text_data.is_empty() || s.text_fraction == 0.0)
+            {
+                return bad(format!(
+                    "stage {}: text mixing is for sft stages and needs both text_data and text_fraction > 0",
+                    s.name
+                ));
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use llada::{Llada2Config, Tokenizer, WeightSource, WeightStore};
 use rand::seq::SliceRandom;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -207,6 +207,16 @@ impl StageRun<'_> {
                 stage.seq_len,
             )?),
         };
+        let text_mix = if stage.text_data.is_empty() {
+            None
+        } else {
+            Some(pack_text(
+                &stage.text_data,
+                self.tok,
+                self.eos,
+                stage.seq_len,
+            )?)
+        };
         std::fs::create_dir_all(self.dir).map_err(|source| TrainError::Write {
             path: self.dir.to_path_buf(),
             source,
@@ -230,7 +240,7 @@ impl StageRun<'_> {
                 *left -= 1;
             }
             let started = Instant::now();
-            let m = self.step(&model, &mut opt, &data, step)?;
+            let m = self.step(&model, &mut opt, &data, text_mix.as_deref(), step)?;
             let tokens = stage.batch_size * stage.seq_len;
             let m = StepMetrics {
                 tokens_per_second: tokens as f64 / started.elapsed().as_secs_f64(),
@@ -273,6 +283,7 @@ impl StageRun<'_> {
         model: &TrainableModel,
         opt: &mut AdamW,
         data: &Examples,
+        text_mix: Option<&[Packed]>,
         step: usize,
     ) -> Result<StepMetrics> {
         let stage = self.stage;
@@ -294,6 +305,28 @@ impl StageRun<'_> {
             step,
             self.recipe.seed ^ self.index as u64,
         ) {
+            // SFT with text mixing: this row is a packed text sequence instead (the
+            // draws happen only when mixing is on, so other recipes keep their streams).
+            if let Some(texts) = text_mix {
+                if rng.random::<f64>() < stage.text_fraction {
+                    let seq = &texts[rng.random_range(0..texts.len())];
+                    let t = sample_t(&mut rng, stage.eps);
+                    let noised = mask_tokens(&seq.tokens, t, self.mask_id, None, &mut rng);
+                    let out = block_diffusion_loss(
+                        &model.model,
+                        &seq.tokens,
+                        &noised,
+                        block,
+                        Some(&seq.doc_ids),
+                        Weighting::InverseT,
+                        0.0,
+                        None,
+                    )?;
+                    ce += out.masked_ce;
+                    losses.push(out.loss);
+                    continue;
+                }
+            }
             let out = match data {
                 Examples::Text(seqs) => {
                     let seq = &seqs[example];

@@ -226,3 +226,66 @@ fn a_killed_run_resumes_where_it_left_off() {
         assert!(d < 1e-5, "{name} differs by {d}");
     }
 }
+
+/// The sft stage alone from random weights, with or without text mixed in.
+fn sft_only(dir: &Path, out: &str, mix: &str) -> Recipe {
+    setup(dir, "unused");
+    let text = std::fs::read_to_string(dir.join("recipe.toml")).unwrap();
+    let head = &text[..text.find("[[stage]]").unwrap()];
+    let recipe = format!(
+        r#"{head}
+[[stage]]
+name = "sft"
+kind = "sft"
+data = ["chat.jsonl"]
+steps = 16
+batch_size = 4
+seq_len = 96
+block = 8
+checkpoint_every = 16
+{mix}
+lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 16 }}
+"#
+    )
+    .replace("out = \"unused\"", &format!("out = \"{out}\""));
+    let path = dir.join(format!("{out}.toml"));
+    std::fs::write(&path, recipe).unwrap();
+    Recipe::load(&path).unwrap()
+}
+
+#[test]
+fn text_mixed_into_sft_keeps_the_model_a_text_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nelbo = |recipe: &Recipe| {
+        let RunOutcome::Finished(dir) = run(recipe, &quiet()).unwrap() else {
+            panic!("finishes");
+        };
+        let m = llada::load_model(&dir, &Device::Cpu).unwrap();
+        let corpus = [tmp.path().join("corpus.txt")];
+        llada_train::eval::nelbo(&m, &corpus, 32, 8, 4, 8)
+            .unwrap()
+            .bits_per_token
+    };
+    let pure = nelbo(&sft_only(tmp.path(), "pure", ""));
+    let mixed = nelbo(&sft_only(
+        tmp.path(),
+        "mixed",
+        "text_data = [\"corpus.txt\"]\ntext_fraction = 0.5",
+    ));
+    println!("text NELBO after SFT: {pure:.2} bits/token without text, {mixed:.2} with half the rows text");
+    assert!(mixed < pure, "{mixed} vs {pure}");
+
+    // Mixing needs both settings, and only sft stages mix.
+    std::fs::write(
+        tmp.path().join("bad.toml"),
+        std::fs::read_to_string(tmp.path().join("mixed.toml"))
+            .unwrap()
+            .replace("text_data = [\"corpus.txt\"]\n", ""),
+    )
+    .unwrap();
+    let err = Recipe::load(&tmp.path().join("bad.toml"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("text_data"), "{err}");
+}
