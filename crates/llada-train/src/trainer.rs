@@ -310,18 +310,7 @@ impl StageRun<'_> {
             if let Some(texts) = text_mix {
                 if rng.random::<f64>() < stage.text_fraction {
                     let seq = &texts[rng.random_range(0..texts.len())];
-                    let t = sample_t(&mut rng, stage.eps);
-                    let noised = mask_tokens(&seq.tokens, t, self.mask_id, None, &mut rng);
-                    let out = block_diffusion_loss(
-                        &model.model,
-                        &seq.tokens,
-                        &noised,
-                        block,
-                        Some(&seq.doc_ids),
-                        Weighting::InverseT,
-                        0.0,
-                        None,
-                    )?;
+                    let out = self.text_loss(model, seq, block, step, &mut rng)?;
                     ce += out.masked_ce;
                     losses.push(out.loss);
                     continue;
@@ -334,22 +323,7 @@ impl StageRun<'_> {
                         StageKind::Ar => {
                             autoregressive_loss(&model.model, &seq.tokens, Some(&seq.doc_ids))?
                         }
-                        _ => {
-                            let t = sample_t(&mut rng, stage.eps);
-                            let noised = mask_tokens(&seq.tokens, t, self.mask_id, None, &mut rng);
-                            let noise = (step < stage.embed_noise_steps)
-                                .then(|| (stage.embed_noise_std as f32, rng.next_u64()));
-                            block_diffusion_loss(
-                                &model.model,
-                                &seq.tokens,
-                                &noised,
-                                block,
-                                Some(&seq.doc_ids),
-                                Weighting::InverseT,
-                                0.0,
-                                noise,
-                            )?
-                        }
+                        _ => self.text_loss(model, seq, block, step, &mut rng)?,
                     }
                 }
                 Examples::Chat(chats) => {
@@ -411,6 +385,34 @@ impl StageRun<'_> {
             block,
             tokens_per_second: 0.0,
         })
+    }
+
+    /// Block-diffusion loss of a packed text sequence at a random mask rate, 1/t
+    /// weighted, with embedding noise in the stage's first steps (wsd, and the text rows
+    /// mixed into sft).
+    fn text_loss(
+        &self,
+        model: &TrainableModel,
+        seq: &Packed,
+        block: usize,
+        step: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<crate::loss::LossOutput> {
+        let stage = self.stage;
+        let t = sample_t(rng, stage.eps);
+        let noised = mask_tokens(&seq.tokens, t, self.mask_id, None, rng);
+        let noise = (step < stage.embed_noise_steps)
+            .then(|| (stage.embed_noise_std as f32, rng.next_u64()));
+        block_diffusion_loss(
+            &model.model,
+            &seq.tokens,
+            &noised,
+            block,
+            Some(&seq.doc_ids),
+            Weighting::InverseT,
+            0.0,
+            noise,
+        )
     }
 
     /// Writes an HF-layout folder (loadable by `llada generate/chat`) plus optimizer and
