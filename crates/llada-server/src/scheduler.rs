@@ -188,6 +188,11 @@ impl Worker {
             self.metrics
                 .queue_depth
                 .set(self.queued.load(Ordering::SeqCst) as i64);
+            // Requests that ended while queued take no slot.
+            if let Some(outcome) = Self::gone(&job, Instant::now()) {
+                self.count(outcome);
+                continue;
+            }
             self.metrics
                 .prompt_tokens
                 .inc_by(job.generation.stats().prompt_tokens as u64);
@@ -206,22 +211,34 @@ impl Worker {
     /// Frees the slots of requests whose client left or whose time ran out.
     fn drop_gone(&self, active: &mut Vec<Active<'_>>) {
         let now = Instant::now();
-        active.retain(|a| {
-            if a.job.events.is_closed() {
-                self.count("cancelled");
-                return false;
+        active.retain(|a| match Self::gone(&a.job, now) {
+            None => true,
+            Some(outcome) => {
+                self.count(outcome);
+                // Generated tokens count toward throughput even when nobody reads them.
+                self.metrics
+                    .completion_tokens
+                    .inc_by(a.text.ids().len() as u64);
+                false
             }
-            if now >= a.job.deadline {
-                let limit = a.job.deadline - a.job.received;
-                let _ = a
-                    .job
-                    .events
-                    .send(Event::Failed(ApiError::timeout(limit.as_secs_f64())));
-                self.count("timeout");
-                return false;
-            }
-            true
         });
+    }
+
+    /// Why `job` should stop now, if it should: its time ran out (checked first: the
+    /// handler gives up at the same deadline and may already have left), or its client
+    /// went away. A timed-out client still listening is told so.
+    fn gone(job: &Job, now: Instant) -> Option<&'static str> {
+        if now >= job.deadline {
+            let limit = job.deadline.saturating_duration_since(job.received);
+            let _ = job
+                .events
+                .send(Event::Failed(ApiError::timeout(limit.as_secs_f64())));
+            Some("timeout")
+        } else if job.events.is_closed() {
+            Some("cancelled")
+        } else {
+            None
+        }
     }
 
     fn count(&self, outcome: &'static str) {
@@ -276,7 +293,15 @@ impl Worker {
         if released.stopped {
             return self.finish(a, FinishReason::Stop);
         }
-        if a.job.generation.answer_is_final() {
+        // With eos_early_stop (the server's default) the answer ends once its stop token
+        // is final; without it the block is decoded to its end, as the reference does.
+        let generation = &a.job.generation;
+        let ended = if generation.params().eos_early_stop {
+            generation.answer_is_final()
+        } else {
+            generation.is_finished()
+        };
+        if ended {
             let rest = a.stop.flush();
             self.send_text(a, rest);
             let ended_by_stop = a

@@ -85,6 +85,13 @@ async fn chat_completion_is_the_engines_answer_with_usage() {
     assert!(p > 0 && c > 0);
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), p + c);
     assert!(usage["forwards"].as_u64().unwrap() >= 1);
+
+    // Without early stop the block is decoded to its end: same answer, more passes.
+    let mut body = chat("Reverse: 1 2 3");
+    body["eos_early_stop"] = json!(false);
+    let full = post(&app, "/v1/chat/completions", &body).await.json();
+    assert_eq!(full["choices"][0]["message"], choice["message"]);
+    assert!(full["usage"]["forwards"].as_u64() >= usage["forwards"].as_u64());
 }
 
 #[tokio::test]
@@ -527,9 +534,12 @@ async fn a_request_past_its_timeout_gets_504() {
     let events = post(&app, "/v1/chat/completions", &body).await.events();
     let error: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(error["error"]["code"], "request_timeout");
-    // The scheduler frees both (as timed out, or as abandoned if the handler's own
-    // deadline fired first).
     wait_for_idle(&state).await;
+    let metrics = state.metrics.render();
+    assert!(
+        metrics.contains("llada_generations_total{outcome=\"timeout\"} 2"),
+        "{metrics}"
+    );
 }
 
 async fn wait_for_idle(state: &llada_server::AppState) {
