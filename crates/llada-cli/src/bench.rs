@@ -98,41 +98,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     if args.batch > 1 {
         let n = args.batch as usize;
-        run_batched(&loaded.model, &prompt, &base, n)?;
-        let (mut total, mut passes) = (GenerateStats::default(), 0);
-        for _ in 0..args.runs {
-            let (s, p) = run_batched(&loaded.model, &prompt, &base, n)?;
-            total.tokens += s.tokens;
-            total.forwards += s.forwards;
-            total.seconds += s.seconds;
-            passes += p;
-        }
-        rows.push(Row {
-            mode: "cached, batched (below)",
-            tokens: total.tokens / args.runs,
-            forwards: passes / args.runs,
-            tokens_per_forward: total.tokens_per_forward(),
-            ms_per_forward: 1e3 * total.seconds / passes.max(1) as f64,
-            tokens_per_second: total.tokens_per_second(),
-        });
+        rows.push(timed_row("cached, batched (below)", args.runs, || {
+            run_batched(&loaded.model, &prompt, &base, n)
+        })?);
     }
     for (mode, params) in modes {
-        generate(&loaded.model, &prompt, &params, &mut |_| {})?;
-        let mut total = GenerateStats::default();
-        for _ in 0..args.runs {
+        rows.push(timed_row(mode, args.runs, || {
             let s = generate(&loaded.model, &prompt, &params, &mut |_| {})?.stats;
-            total.tokens += s.tokens;
-            total.forwards += s.forwards;
-            total.seconds += s.seconds;
-        }
-        rows.push(Row {
-            mode,
-            tokens: total.tokens / args.runs,
-            forwards: total.forwards / args.runs,
-            tokens_per_forward: total.tokens_per_forward(),
-            ms_per_forward: 1e3 * total.seconds / total.forwards.max(1) as f64,
-            tokens_per_second: total.tokens_per_second(),
-        });
+            Ok((s, s.forwards))
+        })?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -185,6 +159,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One untimed warm-up call of `decode`, then `runs` timed ones, as a table row.
+/// `decode` returns its statistics and the forward passes it ran (batched passes when
+/// several sequences share them).
+fn timed_row(
+    mode: &'static str,
+    runs: usize,
+    mut decode: impl FnMut() -> Result<(GenerateStats, usize)>,
+) -> Result<Row> {
+    decode()?;
+    let (mut total, mut passes) = (GenerateStats::default(), 0);
+    for _ in 0..runs {
+        let (s, p) = decode()?;
+        total.tokens += s.tokens;
+        total.forwards += s.forwards;
+        total.seconds += s.seconds;
+        passes += p;
+    }
+    Ok(Row {
+        mode,
+        tokens: total.tokens / runs,
+        forwards: passes / runs,
+        tokens_per_forward: total.tokens_per_forward(),
+        ms_per_forward: 1e3 * total.seconds / passes.max(1) as f64,
+        tokens_per_second: total.tokens_per_second(),
+    })
 }
 
 /// Decodes `n` copies of `prompt` through shared forward passes. Returns the summed

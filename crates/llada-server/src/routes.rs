@@ -172,13 +172,7 @@ pub async fn chat_completions(
         .map(|(i, m)| m.to_engine(i))
         .collect::<Result<Vec<_>, _>>()?;
     let prompt = state.tokenizer().encode_chat(&messages, true)?;
-    let run = state.submit(prompt, &common)?;
-    let format = Format::Chat;
-    Ok(if common.stream() {
-        stream_response(state, run, format, common.include_usage())
-    } else {
-        whole_response(state, run, format).await?
-    })
+    respond(state, prompt, &common, Format::Chat).await
 }
 
 pub async fn completions(
@@ -205,8 +199,17 @@ pub async fn completions(
     if prompt.is_empty() {
         return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
     }
-    let run = state.submit(prompt, &common)?;
-    let format = Format::Completion;
+    respond(state, prompt, &common, Format::Completion).await
+}
+
+/// Queues the request and answers it as a stream or as one body.
+async fn respond(
+    state: Arc<AppState>,
+    prompt: Vec<u32>,
+    common: &CommonParams,
+    format: Format,
+) -> Result<Response, ApiError> {
+    let run = state.submit(prompt, common)?;
     Ok(if common.stream() {
         stream_response(state, run, format, common.include_usage())
     } else {
