@@ -4,12 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use llada::tokenizer::SpecialTokens;
 use llada::{DecoderConfig, GenerateParams, LoadedModel, Message, Quant, SamplingParams};
+
+use crate::default_model::DEFAULT_MODEL;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model folder in Hugging Face layout, or a repo id (org/name[@revision]) found in
-    /// the local Hugging Face cache. Default: the embedded model (models/default).
+    /// the local Hugging Face cache. Default: the model built into this binary
+    /// (or the folder in LLADA_DEFAULT_MODEL).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
     /// Quantize the linear layers at load time for CPU inference: q8_0 or q4k.
@@ -18,34 +22,23 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn dir(&self) -> Result<PathBuf> {
+    /// The model folder, or `None` for the built-in default model.
+    pub fn dir(&self) -> Result<Option<PathBuf>> {
         match &self.model {
-            Some(model) => Ok(llada::hub::resolve_model(model)?),
-            None => default_model(),
+            Some(model) => Ok(Some(llada::hub::resolve_model(model)?)),
+            None => Ok(std::env::var_os("LLADA_DEFAULT_MODEL").map(PathBuf::from)),
         }
     }
 
     pub fn load(&self) -> Result<LoadedModel> {
-        let dir = self.dir()?;
-        llada::load_model_with(&dir, &llada::Device::Cpu, self.quant)
-            .with_context(|| format!("loading the model from {}", dir.display()))
+        let cpu = llada::Device::Cpu;
+        match self.dir()? {
+            Some(dir) => llada::load_model_with(&dir, &cpu, self.quant)
+                .with_context(|| format!("loading the model from {}", dir.display())),
+            None => llada::load_embedded(&DEFAULT_MODEL, &cpu, self.quant)
+                .context("loading the built-in default model"),
+        }
     }
-}
-
-/// The embedded default model: `LLADA_DEFAULT_MODEL`, else the repository's
-/// `models/default` (trained by its committed recipe).
-fn default_model() -> Result<PathBuf> {
-    let dir = match std::env::var_os("LLADA_DEFAULT_MODEL") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default")),
-    };
-    if !dir.join("config.json").is_file() {
-        bail!(
-            "no --model given and the default model is not at {} (set LLADA_DEFAULT_MODEL or pass --model)",
-            dir.display()
-        );
-    }
-    Ok(dir)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -84,7 +77,16 @@ pub struct DecodeArgs {
 }
 
 impl DecodeArgs {
-    pub fn params(&self, loaded: &LoadedModel) -> GenerateParams {
+    /// The decoding parameters these flags ask for, checked by the engine's one
+    /// validation (the server and chat use the same).
+    pub fn params(&self, loaded: &LoadedModel) -> Result<GenerateParams> {
+        let p = self.unchecked_params(loaded);
+        p.validate(loaded.model.config().vocab_size)
+            .map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))?;
+        Ok(p)
+    }
+
+    fn unchecked_params(&self, loaded: &LoadedModel) -> GenerateParams {
         let mut p = loaded.default_params();
         p.gen_length = self.gen_length;
         p.block_length = self.block_length;
@@ -109,6 +111,24 @@ impl DecodeArgs {
     }
 }
 
+/// An engine message with its setting names as the flags spell them.
+pub fn flag_names(message: &str) -> String {
+    let mut out = message.to_string();
+    for (name, flag) in [
+        ("gen_length", "--gen-length"),
+        ("block_length", "--block-length"),
+        ("steps", "--steps"),
+        ("threshold", "--threshold"),
+        ("temperature", "--temperature"),
+        ("top_p", "--top-p"),
+        ("mask_id", "--mask-id"),
+        ("eos_id", "--eos-id"),
+    ] {
+        out = out.replace(&format!("invalid {name}:"), &format!("invalid {flag}:"));
+    }
+    out
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct PromptArgs {
     /// Prompt as comma-separated token ids, e.g. 1,2,3 (used as given).
@@ -123,6 +143,10 @@ pub struct PromptArgs {
     /// Tokenize --prompt as it is, without the chat template.
     #[arg(long, requires = "prompt")]
     pub raw: bool,
+    /// Read special-token text in the prompt (e.g. <|role_end|>) as plain text, so the
+    /// prompt cannot open turns of its own.
+    #[arg(long, requires = "prompt")]
+    pub literal_special_tokens: bool,
 }
 
 impl PromptArgs {
@@ -141,15 +165,23 @@ impl PromptArgs {
                 loaded.files.dir.display()
             );
         };
+        let specials = if self.literal_special_tokens {
+            SpecialTokens::AsText
+        } else {
+            SpecialTokens::Parse
+        };
         let ids = if self.raw {
-            tok.encode(text)?
+            match specials {
+                SpecialTokens::Parse => tok.encode(text)?,
+                SpecialTokens::AsText => tok.encode_literal(text)?,
+            }
         } else {
             let mut messages = Vec::new();
             if let Some(system) = &self.system {
                 messages.push(Message::new("system", system));
             }
             messages.push(Message::new("user", text));
-            tok.encode_chat(&messages, true)?
+            tok.encode_chat_with(&messages, true, specials)?
         };
         Ok(Some(ids))
     }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use llada::{generate, step_batch, GenerateParams, GenerateStats, Generation, Llada2Model};
+use llada::{generate, run_batch, GenerateParams, GenerateStats, Generation, Llada2Model};
 use serde::Serialize;
 
 use crate::args::{DecodeArgs, ModelArgs, PromptArgs};
@@ -38,9 +38,11 @@ pub struct BenchArgs {
     /// (as `llada serve` does): a row with the aggregate tokens/s.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch: u32,
-    /// Generate all --gen-length tokens whatever the model says (EOS ends nothing).
+    /// Stop each row where the model ends its answer (EOS), as a user would see it.
+    /// By default every row decodes exactly --gen-length tokens, so that the rows
+    /// compare the same amount of work.
     #[arg(long)]
-    pub ignore_eos: bool,
+    pub stop_at_eos: bool,
 }
 
 #[derive(Serialize)]
@@ -64,8 +66,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let load_seconds = started.elapsed().as_secs_f64();
     let weight_gib = loaded.model.weight_bytes() as f64 / (1u64 << 30) as f64;
-    let mut base = args.decode.params(&loaded);
-    base.ignore_eos = args.ignore_eos;
+    let mut base = args.decode.params(&loaded)?;
+    base.ignore_eos = !args.stop_at_eos;
     let prompt = match args.prompt.ids(&loaded)? {
         Some(ids) => ids,
         None => synthetic_prompt(args.prompt_length, loaded.model.config().vocab_size, &base),
@@ -112,14 +114,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let quant = args.model.quant.map_or("f32", |q| q.name());
     let source = args.synthetic.as_deref().map_or_else(
         || loaded.files.dir.display().to_string(),
         |s| format!("synthetic {s} (random weights)"),
     );
     println!(
-        "model {source}, {} layers, weights {quant}: {weight_gib:.2} GiB, loaded in {load_seconds:.1} s, peak RSS {}",
+        "model {source}, {} layers, weights {}: {weight_gib:.2} GiB in memory, loaded in {load_seconds:.1} s, peak RSS {}",
         loaded.model.config().num_hidden_layers,
+        loaded.weights,
         peak_rss().map_or("unknown".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
     );
     println!(
@@ -131,6 +133,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.decode.threshold,
         args.runs
     );
+    if args.stop_at_eos {
+        if rows.iter().any(|r| r.tokens != rows[0].tokens) {
+            println!("rows stopped at EOS after different numbers of tokens: compare ms/forward, not tokens/s");
+        }
+    } else {
+        println!(
+            "every row decodes exactly {} tokens (EOS ignored; --stop-at-eos stops at the answer's end)",
+            base.gen_length
+        );
+    }
     println!(
         "| {:<26} | {:>6} | {:>8} | {:>6} | {:>10} | {:>9} | {:>8} |",
         "mode", "tokens", "forwards", "TPF", "ms/forward", "tokens/s", "vs row 1"
@@ -200,15 +212,7 @@ fn run_batched(
     let mut gens = (0..n)
         .map(|_| Generation::new(model, prompt, params.clone()))
         .collect::<llada::Result<Vec<_>>>()?;
-    let mut passes = 0;
-    loop {
-        let mut batch: Vec<&mut Generation> =
-            gens.iter_mut().filter(|g| !g.is_finished()).collect();
-        if step_batch(model, &mut batch, &mut |_, _| {})? == 0 {
-            break;
-        }
-        passes += 1;
-    }
+    let passes = run_batch(model, &mut gens, &mut |_, _| {})?;
     let mut total = GenerateStats::default();
     for g in gens {
         let s = g.finish().stats;

@@ -36,7 +36,7 @@ const HELP: &str = "commands:
 /// Streams committed text to stdout and, if asked, draws each step on stderr.
 struct Printer<'a> {
     tokenizer: &'a Tokenizer,
-    stream: llada::tokenizer::StreamDecoder<'a>,
+    stream: llada::TextStream<'a>,
     show_unmasking: bool,
     error: Option<llada::Error>,
 }
@@ -83,7 +83,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
             loaded.files.dir.display()
         );
     };
-    let mut params = args.decode.params(&loaded);
+    let mut params = args.decode.params(&loaded)?;
+    let vocab = loaded.model.config().vocab_size;
     let mut system = args.system.clone();
     let mut show_unmasking = args.show_unmasking;
     let mut history: Vec<Message> = Vec::new();
@@ -129,7 +130,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
                         if show_unmasking { "on" } else { "off" }
                     );
                 }
-                "set" => match set(&mut params, rest) {
+                "set" => match set(&mut params, rest, vocab) {
                     Ok(()) => eprintln!("{}", describe(&params)),
                     Err(e) => eprintln!("error: {e}"),
                 },
@@ -186,6 +187,16 @@ pub fn run(args: ChatArgs) -> Result<()> {
     Ok(())
 }
 
+/// `value` as the number `key` takes, or an error naming both.
+fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{key}: {value:?} is not a valid value ({e})"))
+}
+
 fn describe(p: &GenerateParams) -> String {
     let llada::DecoderConfig::Threshold { threshold } = p.decoder;
     let opt = |v: Option<String>| v.unwrap_or_else(|| "off".into());
@@ -201,7 +212,8 @@ fn describe(p: &GenerateParams) -> String {
     )
 }
 
-fn set(p: &mut GenerateParams, rest: &str) -> Result<()> {
+/// Applies `/set KEY VALUE` if the engine's validation accepts the result.
+fn set(p: &mut GenerateParams, rest: &str, vocab: usize) -> Result<()> {
     let mut parts = rest.split_whitespace();
     let (Some(key), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
         bail!("usage: /set KEY VALUE");
@@ -211,26 +223,23 @@ fn set(p: &mut GenerateParams, rest: &str) -> Result<()> {
     match key {
         "threshold" => {
             candidate.decoder = llada::DecoderConfig::Threshold {
-                threshold: value.parse()?,
+                threshold: number(key, value)?,
             }
         }
-        "block-length" | "block_length" => candidate.block_length = value.parse()?,
-        "steps" => candidate.steps = value.parse()?,
-        "gen-length" | "gen_length" => candidate.gen_length = value.parse()?,
-        "temperature" => candidate.sampling.temperature = value.parse()?,
+        "block-length" | "block_length" => candidate.block_length = number(key, value)?,
+        "steps" => candidate.steps = number(key, value)?,
+        "gen-length" | "gen_length" => candidate.gen_length = number(key, value)?,
+        "temperature" => candidate.sampling.temperature = number(key, value)?,
         "top-k" | "top_k" => {
-            candidate.sampling.top_k = if off { None } else { Some(value.parse()?) }
+            candidate.sampling.top_k = if off { None } else { Some(number(key, value)?) }
         }
         "top-p" | "top_p" => {
-            candidate.sampling.top_p = if off { None } else { Some(value.parse()?) }
+            candidate.sampling.top_p = if off { None } else { Some(number(key, value)?) }
         }
-        "seed" => candidate.seed = value.parse()?,
+        "seed" => candidate.seed = number(key, value)?,
         other => bail!("unknown setting {other} (see /help)"),
     }
-    if candidate.block_length == 0 || candidate.steps == 0 || candidate.gen_length == 0 {
-        bail!("block-length, steps and gen-length must be at least 1");
-    }
-    candidate.sampling.validate()?;
+    candidate.validate(vocab)?;
     *p = candidate;
     Ok(())
 }

@@ -44,7 +44,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let mut out = serde_json::Map::new();
     if let Some(path) = &args.tasks {
-        let params = args.decode.params(&loaded);
+        let params = args.decode.params(&loaded)?;
         let r = llada_train::eval::tasks(&loaded, path, &params, args.limit)?;
         if !args.json {
             println!(

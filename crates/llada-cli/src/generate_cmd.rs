@@ -47,7 +47,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let Some(prompt) = args.prompt.ids(&loaded)? else {
         bail!("give a prompt with --prompt TEXT or --prompt-ids 1,2,3");
     };
-    let mut params = args.decode.params(&loaded);
+    let mut params = args.decode.params(&loaded)?;
     params.use_cache = !args.no_cache;
     // Text in, text out; ids in, ids out.
     let tokenizer = loaded

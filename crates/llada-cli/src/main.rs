@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod chat;
+mod default_model;
 mod download;
 mod eval;
 mod generate_cmd;
@@ -50,7 +51,9 @@ fn main() {
     pin_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // Warnings, and `llada serve`'s access log.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,llada_server::access=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -21,7 +21,7 @@ pub struct QuantizeArgs {
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
     let src = llada::hub::resolve_model(&args.model)?;
-    let report = llada::gguf::quantize_checkpoint(&src, &args.out, args.quant)?;
+    let report = llada::quantize_checkpoint(&src, &args.out, args.quant)?;
     println!(
         "wrote {} ({} tensors, {} quantized to {}, {:.1} MiB)",
         report.path.display(),

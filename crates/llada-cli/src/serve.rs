@@ -44,6 +44,21 @@ pub struct ServeArgs {
     /// Largest block length a request may ask for.
     #[arg(long, default_value_t = 256)]
     pub max_block_length: usize,
+    /// Seconds a connection may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+    /// Seconds a client may take to send a request body (then 408).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout: u64,
+    /// Allow browsers on this origin to call the API (CORS), e.g. http://localhost:3000;
+    /// repeat for several, or * for any.
+    #[arg(long)]
+    pub cors_origin: Vec<String>,
+    /// Read special-token text inside chat messages (e.g. <|role_end|>) as plain text,
+    /// so that users cannot forge role turns.
+    #[arg(long)]
+    pub literal_special_tokens: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -52,7 +67,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::new(
         args.model_name
             .clone()
-            .unwrap_or_else(|| model_id(&args, &dir)),
+            .unwrap_or_else(|| model_id(&args, dir.as_deref())),
     );
     config.api_key = args.api_key.clone();
     config.max_batch = args.max_batch as usize;
@@ -61,7 +76,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.default_max_tokens = args.decode.gen_length;
     config.max_block_length = args.max_block_length;
-    let mut defaults = args.decode.params(&loaded);
+    config.header_timeout = Duration::from_secs(args.header_timeout);
+    config.body_timeout = Duration::from_secs(args.body_timeout);
+    config.cors_origins = args.cors_origin.clone();
+    if args.literal_special_tokens {
+        config.content_special_tokens = llada::tokenizer::SpecialTokens::AsText;
+    }
+    let mut defaults = args.decode.params(&loaded)?;
     // The answer is complete once its EOS is final; a request may still ask otherwise.
     defaults.eos_early_stop = true;
     let state = Arc::new(AppState::with_defaults(config, Arc::new(loaded), defaults)?);
@@ -84,7 +105,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 ""
             },
         );
-        let app = llada_server::router(state);
+        let header_timeout = state.config.header_timeout;
+        let app = llada_server::router(state)?;
         let shutdown = async {
             shutdown_signal().await;
             eprintln!("llada serve: shutting down (a second signal stops at once)");
@@ -94,7 +116,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 std::process::exit(130);
             });
         };
-        llada_server::serve(listener, app, shutdown).await?;
+        llada_server::serve(listener, app, header_timeout, shutdown).await?;
         Ok(())
     })
 }
@@ -122,13 +144,14 @@ async fn shutdown_signal() {
     }
 }
 
-/// `--model` as given (a repo id or folder), or "default" for the embedded model.
-fn model_id(args: &ServeArgs, dir: &std::path::Path) -> String {
-    match &args.model.model {
-        Some(spec) if !std::path::Path::new(spec).exists() => spec.clone(),
-        _ if args.model.model.is_none() => "default".into(),
-        _ => dir
+/// `--model` as given when it is a repo id, the folder's name for a folder, or
+/// "default" for the built-in model.
+fn model_id(args: &ServeArgs, dir: Option<&std::path::Path>) -> String {
+    match (&args.model.model, dir) {
+        (Some(spec), _) if !std::path::Path::new(spec).exists() => spec.clone(),
+        (_, Some(dir)) => dir
             .file_name()
             .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned()),
+        (_, None) => "default".into(),
     }
 }

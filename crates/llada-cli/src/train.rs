@@ -139,9 +139,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         TrainCommand::Tasks(a) => {
             std::fs::create_dir_all(&a.out)?;
-            let train = llada_train::tasks::generate(a.train, a.seed);
-            // A different seed stream for the held-out set.
-            let eval = llada_train::tasks::generate(a.eval, a.seed ^ 0xE7A1);
+            use llada_train::tasks::{generate, Split};
+            // The two splits partition all questions, so no eval item is ever trained on.
+            let train = generate(a.train, a.seed, Split::Train)?;
+            let eval = generate(a.eval, a.seed ^ 0xE7A1, Split::HeldOut)?;
             llada_train::tasks::write_jsonl(&train, &a.out.join("tasks-train.jsonl"))?;
             llada_train::tasks::write_jsonl(&eval, &a.out.join("tasks-eval.jsonl"))?;
             println!(

@@ -51,13 +51,6 @@ impl Drop for Server {
     }
 }
 
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn python(args: &[&str]) -> std::process::Output {
     let out = Command::new("python3")
         .args(args)
@@ -68,16 +61,8 @@ fn python(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+#[ignore = "needs Python with the openai package; .ci/run runs it with --include-ignored"]
 fn the_openai_python_client_works_against_the_server() {
-    if !python_has("openai") {
-        // CI installs it (.ci/run); elsewhere say why nothing was checked.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the openai package is required in CI: pip install openai"
-        );
-        eprintln!("skipped: python3 with the openai package is not installed");
-        return;
-    }
     let server = Server::start(&[]);
     let script = repo().join("crates/llada-cli/tests/python/openai_client.py");
     let out = python(&[script.to_str().unwrap(), &format!("{}/v1", server.url), KEY]);
@@ -138,7 +123,7 @@ fn serve_explains_what_keeps_it_from_starting() {
     let err = run(&["--host", "256.0.0.1", "--port", "0"]);
     assert!(err.contains("cannot listen on 256.0.0.1:0"), "{err}");
     let err = run(&["--block-length", "0", "--port", "0"]);
-    assert!(err.contains("block_length"), "{err}");
+    assert!(err.contains("--block-length"), "{err}");
     let err = run(&["--max-batch", "0"]);
     assert!(err.contains("--max-batch"), "{err}");
 }

@@ -10,7 +10,7 @@ fn tokenizer_dir() -> PathBuf {
 }
 
 fn golden() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/llada2-tiny")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/llada2-tiny")
 }
 
 /// A random LLaDA2 model whose vocabulary is the test tokenizer's.

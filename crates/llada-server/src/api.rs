@@ -39,11 +39,21 @@ pub struct CommonParams {
     pub ignore_eos: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Stop::One(s)),
+            value => serde_json::from_value(value)
+                .map(Stop::Many)
+                .map_err(|_| serde::de::Error::custom("expected a string or an array of strings")),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,11 +74,24 @@ pub struct ChatMessage {
 }
 
 /// A message's content: a string, or OpenAI's list of parts (text parts only here).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Content::Text(s)),
+            value @ serde_json::Value::Array(_) => serde_json::from_value(value)
+                .map(Content::Parts)
+                .map_err(|e| serde::de::Error::custom(format!("invalid content part: {e}"))),
+            _ => Err(serde::de::Error::custom(
+                "expected a string or an array of content parts",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,13 +110,33 @@ pub struct CompletionRequest {
 }
 
 /// `/v1/completions` prompts: text or token ids, one prompt per request.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum Prompt {
     Text(String),
     Ids(Vec<u32>),
     Texts(Vec<String>),
     IdLists(Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        if let serde_json::Value::String(s) = value {
+            return Ok(Prompt::Text(s));
+        }
+        let from = |v: &serde_json::Value| -> Option<Prompt> {
+            serde_json::from_value(v.clone())
+                .map(Prompt::Ids)
+                .or_else(|_| serde_json::from_value(v.clone()).map(Prompt::Texts))
+                .or_else(|_| serde_json::from_value(v.clone()).map(Prompt::IdLists))
+                .ok()
+        };
+        from(&value).ok_or_else(|| {
+            serde::de::Error::custom(
+                "expected a string, an array of token ids (integers from 0), or an array of strings or of token-id arrays",
+            )
+        })
+    }
 }
 
 impl ChatMessage {
@@ -230,21 +273,9 @@ impl CommonParams {
         self.check_unsupported()?;
         let mut p = defaults.clone();
         if let Some(t) = self.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::invalid_param(
-                    "temperature",
-                    format!("temperature must be in [0, 2], got {t}"),
-                ));
-            }
             p.sampling.temperature = t;
         }
         if let Some(top_p) = self.top_p {
-            if !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(ApiError::invalid_param(
-                    "top_p",
-                    format!("top_p must be in (0, 1], got {top_p}"),
-                ));
-            }
             p.sampling.top_p = Some(top_p);
         }
         if let Some(k) = self.top_k {
@@ -255,7 +286,7 @@ impl CommonParams {
         let context = config.max_position_embeddings;
         if let Some(b) = self.block_length {
             let most = limits.max_block_length.min(context);
-            if b == 0 || b as usize > most {
+            if b as usize > most {
                 return Err(ApiError::invalid_param(
                     "block_length",
                     format!("block_length must be in [1, {most}], got {b}"),
@@ -264,9 +295,6 @@ impl CommonParams {
             p.block_length = b as usize;
         }
         if let Some(s) = self.steps {
-            if s == 0 {
-                return Err(ApiError::invalid_param("steps", "steps must be at least 1"));
-            }
             p.steps = s as usize;
         } else if self.block_length.is_some() {
             // One step per position unless told otherwise, as the reference default.
@@ -281,12 +309,6 @@ impl CommonParams {
             }
         }
         if let Some(t) = self.threshold {
-            if !(0.0..=1.0).contains(&t) {
-                return Err(ApiError::invalid_param(
-                    "threshold",
-                    format!("threshold must be in [0, 1], got {t}"),
-                ));
-            }
             p.decoder = DecoderConfig::Threshold { threshold: t };
         }
         p.eos_early_stop = self.eos_early_stop.unwrap_or(p.eos_early_stop);
@@ -299,19 +321,17 @@ impl CommonParams {
             "max_tokens"
         };
         p.gen_length = match asked {
-            Some(0) => {
-                return Err(ApiError::invalid_param(
-                    field,
-                    format!("{field} must be at least 1"),
-                ))
-            }
             Some(n) => n as usize,
             None => {
                 // What fits in the context after the prompt, in whole blocks.
-                let room = (context / p.block_length * p.block_length).saturating_sub(prompt_len);
+                let b = p.block_length.max(1);
+                let room = (context / b * b).saturating_sub(prompt_len);
                 limits.default_max_tokens.min(room).max(1)
             }
         };
+        // The engine's own checks, shared with the CLI; errors name the request field.
+        p.validate(config.vocab_size)
+            .map_err(|e| ApiError::from_engine(e, field))?;
         let needed = p.positions_needed(prompt_len);
         if needed > context {
             return Err(ApiError::invalid_param(field, format!(

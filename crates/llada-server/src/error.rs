@@ -109,6 +109,15 @@ impl ApiError {
         )
     }
 
+    /// 408: the client did not send its whole body in time.
+    pub fn body_timeout(seconds: f64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("the request body did not arrive within {seconds:.0} s"),
+        )
+    }
+
     pub fn timeout(seconds: f64) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -140,17 +149,33 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<llada::Error> for ApiError {
-    fn from(e: llada::Error) -> Self {
+impl ApiError {
+    /// An engine error as the client sees it: bad settings and prompts are 400s naming
+    /// the request field (`gen_length` is the request's `max_tokens_field`), anything
+    /// else is the server's fault.
+    pub fn from_engine(e: llada::Error, max_tokens_field: &str) -> Self {
         use llada::Error as E;
         match e {
             E::ContextOverflow { .. } => {
                 ApiError::invalid(e.to_string()).with_code("context_length_exceeded")
+            }
+            E::InvalidParam { param, message } => {
+                let field = match param {
+                    "gen_length" => max_tokens_field,
+                    other => other,
+                };
+                ApiError::invalid_param(field, format!("invalid `{field}`: {message}"))
             }
             E::InvalidRequest(_) | E::TokenOutOfRange { .. } | E::ChatTemplate { .. } => {
                 ApiError::invalid(e.to_string())
             }
             other => ApiError::internal(other.to_string()),
         }
+    }
+}
+
+impl From<llada::Error> for ApiError {
+    fn from(e: llada::Error) -> Self {
+        Self::from_engine(e, "max_tokens")
     }
 }

@@ -8,21 +8,26 @@ pub mod error;
 pub mod metrics;
 pub mod routes;
 pub mod scheduler;
+mod serve;
 pub mod stop;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use llada::tokenizer::SpecialTokens;
 use llada::{GenerateParams, LoadedModel};
 
 pub use api::Limits;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use scheduler::Scheduler;
+pub use serve::serve;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -41,6 +46,17 @@ pub struct ServerConfig {
     pub default_max_tokens: usize,
     /// Largest `block_length` a request may set.
     pub max_block_length: usize,
+    /// A connection that sends no complete request header within this long is closed
+    /// (new connections and idle keep-alive ones alike).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's whole body (then 408).
+    pub body_timeout: Duration,
+    /// Origins a browser may call the API from (CORS); `*` allows any. Empty: no CORS
+    /// headers, so browsers refuse cross-origin calls.
+    pub cors_origins: Vec<String>,
+    /// How special-token text inside chat message contents is tokenized.
+    /// [`SpecialTokens::AsText`] stops users from forging role turns.
+    pub content_special_tokens: SpecialTokens,
 }
 
 impl ServerConfig {
@@ -54,6 +70,10 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             default_max_tokens: 256,
             max_block_length: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
+            content_special_tokens: SpecialTokens::Parse,
         }
     }
 }
@@ -66,6 +86,8 @@ pub enum ServerError {
     Thread(#[from] std::io::Error),
     #[error("invalid decoding defaults: {0}")]
     Defaults(String),
+    #[error("invalid CORS origin {0:?} (give a URL such as https://example.com, or *)")]
+    CorsOrigin(String),
 }
 
 /// Everything the handlers share.
@@ -80,6 +102,8 @@ pub struct AppState {
     /// Unix time the server started (the model card's `created`).
     pub started: u64,
     pub fingerprint: String,
+    /// The vocabulary's longest token in bytes (for the early length check).
+    pub longest_token_bytes: usize,
 }
 
 impl AppState {
@@ -97,9 +121,12 @@ impl AppState {
         model: Arc<LoadedModel>,
         defaults: GenerateParams,
     ) -> Result<Self, ServerError> {
-        if model.tokenizer.is_none() {
+        let Some(tokenizer) = model.tokenizer.as_ref() else {
             return Err(ServerError::NoTokenizer);
-        }
+        };
+        // Normalizers can shrink text before it is tokenized: allow four times the
+        // longest token per token, so the early check never refuses a prompt that fits.
+        let longest_token_bytes = 4 * tokenizer.longest_token_bytes();
         let cfg = &model.files.config;
         defaults
             .validate(cfg.vocab_size)
@@ -125,6 +152,7 @@ impl AppState {
                 max_block_length: config.max_block_length,
             },
             fingerprint: format!("llada-{}", env!("CARGO_PKG_VERSION")),
+            longest_token_bytes,
             started: routes::unix_now(),
             config,
             model,
@@ -134,37 +162,66 @@ impl AppState {
     }
 }
 
-/// The HTTP app: OpenAI endpoints, health and metrics, auth, limits, JSON errors.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The HTTP app: OpenAI endpoints, health and metrics, auth, limits, CORS, JSON errors,
+/// metrics and an access log line for every request.
+pub fn router(state: Arc<AppState>) -> Result<Router, ServerError> {
+    let cors = cors_layer(&state.config.cors_origins)?;
+    let mut app = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
+        .route("/v1/models/{id}", get(routes::model))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        // Route layers run inside routing, so `track` sees the matched path; it wraps
-        // `authorize` so that rejected requests are counted too.
+        // Route layers run inside routing: `label` records the matched path for
+        // `track`, which wraps everything (unknown paths and refused keys are counted).
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::authorize,
         ))
-        .route_layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn(routes::label))
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::track,
         ))
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so that preflight requests are answered before authorization.
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    Ok(app)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let parsed = origins
+            .iter()
+            .map(|o| {
+                let ok =
+                    (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/');
+                ok.then(|| HeaderValue::from_str(o).ok())
+                    .flatten()
+                    .ok_or_else(|| ServerError::CorsOrigin(o.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(parsed)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+            ])
+            .max_age(Duration::from_secs(3600)),
+    ))
 }

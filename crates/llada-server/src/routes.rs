@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -35,14 +35,26 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::invalid(format!("cannot read the request body: {e}"))
-            }
-        })?;
+        let rules = req
+            .extensions()
+            .get::<BodyRules>()
+            .copied()
+            .unwrap_or(BodyRules {
+                limit: 0,
+                timeout: Duration::from_secs(30),
+            });
+        // A client that announces more bytes than it sends would hold the request open.
+        let read = tokio::time::timeout(rules.timeout, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| ApiError::body_timeout(rules.timeout.as_secs_f64()))?
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large(rules.limit)
+                } else {
+                    ApiError::invalid(format!("cannot read the request body: {e}"))
+                }
+            })?;
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
         if !value.is_object() {
@@ -56,7 +68,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 pub fn field_errors<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = plain_words(&e.into_inner().to_string());
         if path == "." {
             ApiError::invalid(format!("invalid request body: {inner}"))
         } else {
@@ -65,9 +77,56 @@ pub fn field_errors<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
     })
 }
 
-/// The body size limit, for the error message.
+/// serde's messages with JSON words instead of Rust type names ("expected u32" →
+/// "expected an integer >= 0").
+fn plain_words(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, json) in [
+        ("expected u32", "expected an integer >= 0"),
+        ("expected u64", "expected an integer >= 0"),
+        ("expected usize", "expected an integer >= 0"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected an object"),
+        ("invalid type: map", "invalid type: object"),
+        ("invalid type: sequence", "invalid type: array"),
+    ] {
+        out = out.replace(rust, json);
+    }
+    // "expected struct ChatMessage" and the like.
+    while let Some(at) = out.find("expected struct ") {
+        let end = out[at + 16..]
+            .find(|c: char| !c.is_alphanumeric())
+            .map_or(out.len(), |i| at + 16 + i);
+        out.replace_range(at..end, "expected an object");
+    }
+    out
+}
+
+/// The body size limit and the time a client has to send it.
 #[derive(Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyRules {
+    pub limit: usize,
+    pub timeout: Duration,
+}
+
+/// The route a request matched, carried on its response for [`track`].
+#[derive(Clone)]
+pub struct Endpoint(pub String);
+
+/// Labels a matched route's response with its path template.
+pub async fn label(req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let mut response = next.run(req).await;
+    if let Some(endpoint) = endpoint {
+        response.extensions_mut().insert(Endpoint(endpoint));
+    }
+    response
+}
 
 /// Rejects requests without the configured bearer token (constant-time comparison).
 pub async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -87,25 +146,37 @@ pub async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: N
     next.run(req).await
 }
 
-/// Counts requests by endpoint and status, and times them to the response head.
+/// Counts every request by endpoint (`unmatched` for unknown paths) and status, times
+/// it to the response head, and writes one access-log line.
 pub async fn track(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let endpoint = req
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let peer = req
         .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    req.extensions_mut()
-        .insert(BodyLimit(state.config.max_body_bytes));
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string());
+    req.extensions_mut().insert(BodyRules {
+        limit: state.config.max_body_bytes,
+        timeout: state.config.body_timeout,
+    });
     let response = next.run(req).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    let endpoint = response
+        .extensions()
+        .get::<Endpoint>()
+        .map_or_else(|| "unmatched".to_string(), |e| e.0.clone());
     let m = &state.metrics;
-    m.http_seconds.observe(started.elapsed().as_secs_f64());
+    m.http_seconds.observe(seconds);
     m.requests
-        .get_or_create(&RequestLabels {
-            endpoint,
-            status: response.status().as_u16(),
-        })
+        .get_or_create(&RequestLabels { endpoint, status })
         .inc();
+    tracing::info!(
+        target: "llada_server::access",
+        "{} {method} {path} {status} {:.1} ms",
+        peer.as_deref().unwrap_or("-"),
+        seconds * 1e3
+    );
     response
 }
 
@@ -144,6 +215,15 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     })
 }
 
+/// `GET /v1/models/{id}`: the served model's card, or 404 for any other id.
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    state.check_model(&id)?;
+    Ok(Json(state.model_card()))
+}
+
 pub async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(req.uri().path())
 }
@@ -171,7 +251,16 @@ pub async fn chat_completions(
         .enumerate()
         .map(|(i, m)| m.to_engine(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let prompt = state.tokenizer().encode_chat(&messages, true)?;
+    let text_bytes = messages.iter().map(|m| m.content.len()).sum();
+    state.check_length(text_bytes, "messages")?;
+    let prompt = state
+        .off_async(move |state| {
+            let specials = state.config.content_special_tokens;
+            state
+                .tokenizer()
+                .encode_chat_with(&messages, true, specials)
+        })
+        .await?;
     respond(state, prompt, &common, Format::Chat).await
 }
 
@@ -189,13 +278,19 @@ pub async fn completions(
         return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
     }
     let one = || ApiError::invalid_param("prompt", "one prompt per request (n = 1)");
-    let prompt = match req.prompt {
-        Prompt::Text(text) => state.tokenizer().encode(&text)?,
-        Prompt::Ids(ids) => ids,
-        Prompt::Texts(mut v) if v.len() == 1 => state.tokenizer().encode(&v.remove(0))?,
-        Prompt::IdLists(mut v) if v.len() == 1 => v.remove(0),
+    let text = match req.prompt {
+        Prompt::Text(text) => text,
+        Prompt::Texts(mut v) if v.len() == 1 => v.remove(0),
+        Prompt::Ids(ids) => return respond(state, ids, &common, Format::Completion).await,
+        Prompt::IdLists(mut v) if v.len() == 1 => {
+            return respond(state, v.remove(0), &common, Format::Completion).await
+        }
         Prompt::Texts(_) | Prompt::IdLists(_) => return Err(one()),
     };
+    state.check_length(text.len(), "prompt")?;
+    let prompt = state
+        .off_async(move |state| state.tokenizer().encode(&text))
+        .await?;
     if prompt.is_empty() {
         return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
     }
@@ -238,6 +333,37 @@ impl Run {
 }
 
 impl AppState {
+    /// Rejects text that cannot fit the context whatever its tokens, before any work:
+    /// no token is longer than the vocabulary's longest, so `bytes` of text are at least
+    /// `bytes / longest` tokens.
+    fn check_length(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
+        let context = self.model.files.config.max_position_embeddings;
+        let fewest_tokens = bytes / self.longest_token_bytes.max(1);
+        if fewest_tokens > context {
+            return Err(ApiError::invalid_param(
+                param,
+                format!(
+                    "the text ({bytes} bytes) is at least {fewest_tokens} tokens, more than the model's context of {context}"
+                ),
+            )
+            .with_code("context_length_exceeded"));
+        }
+        Ok(())
+    }
+
+    /// Runs tokenizer work (template rendering, tokenizing) on the blocking pool, so a
+    /// large prompt does not stall the threads that serve every other connection.
+    async fn off_async<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&AppState) -> llada::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || work(&state))
+            .await
+            .map_err(|_| ApiError::internal("tokenization failed"))?
+            .map_err(ApiError::from)
+    }
+
     fn check_model(&self, model: &str) -> Result<(), ApiError> {
         if model == self.config.model_id {
             Ok(())
@@ -267,16 +393,6 @@ impl AppState {
     fn submit(&self, prompt: Vec<u32>, common: &CommonParams) -> Result<Run, ApiError> {
         let config = &self.model.files.config;
         let params = common.to_params(&self.defaults, config, &self.limits, prompt.len())?;
-        // A mask in the prompt would be decoded over, changing the prompt.
-        if let Some(at) = prompt.iter().position(|&t| t == params.mask_id) {
-            return Err(ApiError::invalid_param(
-                "prompt",
-                format!(
-                    "the prompt contains the mask token (id {}) at token {at}",
-                    params.mask_id
-                ),
-            ));
-        }
         let stop = common.stop_strings()?;
         let generation = Generation::new(&self.model.model, &prompt, params)?;
         let (tx, rx) = unbounded_channel();

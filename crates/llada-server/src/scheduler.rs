@@ -11,8 +11,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use llada::tokenizer::StreamDecoder;
-use llada::{step_batch, Generation, LoadedModel};
+use llada::{step_batch, Generation, LoadedModel, TextStream};
 
 use crate::api::{FinishReason, Usage};
 use crate::error::ApiError;
@@ -143,7 +142,7 @@ struct Worker {
 /// A request in the batch, with its detokenizer and stop-sequence state.
 struct Active<'t> {
     job: Job,
-    text: StreamDecoder<'t>,
+    text: TextStream<'t>,
     stop: StopMatcher,
     first_text: bool,
 }
@@ -218,7 +217,7 @@ impl Worker {
                 // Generated tokens count toward throughput even when nobody reads them.
                 self.metrics
                     .completion_tokens
-                    .inc_by(a.text.ids().len() as u64);
+                    .inc_by(a.text.token_count() as u64);
                 false
             }
         });
@@ -306,9 +305,8 @@ impl Worker {
             self.send_text(a, rest);
             let ended_by_stop = a
                 .text
-                .ids()
-                .last()
-                .is_some_and(|&t| a.job.generation.params().is_stop(t));
+                .last_token()
+                .is_some_and(|t| a.job.generation.params().is_stop(t));
             let reason = if ended_by_stop {
                 FinishReason::Stop
             } else {
@@ -334,7 +332,7 @@ impl Worker {
 
     fn finish(&self, a: &mut Active<'_>, reason: FinishReason) -> bool {
         let stats = a.job.generation.stats();
-        let completion = a.text.ids().len();
+        let completion = a.text.token_count();
         let usage = Usage {
             prompt_tokens: stats.prompt_tokens,
             completion_tokens: completion,

@@ -13,13 +13,12 @@ use llada_server::{Metrics, ServerConfig};
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-/// A request that cannot end early: one token per forward pass, no stop token the
-/// model would produce (the mask id never comes out of a decoder), 400 tokens.
+/// A request that cannot end early: one token per forward pass, stop tokens ignored,
+/// 400 tokens.
 fn long_job() -> (Job, UnboundedReceiver<Event>) {
     let loaded = model();
     let mut params: GenerateParams = loaded.default_params();
-    params.eos_id = params.mask_id;
-    params.extra_stop_ids.clear();
+    params.ignore_eos = true;
     params.gen_length = 400;
     params.block_length = 1;
     params.steps = 1;

@@ -55,6 +55,11 @@ pub fn pack_text(
     eos: u32,
     seq_len: usize,
 ) -> Result<Vec<Packed>> {
+    if seq_len == 0 {
+        return Err(TrainError::Invalid(
+            "the sequence length must be at least 1".into(),
+        ));
+    }
     let mut stream: Vec<(u32, u32)> = Vec::new();
     let mut doc = 0u32;
     for file in &expand(files)? {

@@ -37,6 +37,18 @@ pub fn nelbo(
     samples: usize,
     max_sequences: usize,
 ) -> Result<NelboReport> {
+    for (name, value) in [
+        ("sequence length", seq_len),
+        ("block", block),
+        ("samples", samples),
+        ("max sequences", max_sequences),
+    ] {
+        if value == 0 {
+            return Err(TrainError::Invalid(format!(
+                "NELBO: the {name} must be at least 1"
+            )));
+        }
+    }
     let tok = m
         .tokenizer
         .as_ref()
@@ -46,7 +58,6 @@ pub fn nelbo(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut total = 0f64;
     let mut count = 0usize;
-    let samples = samples.max(1);
     for seq in seqs.iter().take(max_sequences) {
         for s in 0..samples {
             // Stratified: sample s draws l from the s-th of `samples` equal slices.
@@ -148,7 +159,11 @@ pub fn tasks(
         let item: TaskLine = serde_json::from_str(line)
             .map_err(|e| TrainError::Invalid(format!("{}:{}: {e}", path.display(), n + 1)))?;
         let Some((answer, prompt)) = item.messages.split_last() else {
-            continue;
+            return Err(TrainError::Invalid(format!(
+                "{}:{}: a task item needs messages",
+                path.display(),
+                n + 1
+            )));
         };
         let ids = tok.encode_chat(prompt, true)?;
         let out = generate(&m.model, &ids, params, &mut |_| {})?;
@@ -166,7 +181,14 @@ pub fn tasks(
         report.forwards += out.stats.forwards;
         seconds += out.stats.seconds;
     }
-    report.accuracy = report.correct as f64 / report.items.max(1) as f64;
+    if report.items == 0 {
+        return Err(TrainError::Invalid(format!(
+            "{} has no task items to score{}",
+            path.display(),
+            if limit == 0 { " (--limit 0)" } else { "" }
+        )));
+    }
+    report.accuracy = report.correct as f64 / report.items as f64;
     report.tokens_per_forward = report.tokens as f64 / report.forwards.max(1) as f64;
     report.tokens_per_second = report.tokens as f64 / seconds.max(1e-9);
     Ok(report)

@@ -1,14 +1,17 @@
 //! llada-train: turning text into LLaDA2-style block-diffusion models.
 //!
-//! So far: the byte-level BPE tokenizer a new model starts from, and the noising and
-//! attention masks of block-diffusion training.
+//! A [`recipe::Recipe`] (TOML) names the model, tokenizer, data and stages; the
+//! [`trainer`] runs its stages (autoregressive pre-training, WSD conversion to block
+//! diffusion, SFT), resumably, writing HF-layout checkpoints; [`eval`] scores models
+//! (task accuracy, held-out NELBO) and [`merge`] averages the best checkpoints.
 
+pub mod checkpoint;
 pub mod data;
 pub mod eval;
-pub mod init;
 pub mod loss;
 pub mod merge;
 pub mod noise;
+mod objective;
 pub mod optim;
 pub mod params;
 pub mod recipe;
@@ -17,7 +20,7 @@ pub mod tasks;
 pub mod tokenizer;
 pub mod trainer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -48,18 +51,3 @@ impl From<candle_core::Error> for TrainError {
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never
-/// leaves a half-written file under the final name.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let err = |source| TrainError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}

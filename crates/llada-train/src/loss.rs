@@ -44,6 +44,12 @@ pub fn block_diffusion_loss(
     embed_noise: Option<(f32, u64)>,
 ) -> Result<LossOutput> {
     let len = clean.len();
+    if block == 0 || len == 0 || noised.tokens.len() != len {
+        return Err(crate::TrainError::Invalid(format!(
+            "block-diffusion loss needs a block of at least 1 and a noised copy of the {len} tokens (block {block}, {} noised)",
+            noised.tokens.len()
+        )));
+    }
     let device = model.device();
     let mut tokens = noised.tokens.clone();
     tokens.extend_from_slice(clean);
@@ -55,7 +61,7 @@ pub fn block_diffusion_loss(
     )?;
     let noise = if let Some((std, seed)) = embed_noise.filter(|(std, _)| *std > 0.0) {
         let hidden = model.config().hidden_size;
-        let gauss = crate::init::gaussian(2 * len * hidden, std, seed);
+        let gauss = llada::synthetic::gaussian(2 * len * hidden, std, seed);
         let gauss = Tensor::from_vec(gauss, (2 * len, hidden), device)?;
         let keep: Vec<f32> = (0..2 * len)
             .map(|i| f32::from(u8::from(i < len && noised.masked[i])))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::params::save_safetensors;
+use crate::params::save_weights;
 use crate::{Result, TrainError};
 
 /// Averages the weights of `checkpoints` into `out` (with the first one's config and
@@ -48,16 +48,8 @@ pub fn average(checkpoints: &[PathBuf], out: &Path) -> Result<()> {
         .into_iter()
         .map(|(k, v)| Ok((k, (v / n)?)))
         .collect::<candle_core::Result<HashMap<_, _>>>()?;
-    save_safetensors(out, &mean)?;
-    for file in llada::config::COMPANION_FILES {
-        let from = first.join(file);
-        if from.is_file() {
-            std::fs::copy(&from, out.join(file)).map_err(|source| TrainError::Write {
-                path: out.join(file),
-                source,
-            })?;
-        }
-    }
+    save_weights(out, &mean)?;
+    llada::files::copy_companion_files(first, out)?;
     Ok(())
 }
 
@@ -78,7 +70,7 @@ mod tests {
         let mk = |name: &str, v: f32| {
             let dir = tmp.path().join(name);
             let t = Tensor::full(v, (2, 3), &Device::Cpu).unwrap();
-            save_safetensors(&dir, &HashMap::from([("w".to_string(), t)])).unwrap();
+            save_weights(&dir, &HashMap::from([("w".to_string(), t)])).unwrap();
             std::fs::write(dir.join("config.json"), "{}").unwrap();
             dir
         };

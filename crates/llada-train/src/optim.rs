@@ -30,6 +30,31 @@ impl Default for AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// Checks the settings; the error names the bad one.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("optimizer.{name} must be in [0, 1), got {v}"));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(format!("optimizer.eps must be above 0, got {}", self.eps));
+        }
+        for (name, v) in [
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!(
+                    "optimizer.{name} must be a finite number >= 0, got {v}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct AdamW {
     cfg: AdamWConfig,
     params: Vec<(String, Var)>,

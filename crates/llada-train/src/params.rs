@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use candle_core::{Device, Tensor, Var};
-use llada::quant::{LinearWeight, Quant};
+use llada::{LinearWeight, Quant};
 use llada::{Llada2Config, Llada2Model, WeightSource};
 
 use crate::{Result, TrainError};
@@ -107,16 +107,17 @@ impl TrainableModel {
     }
 }
 
-/// Saves `tensors` as `dir/model.safetensors` via a temporary file and a rename.
-pub fn save_safetensors(dir: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+/// Saves `tensors` as `dir/model.safetensors` (the folder is created; the file is
+/// written atomically).
+pub fn save_weights(dir: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| TrainError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join("model.safetensors");
-    let tmp = dir.join("model.safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp)?;
-    std::fs::rename(&tmp, &path).map_err(|source| TrainError::Write { path, source })
+    Ok(llada::files::save_safetensors(
+        &dir.join("model.safetensors"),
+        tensors,
+    )?)
 }
 
 /// Copies a checkpoint's model files into `out` (config, generation config, tokenizer,
@@ -134,16 +135,8 @@ pub fn export(checkpoint: &Path, out: &Path, bf16: bool) -> Result<u64> {
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
         .collect::<candle_core::Result<HashMap<_, _>>>()?;
-    save_safetensors(out, &converted)?;
-    for file in llada::config::COMPANION_FILES {
-        let from = checkpoint.join(file);
-        if from.is_file() {
-            std::fs::copy(&from, out.join(file)).map_err(|source| TrainError::Write {
-                path: out.join(file),
-                source,
-            })?;
-        }
-    }
+    save_weights(out, &converted)?;
+    llada::files::copy_companion_files(checkpoint, out)?;
     let path = out.join("model.safetensors");
     Ok(std::fs::metadata(&path)
         .map_err(|source| TrainError::Read { path, source })?

@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use llada::Llada2Config;
+
 use crate::optim::AdamWConfig;
 use crate::schedule::{LrSchedule, WsdBlockSchedule};
 use crate::{Result, TrainError};
@@ -87,6 +89,87 @@ pub struct Stage {
     pub text_fraction: f64,
 }
 
+impl Stage {
+    fn check(&self, context: usize) -> std::result::Result<(), String> {
+        for (field, value) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("checkpoint_every", self.checkpoint_every),
+            ("block", self.block),
+        ] {
+            if value == 0 {
+                return Err(format!("{field} must be at least 1"));
+            }
+        }
+        if self.seq_len < 2 || self.seq_len > context {
+            return Err(format!(
+                "seq_len must be in [2, {context}] (the model's max_position_embeddings), got {}",
+                self.seq_len
+            ));
+        }
+        if self.block > self.seq_len {
+            return Err(format!(
+                "block {} is longer than seq_len {}",
+                self.block, self.seq_len
+            ));
+        }
+        if self.data.is_empty() {
+            return Err("data must name at least one file".into());
+        }
+        self.lr.validate()?;
+        self.optimizer.validate()?;
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return Err(format!("eps must be in (0, 1), got {}", self.eps));
+        }
+        let (lo, hi) = self.t_range;
+        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return Err(format!(
+                "t_range must satisfy 0 < lo <= hi <= 1, got ({lo}, {hi})"
+            ));
+        }
+        for (field, v) in [
+            ("embed_noise_std", self.embed_noise_std),
+            ("cap_weight", self.cap_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{field} must be a finite number >= 0, got {v}"));
+            }
+        }
+        match (&self.kind, &self.block_schedule) {
+            (StageKind::Wsd, Some(b)) if b.seq_len != self.seq_len => {
+                return Err(format!(
+                    "block_schedule.seq_len {} != seq_len {}",
+                    b.seq_len, self.seq_len
+                ))
+            }
+            (StageKind::Wsd, Some(b)) => b.validate()?,
+            (StageKind::Wsd, None) => return Err("wsd needs a block_schedule".into()),
+            _ => {}
+        }
+        if self.kind == StageKind::Sft && self.data.len() != 1 {
+            return Err("sft takes one JSONL file".into());
+        }
+        if !(0.0..1.0).contains(&self.text_fraction) {
+            return Err(format!(
+                "text_fraction must be in [0, 1), got {}",
+                self.text_fraction
+            ));
+        }
+        let mixes = self.text_fraction > 0.0 || !self.text_data.is_empty();
+        if mixes
+            && (self.kind != StageKind::Sft
+                || self.text_data.is_empty()
+                || self.text_fraction == 0.0)
+        {
+            return Err(
+                "text mixing is for sft stages and needs both text_data and text_fraction > 0"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 fn default_checkpoint_every() -> usize {
     100
 }
@@ -127,7 +210,13 @@ impl Recipe {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut recipe: Recipe = toml::from_str(&text)
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks recipe text as if read from `path` (relative paths in it are
+    /// relative to `path`'s folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let mut recipe: Recipe = toml::from_str(text)
             .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rebase = |p: &mut PathBuf| {
@@ -148,44 +237,34 @@ impl Recipe {
         Ok(recipe)
     }
 
+    /// Every field checked before anything runs: a recipe that loads trains without a
+    /// panic. Errors name the stage and field.
     fn check(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Invalid(format!("recipe {}: {m}", self.name)));
         if self.stages.is_empty() {
             return bad("no [[stage]]".into());
         }
+        let config = Llada2Config::from_json(self.config_json(), &self.out.join("config.json"))?;
+        let mut names = std::collections::HashSet::new();
         for s in &self.stages {
-            if s.steps == 0 || s.batch_size == 0 || s.seq_len < 2 || s.data.is_empty() {
+            // The name is a folder under `out`.
+            let safe = !s.name.is_empty()
+                && s.name != "."
+                && s.name != ".."
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !safe {
                 return bad(format!(
-                    "stage {}: steps, batch_size, data and seq_len >= 2 are required",
+                    "stage name {:?} must be letters, digits, '-', '_' or '.' (it names a folder)",
                     s.name
                 ));
             }
-            if s.kind == StageKind::Wsd {
-                match &s.block_schedule {
-                    Some(b) if b.seq_len == s.seq_len => {}
-                    Some(b) => {
-                        return bad(format!(
-                            "stage {}: block_schedule.seq_len {} != seq_len {}",
-                            s.name, b.seq_len, s.seq_len
-                        ))
-                    }
-                    None => return bad(format!("stage {}: wsd needs a block_schedule", s.name)),
-                }
+            if !names.insert(s.name.as_str()) {
+                return bad(format!("two stages are named {}", s.name));
             }
-            if s.kind == StageKind::Sft && s.data.len() != 1 {
-                return bad(format!("stage {}: sft takes one JSONL file", s.name));
-            }
-            if !(0.0..1.0).contains(&s.text_fraction) {
-                return bad(format!("stage {}: text_fraction must be in [0, 1)", s.name));
-            }
-            let mixes = s.text_fraction > 0.0 || !s.text_data.is_empty();
-            if mixes
-                && (s.kind != StageKind::Sft || s.text_data.is_empty() || s.text_fraction == 0.0)
-            {
-                return bad(format!(
-                    "stage {}: text mixing is for sft stages and needs both text_data and text_fraction > 0",
-                    s.name
-                ));
+            if let Err(m) = s.check(config.max_position_embeddings) {
+                return bad(format!("stage {}: {m}", s.name));
             }
         }
         Ok(())

@@ -53,6 +53,29 @@ impl WsdBlockSchedule {
         }
     }
 
+    /// Checks that every phase has a block size in [1, seq_len] and the phases have
+    /// steps; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.seq_len == 0 {
+            return Err("block_schedule.seq_len must be at least 1".into());
+        }
+        for (phase, blocks) in [("warmup", &self.warmup), ("decay", &self.decay)] {
+            if let Some(b) = blocks.iter().find(|&&b| b == 0 || b > self.seq_len) {
+                return Err(format!(
+                    "block_schedule.{phase} has block size {b}, outside [1, {}]",
+                    self.seq_len
+                ));
+            }
+        }
+        if !self.warmup.is_empty() && self.warmup_steps_each == 0 {
+            return Err("block_schedule.warmup_steps_each must be at least 1".into());
+        }
+        if !self.decay.is_empty() && self.decay_steps_each == 0 {
+            return Err("block_schedule.decay_steps_each must be at least 1".into());
+        }
+        Ok(())
+    }
+
     pub fn total_steps(&self) -> usize {
         self.warmup.len() * self.warmup_steps_each
             + self.stable_steps
@@ -99,6 +122,41 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
+    /// Checks the rates and step counts; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let (peak, min_lr, warmup, total, decay) = match *self {
+            LrSchedule::Cosine {
+                peak,
+                min_lr,
+                warmup,
+                total,
+            } => (peak, min_lr, warmup, total, 0),
+            LrSchedule::Wsd {
+                peak,
+                min_lr,
+                warmup,
+                total,
+                decay,
+            } => (peak, min_lr, warmup, total, decay),
+        };
+        if !(peak.is_finite() && peak > 0.0) {
+            return Err(format!(
+                "lr.peak must be a finite number above 0, got {peak}"
+            ));
+        }
+        if !(min_lr.is_finite() && (0.0..=peak).contains(&min_lr)) {
+            return Err(format!(
+                "lr.min_lr must be in [0, peak = {peak}], got {min_lr}"
+            ));
+        }
+        if total == 0 || warmup > total || decay > total {
+            return Err(format!(
+                "lr: total ({total}) must be at least 1 and at least warmup ({warmup}) and decay ({decay})"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn at(&self, step: usize) -> f64 {
         match *self {
             LrSchedule::Cosine {

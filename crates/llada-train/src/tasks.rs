@@ -1,6 +1,10 @@
 //! A generated task set whose answers can be checked: addition, copying, reversing,
 //! sorting and comparing, as chat examples (`{"messages": [...]}` lines). Used for SFT
 //! of the default model and for `llada eval`'s accuracy.
+//!
+//! Held-out items are disjoint from training items by construction, whatever the seeds:
+//! every question belongs to exactly one [`Split`], decided by a fixed hash of its text,
+//! and a split's generator only keeps questions of its own split.
 
 use std::path::Path;
 
@@ -9,7 +13,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{write_atomic, Result};
+use crate::{Result, TrainError};
 
 const WORDS: &[&str] = &[
     "red", "blue", "green", "king", "queen", "love", "night", "day", "sword", "rose", "moon",
@@ -101,10 +105,62 @@ pub fn sample(rng: &mut impl Rng) -> Task {
     }
 }
 
-/// `n` tasks from `seed`.
-pub fn generate(n: usize, seed: u64) -> Vec<Task> {
+/// Which side of the train / held-out partition of all questions a task is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    HeldOut,
+}
+
+/// One question in this many is held out.
+const HELD_OUT_ONE_IN: u64 = 8;
+
+impl Split {
+    /// The split `question` belongs to: FNV-1a of its text, so the partition is the same
+    /// on every machine and for every seed.
+    pub fn of(question: &str) -> Split {
+        let hash = question.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        if hash % HELD_OUT_ONE_IN == 0 {
+            Split::HeldOut
+        } else {
+            Split::Train
+        }
+    }
+}
+
+/// `n` tasks of `split` from `seed`. Held-out sets hold each question at most once (an
+/// accuracy over repeats would count one item several times); training sets may repeat.
+/// Asking for more distinct held-out questions than the generator can make is an error.
+pub fn generate(n: usize, seed: u64, split: Split) -> Result<Vec<Task>> {
+    generate_within(n, seed, split, 100_000)
+}
+
+/// [`generate`], giving up after `patience` draws in a row that add nothing.
+fn generate_within(n: usize, seed: u64, split: Split, patience: usize) -> Result<Vec<Task>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| sample(&mut rng)).collect()
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n.min(1 << 20));
+    let mut idle = 0;
+    while out.len() < n {
+        let task = sample(&mut rng);
+        let fresh = Split::of(&task.question) == split
+            && (split == Split::Train || seen.insert(task.question.clone()));
+        if fresh {
+            out.push(task);
+            idle = 0;
+        } else {
+            idle += 1;
+            if idle == patience {
+                return Err(TrainError::Invalid(format!(
+                    "could only make {} distinct {split:?} tasks of the {n} asked for",
+                    out.len()
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes tasks as chat JSONL.
@@ -115,7 +171,7 @@ pub fn write_jsonl(tasks: &[Task], path: &Path) -> Result<()> {
         text.push_str(&line.to_string());
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes())
+    Ok(llada::files::write_atomic(path, text.as_bytes())?)
 }
 
 #[cfg(test)]
@@ -124,8 +180,8 @@ mod tests {
 
     #[test]
     fn tasks_are_deterministic_varied_and_correct() {
-        let a = generate(200, 1);
-        assert_eq!(a, generate(200, 1));
+        let a = generate(200, 1, Split::Train).unwrap();
+        assert_eq!(a, generate(200, 1, Split::Train).unwrap());
         for kind in ["add", "copy", "reverse", "sort", "compare"] {
             assert!(a.iter().any(|t| t.kind == kind), "{kind}");
         }
@@ -144,5 +200,31 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[test]
+    fn held_out_items_never_appear_in_training_sets() {
+        let held_out = generate(400, 0xE7A1, Split::HeldOut).unwrap();
+        let questions: std::collections::HashSet<&str> =
+            held_out.iter().map(|t| t.question.as_str()).collect();
+        assert_eq!(questions.len(), held_out.len(), "held-out items repeat");
+        for seed in [0, 1, 0xE7A1] {
+            let train = generate(20_000, seed, Split::Train).unwrap();
+            let leaked = train
+                .iter()
+                .filter(|t| questions.contains(t.question.as_str()))
+                .count();
+            assert_eq!(leaked, 0, "seed {seed}");
+        }
+        // Every kind has held-out items, and about one question in eight is held out.
+        for kind in ["add", "copy", "reverse", "sort", "compare"] {
+            assert!(held_out.iter().any(|t| t.kind == kind), "{kind}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let share = (0..8000)
+            .filter(|_| Split::of(&sample(&mut rng).question) == Split::HeldOut)
+            .count();
+        assert!((700..1300).contains(&share), "{share} of 8000 held out");
+        assert!(generate_within(10_000, 0, Split::HeldOut, 20).is_err());
     }
 }

@@ -10,7 +10,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
-use crate::{write_atomic, Result, TrainError};
+use crate::{Result, TrainError};
 
 /// Special tokens in id order: EOS is 0, the mask 1, `<|role_end|>` 2.
 pub const SPECIAL_TOKENS: &[&str] = &[
@@ -87,7 +87,7 @@ pub fn train_tokenizer(files: &[PathBuf], opts: &TokenizerTraining, out: &Path) 
     let json = tok
         .to_string(true)
         .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
-    write_atomic(&out.join("tokenizer.json"), json.as_bytes())?;
+    llada::files::write_atomic(&out.join("tokenizer.json"), json.as_bytes())?;
     let config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "eos_token": DEFAULT_EOS_TOKEN,
@@ -98,5 +98,8 @@ pub fn train_tokenizer(files: &[PathBuf], opts: &TokenizerTraining, out: &Path) 
         "clean_up_tokenization_spaces": false,
     });
     let text = serde_json::to_string_pretty(&config).expect("static JSON");
-    write_atomic(&out.join("tokenizer_config.json"), text.as_bytes())
+    Ok(llada::files::write_atomic(
+        &out.join("tokenizer_config.json"),
+        text.as_bytes(),
+    )?)
 }

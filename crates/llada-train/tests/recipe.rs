@@ -5,9 +5,10 @@
 use std::path::Path;
 
 use candle_core::Device;
+use llada_train::checkpoint::StepMetrics;
 use llada_train::recipe::Recipe;
 use llada_train::tokenizer::{train_tokenizer, TokenizerTraining};
-use llada_train::trainer::{run, RunOptions, RunOutcome, StepMetrics};
+use llada_train::trainer::{run, RunOptions, RunOutcome};
 
 const CORPUS: &str =
     "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n\
@@ -182,7 +183,7 @@ fn a_killed_run_resumes_where_it_left_off() {
         panic!("finishes");
     };
     let killed = setup(tmp.path(), "killed");
-    // Killed after 7 steps of the first stage: the checkpoint at step 5 survives.
+    // Stopped after 7 steps of the first stage: a checkpoint is written where it stops.
     let stopped = run(
         &killed,
         &RunOptions {
@@ -195,11 +196,24 @@ fn a_killed_run_resumes_where_it_left_off() {
         stopped,
         RunOutcome::Stopped {
             stage: "ar".into(),
-            step: 5
+            step: 7
         }
     );
-    // Resumed: 7 steps finish the first stage, 7 more pass the second stage's
-    // checkpoint at step 6 before the next kill.
+    let ar_dir = tmp.path().join("killed/ar");
+    assert_eq!(
+        std::fs::read_to_string(ar_dir.join("latest")).unwrap(),
+        "checkpoint-7"
+    );
+    // As if killed at step 9, after logging steps 8 and 9 but before a checkpoint: the
+    // resumed run redoes them and the log keeps each step once.
+    let mut log = std::fs::read_to_string(ar_dir.join("metrics.jsonl")).unwrap();
+    for step in [8, 9] {
+        log.push_str(&format!(
+            "{{\"stage\":\"ar\",\"step\":{step},\"loss\":-1.0,\"ce\":-1.0,\"lr\":0.0,\"grad_norm\":0.0,\"block\":1,\"tokens_per_second\":0.0}}\n"
+        ));
+    }
+    std::fs::write(ar_dir.join("metrics.jsonl"), log).unwrap();
+    // Resumed: 5 steps finish the first stage, 9 more stop inside the second.
     let stopped = run(
         &killed,
         &RunOptions {
@@ -212,7 +226,7 @@ fn a_killed_run_resumes_where_it_left_off() {
         stopped,
         RunOutcome::Stopped {
             stage: "wsd".into(),
-            step: 6
+            step: 9
         }
     );
     let RunOutcome::Finished(got) = run(&killed, &quiet()).unwrap() else {
@@ -224,6 +238,22 @@ fn a_killed_run_resumes_where_it_left_off() {
     for (name, x) in &a {
         let d = max_abs_diff(x, &b[name]);
         assert!(d < 1e-5, "{name} differs by {d}");
+    }
+    // Every step is logged once, with the uninterrupted run's loss.
+    let steps = |run: &str| -> Vec<(usize, f32)> {
+        let text = std::fs::read_to_string(tmp.path().join(run).join("ar/metrics.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<StepMetrics>(l).unwrap())
+            .map(|m| (m.step, m.loss))
+            .collect()
+    };
+    let (straight_log, resumed_log) = (steps("straight"), steps("killed"));
+    assert_eq!(
+        resumed_log.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
+    for (a, b) in straight_log.iter().zip(&resumed_log) {
+        assert!((a.1 - b.1).abs() < 1e-4, "step {}: {} vs {}", a.0, a.1, b.1);
     }
 }
 

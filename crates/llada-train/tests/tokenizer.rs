@@ -47,6 +47,7 @@ fn trained_tokenizer_round_trips_and_knows_the_special_tokens() {
 }
 
 #[test]
+#[ignore = "needs Python with transformers; .ci/run runs it with --include-ignored"]
 fn transformers_loads_the_trained_tokenizer_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("tok");
@@ -78,15 +79,11 @@ fn transformers_loads_the_trained_tokenizer_identically() {
         .write_all(request.to_string().as_bytes())
         .unwrap();
     let res = child.wait_with_output().unwrap();
-    if !res.status.success() {
-        let err = String::from_utf8_lossy(&res.stderr);
-        assert!(
-            err.contains("No module named") && std::env::var_os("CI").is_none(),
-            "{err}"
-        );
-        eprintln!("skipped: python3 with transformers is not installed");
-        return;
-    }
+    assert!(
+        res.status.success(),
+        "the transformers reference failed (pip install transformers; .ci/run does):\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let want: Vec<Vec<u32>> = serde_json::from_slice(&res.stdout).unwrap();
     let tok = Tokenizer::from_dir(&out).unwrap();
     assert_eq!(tok.encode_chat(&convs[0], true).unwrap(), want[0]);

@@ -167,12 +167,17 @@ pub struct MoeShape {
 impl Llada2Config {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `config.json` text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(text).map_err(|source| Error::Json {
+            path: origin.to_path_buf(),
             what: "a LLaDA2 config",
             source,
         })?;
-        cfg.validate(path)?;
+        cfg.validate(origin)?;
         Ok(cfg)
     }
 
@@ -250,6 +255,32 @@ impl Llada2Config {
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             )));
+        }
+        let finite_positive = [
+            ("rope_theta", self.rope_theta),
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("routed_scaling_factor", self.routed_scaling_factor),
+        ];
+        for (field, value) in finite_positive {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(bad(format!(
+                    "{field} must be a finite number above 0, got {value}"
+                )));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.partial_rotary_factor) {
+            return Err(bad(format!(
+                "partial_rotary_factor must be in [0, 1], got {}",
+                self.partial_rotary_factor
+            )));
+        }
+        if self.norm_head {
+            // The official modeling code stores `norm_head` but never applies it; so
+            // does llada, and says so rather than keep quiet.
+            tracing::warn!(
+                "{}: norm_head is true, but LLaDA2 (like its official modeling code) does not normalise the lm_head; the flag is ignored",
+                path.display()
+            );
         }
         let head_dim = self.head_dim();
         if head_dim == 0 {
@@ -353,8 +384,13 @@ impl GenerationConfig {
             return Ok(Self::default());
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|source| Error::Json {
-            path,
+        Self::parse(&text, &path)
+    }
+
+    /// Parses `generation_config.json` text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+        serde_json::from_str(text).map_err(|source| Error::Json {
+            path: origin.to_path_buf(),
             what: "a generation config",
             source,
         })

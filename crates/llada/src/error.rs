@@ -28,8 +28,13 @@ pub enum Error {
     #[error("no weights in {dir}: expected model.safetensors or model.safetensors.index.json")]
     NoWeights { dir: PathBuf },
 
-    #[error("safetensors file {path} is unreadable (truncated or corrupt?): {message}")]
-    CorruptWeights { path: PathBuf, message: String },
+    #[error("{format} file {path} is unreadable (truncated or corrupt?): {message}")]
+    CorruptWeights {
+        path: PathBuf,
+        /// "safetensors" or "GGUF".
+        format: &'static str,
+        message: String,
+    },
 
     #[error("shard {shard} listed in {index} does not exist")]
     MissingShard { index: PathBuf, shard: PathBuf },
@@ -67,6 +72,14 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A setting out of its range; `param` is its name in [`crate::GenerateParams`]
+    /// (callers name it as their users know it: a flag, a request field).
+    #[error("invalid {param}: {message}")]
+    InvalidParam {
+        param: &'static str,
+        message: String,
+    },
+
     #[error("prompt of {prompt} tokens plus {gen} generated tokens needs {needed} positions, but the model's context is {context} (max_position_embeddings)")]
     ContextOverflow {
         prompt: usize,
@@ -79,12 +92,39 @@ pub enum Error {
     TokenOutOfRange { id: u32, vocab: usize },
 
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+/// candle attaches a backtrace to its errors (printed as part of their message, even
+/// when empty); users get the message alone.
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(without_backtrace(e))
+    }
+}
+
+/// The message of a candle error, without its backtrace.
+pub(crate) fn message(e: candle_core::Error) -> String {
+    without_backtrace(e).to_string()
+}
+
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other,
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    pub(crate) fn param(param: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidParam {
+            param,
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -61,33 +61,54 @@ impl GenerateParams {
         !self.ignore_eos && (token == self.eos_id || self.extra_stop_ids.contains(&token))
     }
 
-    /// Positions a prompt of `prompt_len` tokens occupies with its answer: whole blocks.
+    /// Positions a prompt of `prompt_len` tokens occupies with its answer: whole blocks
+    /// (saturating: an impossible length compares larger than any context).
     pub fn positions_needed(&self, prompt_len: usize) -> usize {
-        (prompt_len + self.gen_length).div_ceil(self.block_length.max(1)) * self.block_length
+        let b = self.block_length.max(1);
+        prompt_len
+            .saturating_add(self.gen_length)
+            .div_ceil(b)
+            .saturating_mul(b)
     }
 
-    /// Checks every setting against a vocabulary of `vocab` tokens.
+    /// Checks every setting against a vocabulary of `vocab` tokens: the one validation
+    /// the CLI, chat, server and evaluation share. Errors name the setting.
     pub fn validate(&self, vocab: usize) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidRequest(m));
-        if self.gen_length == 0 {
-            return bad("gen_length must be at least 1".into());
+        for (param, value) in [
+            ("gen_length", self.gen_length),
+            ("block_length", self.block_length),
+            ("steps", self.steps),
+        ] {
+            if value == 0 {
+                return Err(Error::param(param, "must be at least 1"));
+            }
         }
-        if self.block_length == 0 {
-            return bad("block_length must be at least 1".into());
-        }
-        if self.steps == 0 {
-            return bad("steps must be at least 1".into());
-        }
-        let ids = [("mask id", self.mask_id), ("eos id", self.eos_id)];
-        let extra = self.extra_stop_ids.iter().map(|&id| ("stop id", id));
-        for (name, id) in ids.into_iter().chain(extra) {
+        self.decoder.validate()?;
+        self.sampling.validate()?;
+        for (param, id) in [("mask_id", self.mask_id), ("eos_id", self.eos_id)] {
             if id as usize >= vocab {
-                return bad(format!(
-                    "{name} {id} is outside the vocabulary (size {vocab})"
+                return Err(Error::param(
+                    param,
+                    format!("{id} is outside the vocabulary (size {vocab})"),
                 ));
             }
         }
-        self.sampling.validate()
+        if let Some(&id) = self.extra_stop_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::param(
+                "stop_ids",
+                format!("{id} is outside the vocabulary (size {vocab})"),
+            ));
+        }
+        if self.mask_id == self.eos_id || self.extra_stop_ids.contains(&self.mask_id) {
+            return Err(Error::param(
+                "mask_id",
+                format!(
+                    "{} is also a stop token: the mask and EOS ids must differ",
+                    self.mask_id
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -227,13 +248,23 @@ impl Generation {
         let cfg = model.config();
         params.validate(cfg.vocab_size)?;
         if prompt.is_empty() {
-            return Err(Error::InvalidRequest("the prompt is empty".into()));
+            return Err(Error::param("prompt", "the prompt is empty"));
         }
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(Error::TokenOutOfRange {
                 id,
                 vocab: cfg.vocab_size,
             });
+        }
+        // A mask in the prompt would be decoded over, changing the prompt.
+        if let Some(at) = prompt.iter().position(|&t| t == params.mask_id) {
+            return Err(Error::param(
+                "prompt",
+                format!(
+                    "the prompt contains the mask token (id {}) at token {at}",
+                    params.mask_id
+                ),
+            ));
         }
         let b = params.block_length;
         let p = prompt.len();
@@ -305,6 +336,7 @@ impl Generation {
         };
         let mut seq = [self.seq_step(&plan)];
         let logits = model.forward(&mut seq)?.pop().flatten();
+        self.stats.forwards += 1;
         self.absorb(&plan, logits, observer)?;
         Ok(!self.is_finished())
     }
@@ -393,7 +425,6 @@ impl Generation {
     ) -> Result<()> {
         let logits = logits.ok_or_else(|| Error::InvalidRequest("no logits requested".into()))?;
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
-        self.stats.forwards += 1;
         self.stats.denoising_steps += 1;
         let vocab = logits.len() / plan.masked.len();
         let b = self.params.block_length;
@@ -496,10 +527,34 @@ pub fn step_batch(
     drop(steps);
     for (&i, logits) in members.iter().zip(logits) {
         let plan = plans[i].as_ref().expect("planned member");
+        batch[i].stats.forwards += 1;
         let mut report = Indexed(i, on_commit);
         batch[i].absorb(plan, logits, &mut report)?;
     }
     Ok(members.len())
+}
+
+/// Decodes every generation of `gens` to its end, the unfinished ones sharing one
+/// batched forward pass per step ([`step_batch`]). Returns the number of passes.
+pub fn run_batch(
+    model: &Llada2Model,
+    gens: &mut [Generation],
+    on_commit: &mut dyn FnMut(usize, &[u32]),
+) -> Result<usize> {
+    let mut passes = 0;
+    loop {
+        // Indices into `gens` of this pass's members, to report commits by them.
+        let (index, mut batch): (Vec<usize>, Vec<&mut Generation>) = gens
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, g)| !g.is_finished())
+            .unzip();
+        let ran = step_batch(model, &mut batch, &mut |i, ids| on_commit(index[i], ids))?;
+        if ran == 0 {
+            return Ok(passes);
+        }
+        passes += 1;
+    }
 }
 
 /// Forwards commits to a callback together with the sequence's index in its batch.

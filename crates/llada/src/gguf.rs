@@ -30,7 +30,7 @@ pub struct QuantizeReport {
 }
 
 /// Quantizes the model in `src` into `out` (created if needed). The GGUF file is written
-/// to a temporary name and renamed, so an interrupted run leaves no partial model.
+/// atomically ([`crate::files`]), so an interrupted run leaves no partial model.
 pub fn quantize_checkpoint(src: &Path, out: &Path, quant: Quant) -> Result<QuantizeReport> {
     crate::config::ModelFiles::open(src)?;
     let store = WeightStore::open(src, &Device::Cpu, candle_core::DType::F32)?;
@@ -51,29 +51,19 @@ pub fn quantize_checkpoint(src: &Path, out: &Path, quant: Quant) -> Result<Quant
         };
         tensors.push((name, q));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    for file in crate::config::COMPANION_FILES {
-        let from = src.join(file);
-        if from.is_file() {
-            std::fs::copy(&from, out.join(file)).map_err(|e| Error::io(&from, e))?;
-        }
-    }
+    crate::files::copy_companion_files(src, out)?;
     let path = out.join(GGUF_FILE);
-    let tmp = out.join(format!("{GGUF_FILE}.tmp"));
-    {
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    crate::files::replace_atomically(&path, |tmp| {
+        let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         let mut w = BufWriter::new(file);
         let arch = Value::String("llada2_moe".into());
         let q = Value::String(quant.name().into());
         let metadata = [("general.architecture", &arch), (QUANT_KEY, &q)];
         let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         gguf_file::write(&mut w, &metadata, &refs)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        w.into_inner().map_err(|e| Error::io(tmp, e.into_error()))?;
+        Ok(())
+    })?;
     let bytes = std::fs::metadata(&path)
         .map_err(|e| Error::io(&path, e))?
         .len();
@@ -100,7 +90,8 @@ impl GgufStore {
         let mut reader = BufReader::new(file);
         let content = gguf_file::Content::read(&mut reader).map_err(|e| Error::CorruptWeights {
             path: path.clone(),
-            message: e.to_string(),
+            format: "GGUF",
+            message: crate::error::message(e),
         })?;
         Ok(Self {
             path,
@@ -135,7 +126,8 @@ impl GgufStore {
             .tensor(&mut *file, name, &self.device)
             .map_err(|e| Error::CorruptWeights {
                 path: self.path.clone(),
-                message: format!("{name}: {e}"),
+                format: "GGUF",
+                message: format!("{name}: {}", crate::error::message(e)),
             })?;
         Ok(Some(q))
     }

@@ -36,6 +36,12 @@ impl RepoId {
         if parts.next().is_some() || !valid(org) || !valid(name) {
             return None;
         }
+        // A revision is a branch, tag or commit; it names files inside the cache
+        // (`refs/REV`, `snapshots/REV`), so it may hold '/' (`refs/pr/1`) but no part
+        // that leaves the repository's folder.
+        if !revision.split('/').all(valid) {
+            return None;
+        }
         Some(Self {
             repo: repo.to_string(),
             revision: revision.to_string(),
@@ -70,6 +76,15 @@ pub fn find_in_cache(cache: &Path, id: &RepoId) -> Option<PathBuf> {
         // A revision may also be a commit hash with no ref pointing at it.
         Err(_) => id.revision.clone(),
     };
+    // A ref file holds a commit hash; anything else (a path) is not followed.
+    if commit.is_empty()
+        || !commit
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || commit.starts_with('.')
+    {
+        return None;
+    }
     let snapshot = root.join("snapshots").join(commit);
     snapshot.join("config.json").is_file().then_some(snapshot)
 }
@@ -160,7 +175,23 @@ mod tests {
         );
         let id = RepoId::parse("a/b@v1.0").unwrap();
         assert_eq!(id.revision, "v1.0");
-        for bad in ["model", "./x/y", "/abs/path", "a/b/c", "a/", "a/b@", "../x"] {
+        assert_eq!(
+            RepoId::parse("a/b@refs/pr/1").unwrap().revision,
+            "refs/pr/1"
+        );
+        for bad in [
+            "model",
+            "./x/y",
+            "/abs/path",
+            "a/b/c",
+            "a/",
+            "a/b@",
+            "../x",
+            "org/x@../../..",
+            "org/x@main/../../x",
+            "org/x@/etc",
+            "org/x@a b",
+        ] {
             assert_eq!(RepoId::parse(bad), None, "{bad}");
         }
     }

@@ -28,19 +28,23 @@ impl Default for SamplingParams {
     }
 }
 
+/// Largest temperature accepted (OpenAI's range is [0, 2] too).
+pub const MAX_TEMPERATURE: f32 = 2.0;
+
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::InvalidRequest(format!(
-                "temperature must be a finite number >= 0, got {}",
-                self.temperature
-            )));
+        if !(0.0..=MAX_TEMPERATURE).contains(&self.temperature) {
+            return Err(Error::param(
+                "temperature",
+                format!(
+                    "must be a number in [0, {MAX_TEMPERATURE}] (0 = greedy), got {}",
+                    self.temperature
+                ),
+            ));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::InvalidRequest(format!(
-                    "top_p must be in (0, 1], got {p}"
-                )));
+                return Err(Error::param("top_p", format!("must be in (0, 1], got {p}")));
             }
         }
         Ok(())
@@ -50,25 +54,56 @@ impl SamplingParams {
 /// A seeded sampler: the same seed and inputs give the same tokens.
 pub struct Sampler {
     params: SamplingParams,
-    rng: ChaCha8Rng,
+    uniforms: Uniforms,
     probs: Vec<f32>,
+}
+
+/// Where the uniform numbers that pick sampled tokens come from.
+enum Uniforms {
+    Seeded(Box<ChaCha8Rng>),
+    /// Given in advance, so that a test can hand the same numbers to a reference.
+    Given(std::vec::IntoIter<f32>),
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams, seed: u64) -> Self {
         Self {
             params,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            uniforms: Uniforms::Seeded(Box::new(ChaCha8Rng::seed_from_u64(seed))),
             probs: Vec::new(),
+        }
+    }
+
+    /// A sampler whose k-th sampled token uses `uniforms[k]` (in [0, 1)) to invert the
+    /// cumulative distribution over token ids: the test hook that compares sampling with
+    /// a reference given the same numbers.
+    pub fn with_uniforms(params: SamplingParams, uniforms: Vec<f32>) -> Self {
+        Self {
+            params,
+            uniforms: Uniforms::Given(uniforms.into_iter()),
+            probs: Vec::new(),
+        }
+    }
+
+    fn uniform(&mut self) -> f32 {
+        match &mut self.uniforms {
+            Uniforms::Seeded(rng) => rng.random(),
+            Uniforms::Given(given) => given
+                .next()
+                .expect("Sampler::with_uniforms: more tokens sampled than uniforms given"),
         }
     }
 
     /// Picks a token from `logits` and returns it with its probability.
     pub fn pick(&mut self, logits: &[f32]) -> (u32, f32) {
         let t = self.params.temperature;
-        let scale = if t > 0.0 && t != 1.0 { 1.0 / t } else { 1.0 };
+        // logits / T, shifted by the largest logit first: the same distribution, but a
+        // tiny T cannot overflow to inf - inf = NaN (it only sharpens towards argmax).
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let divisor = if t > 0.0 { t } else { 1.0 };
         self.probs.clear();
-        self.probs.extend(logits.iter().map(|&l| l * scale));
+        self.probs
+            .extend(logits.iter().map(|&l| (l - max) / divisor));
         if let Some(k) = self.params.top_k.filter(|&k| k > 0 && k < logits.len()) {
             keep_top_k(&mut self.probs, k);
         }
@@ -77,7 +112,7 @@ impl Sampler {
             keep_top_p(&mut self.probs, p);
         }
         let token = if t > 0.0 {
-            let u: f32 = self.rng.random();
+            let u = self.uniform();
             sample(&self.probs, u)
         } else {
             argmax(&self.probs)

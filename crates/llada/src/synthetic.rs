@@ -1,7 +1,8 @@
 //! Random weights of exact model shapes, generated on demand: for benchmarking real
-//! architectures (LLaDA2.0-mini, flash) without their checkpoints, and for tests that
-//! need a model of some shape. Quantized matrices are generated directly as random
-//! blocks, so a 16B-parameter model at q4k is built in seconds without its f32 copy.
+//! architectures (LLaDA2.0-mini, flash) without their checkpoints, for tests that need
+//! a model of some shape, and as the initialisation of a model trained from scratch.
+//! Quantized matrices are generated directly as random blocks, so a 16B-parameter model
+//! at q4k is built in seconds without its f32 copy.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,20 +60,52 @@ pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
     Ok(cfg)
 }
 
-/// A weight source that invents every tensor: uniform values scaled by the fan-in,
-/// norms near 1, a small expert bias. Deterministic for a seed and tensor name.
+/// How a [`SyntheticSource`] draws its values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Uniform values scaled by the fan-in, norms near 1, a small expert bias: peaked
+    /// enough to exercise a model like trained weights (benchmarks, tests).
+    Uniform,
+    /// N(0, std²) matrices and embeddings, unit norms, zero expert bias: the start of
+    /// training from scratch.
+    Normal { std: f32 },
+}
+
+/// A weight source that invents every tensor, deterministic for a seed and tensor name.
 pub struct SyntheticSource {
     device: Device,
     seed: u64,
+    init: Init,
     /// Tensors handed out, kept when recording (to write a checkpoint).
     recorded: Option<Mutex<HashMap<String, Tensor>>>,
 }
 
+/// `n` samples of N(0, std²), deterministic for `seed` (Box-Muller on ChaCha8).
+pub fn gaussian(n: usize, std: f32, seed: u64) -> Vec<f32> {
+    gaussian_from(&mut ChaCha8Rng::seed_from_u64(seed), n, std)
+}
+
+fn gaussian_from(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
+            let u2: f32 = rng.random();
+            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
 impl SyntheticSource {
+    /// [`Init::Uniform`] weights.
     pub fn new(seed: u64) -> Self {
+        Self::with_init(seed, Init::Uniform)
+    }
+
+    pub fn with_init(seed: u64, init: Init) -> Self {
         Self {
             device: Device::Cpu,
             seed,
+            init,
             recorded: None,
         }
     }
@@ -89,6 +122,16 @@ impl SyntheticSource {
         let mut rng = self.rng(name);
         let n: usize = shape.iter().product();
         let is_norm = name.ends_with("norm.weight");
+        if let Init::Normal { std } = self.init {
+            let data = if is_norm {
+                vec![1.0; n]
+            } else if name.ends_with("expert_bias") {
+                vec![0.0; n]
+            } else {
+                gaussian_from(&mut rng, n, std)
+            };
+            return Ok(Tensor::from_vec(data, shape, &self.device)?);
+        }
         let (offset, scale) = if is_norm {
             (1.0, 0.2)
         } else if name.ends_with("expert_bias") {
@@ -163,7 +206,9 @@ impl WeightSource for SyntheticSource {
         quant: Option<Quant>,
     ) -> Result<LinearWeight> {
         match quant.and_then(|q| q.dtype_for(shape[1])) {
-            Some(dtype) if self.recorded.is_none() => self.quantized(name, shape, dtype),
+            Some(dtype) if self.recorded.is_none() && self.init == Init::Uniform => {
+                self.quantized(name, shape, dtype)
+            }
             _ => LinearWeight::new(self.get(name, &shape)?, None, quant),
         }
     }
@@ -187,6 +232,10 @@ pub fn load_preset(
         },
         model,
         tokenizer: None,
+        weights: match quant {
+            Some(q) => format!("random {} blocks", q.name()),
+            None => "random f32".into(),
+        },
     })
 }
 
@@ -201,11 +250,13 @@ pub fn write_random_checkpoint(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let config_path = dir.join("config.json");
-    std::fs::write(&config_path, config.to_string()).map_err(|e| Error::io(&config_path, e))?;
+    crate::files::write_atomic(&config_path, config.to_string().as_bytes())?;
     let cfg = Llada2Config::from_file(&config_path)?;
     let gen = serde_json::json!({ "eos_token_id": eos_id, "pad_token_id": eos_id, "mask_token_id": mask_id });
-    let gen_path = dir.join("generation_config.json");
-    std::fs::write(&gen_path, gen.to_string()).map_err(|e| Error::io(&gen_path, e))?;
+    crate::files::write_atomic(
+        &dir.join("generation_config.json"),
+        gen.to_string().as_bytes(),
+    )?;
     let source = SyntheticSource {
         recorded: Some(Mutex::new(HashMap::new())),
         ..SyntheticSource::new(seed)
@@ -216,9 +267,7 @@ pub fn write_random_checkpoint(
         .expect("recording")
         .into_inner()
         .expect("lock");
-    let path = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &path)?;
-    Ok(())
+    crate::files::save_safetensors(&dir.join("model.safetensors"), &tensors)
 }
 
 #[cfg(test)]

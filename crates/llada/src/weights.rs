@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::safetensors::{Load, MmapedSafetensors, SliceSafetensors};
 use candle_core::{DType, Device, Tensor};
 use safetensors::Dtype;
 use serde::Deserialize;
@@ -48,10 +48,32 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// The weights of one model folder, opened lazily: tensors are read when asked for.
 pub struct WeightStore {
     dir: PathBuf,
-    files: Vec<(PathBuf, MmapedSafetensors)>,
+    files: Vec<(PathBuf, Backing)>,
     routing: HashMap<String, usize>,
     device: Device,
     dtype: DType,
+}
+
+/// A safetensors file mapped from disk, or bytes that live as long as the program.
+enum Backing {
+    Mapped(MmapedSafetensors),
+    Static(SliceSafetensors<'static>),
+}
+
+impl Backing {
+    fn tensors(&self) -> Vec<(String, safetensors::tensor::TensorView<'_>)> {
+        match self {
+            Backing::Mapped(st) => st.tensors(),
+            Backing::Static(st) => st.tensors(),
+        }
+    }
+
+    fn get(&self, name: &str) -> candle_core::Result<safetensors::tensor::TensorView<'_>> {
+        match self {
+            Backing::Mapped(st) => st.get(name),
+            Backing::Static(st) => st.get(name),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -95,27 +117,69 @@ impl WeightStore {
         };
 
         let mut files = Vec::with_capacity(paths.len());
-        let mut routing = HashMap::new();
         for path in paths {
             // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on
             // it not being truncated by another process while the model is loaded.
             let st =
                 unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::CorruptWeights {
                     path: path.clone(),
-                    message: e.to_string(),
+                    format: "safetensors",
+                    message: crate::error::message(e),
                 })?;
-            for (name, _) in st.tensors() {
-                routing.insert(name, files.len());
-            }
-            files.push((path, st));
+            files.push((path, Backing::Mapped(st)));
         }
-        Ok(Self {
+        Ok(Self::new(dir, files, device, dtype))
+    }
+
+    /// Reads a safetensors file held in memory for the whole run (`origin` names it in
+    /// errors).
+    pub fn from_static(
+        bytes: &'static [u8],
+        origin: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let path = origin.join(SINGLE_FILE);
+        let st = SliceSafetensors::new(bytes).map_err(|e| Error::CorruptWeights {
+            path: path.clone(),
+            format: "safetensors",
+            message: crate::error::message(e),
+        })?;
+        Ok(Self::new(
+            origin,
+            vec![(path, Backing::Static(st))],
+            device,
+            dtype,
+        ))
+    }
+
+    fn new(dir: &Path, files: Vec<(PathBuf, Backing)>, device: &Device, dtype: DType) -> Self {
+        let mut routing = HashMap::new();
+        for (i, (_, st)) in files.iter().enumerate() {
+            for (name, _) in st.tensors() {
+                routing.insert(name, i);
+            }
+        }
+        Self {
             dir: dir.to_path_buf(),
             files,
             routing,
             device: device.clone(),
             dtype,
-        })
+        }
+    }
+
+    /// The element type the checkpoint stores its weights in ("bf16", "f32", ...): that
+    /// of its embedding matrix, or of any tensor if it has none.
+    pub fn stored_dtype(&self) -> String {
+        let pick = |name: &str| {
+            let &file = self.routing.get(name)?;
+            let view = self.files[file].1.get(name).ok()?;
+            Some(format!("{:?}", view.dtype()).to_lowercase())
+        };
+        pick("model.word_embeddings.weight")
+            .or_else(|| self.routing.keys().next().and_then(|n| pick(n)))
+            .unwrap_or_else(|| "unknown".into())
     }
 
     pub fn shard_count(&self) -> usize {
@@ -160,7 +224,8 @@ impl WeightSource for WeightStore {
         let (path, st) = &self.files[file];
         let view = st.get(name).map_err(|e| Error::CorruptWeights {
             path: path.clone(),
-            message: e.to_string(),
+            format: "safetensors",
+            message: crate::error::message(e),
         })?;
         if !matches!(view.dtype(), Dtype::F32 | Dtype::BF16 | Dtype::F16) {
             return Err(Error::UnsupportedDtype {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{generate_cases, load_fixture};
-use llada::{step_batch, Generation};
+use llada::{run_batch, step_batch, Generation};
 
 #[test]
 fn all_golden_cases_decoded_together_match_the_reference() {
@@ -15,23 +15,17 @@ fn all_golden_cases_decoded_together_match_the_reference() {
         .map(|c| Generation::new(&loaded.model, &c.prompt, c.params.clone()).unwrap())
         .collect();
     let mut streamed = vec![Vec::new(); gens.len()];
-    let mut passes = 0;
-    loop {
-        let mut batch: Vec<&mut Generation> = gens.iter_mut().collect();
-        let members = step_batch(&loaded.model, &mut batch, &mut |i, ids| {
-            streamed[i].extend_from_slice(ids)
-        })
-        .unwrap();
-        if members == 0 {
-            break;
-        }
-        passes += 1;
-    }
+    let before = loaded.model.sequence_passes();
+    let passes = run_batch(&loaded.model, &mut gens, &mut |i, ids| {
+        streamed[i].extend_from_slice(ids)
+    })
+    .unwrap();
     let most_steps = cases.iter().map(|c| c.denoising_forwards).max().unwrap();
     assert_eq!(
         passes, most_steps,
         "the batch runs as long as its longest member"
     );
+    let mut forwards = 0;
     for (i, (g, case)) in gens.into_iter().zip(&cases).enumerate() {
         let out = g.finish();
         assert_eq!(out.ids, case.output_ids, "case {i}: answer");
@@ -39,6 +33,9 @@ fn all_golden_cases_decoded_together_match_the_reference() {
             out.stats.denoising_steps, case.denoising_forwards,
             "case {i}: steps"
         );
+        // The cache's commits ride on denoising passes: no pass of its own.
+        assert_eq!(out.stats.forwards, case.denoising_forwards, "case {i}");
+        forwards += out.stats.forwards;
         let expected_stream: Vec<u32> = match out.ids.iter().position(|&t| t == case.params.eos_id)
         {
             Some(eos) => out.ids[..=eos].to_vec(),
@@ -46,6 +43,11 @@ fn all_golden_cases_decoded_together_match_the_reference() {
         };
         assert_eq!(streamed[i], expected_stream, "case {i}: streamed commits");
     }
+    assert_eq!(
+        loaded.model.sequence_passes() - before,
+        forwards,
+        "sequences the model ran vs forwards counted in the statistics"
+    );
 }
 
 #[test]

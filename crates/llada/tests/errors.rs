@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use common::fixture_dir;
 use common::synth::{write_checkpoint, Shape};
-use llada::{generate, load_model, Error};
+use llada::{generate, load_model, DecoderConfig, Error};
 
 fn small() -> Shape {
     Shape {
@@ -27,6 +27,7 @@ fn small() -> Shape {
         shared_experts: 1,
         dense_layers: 1,
         max_positions: 40,
+        options: Default::default(),
     }
 }
 
@@ -208,11 +209,50 @@ fn bad_requests_are_rejected_with_reasons() {
         (|p| p.gen_length = 0, "gen_length"),
         (|p| p.sampling.temperature = -1.0, "temperature"),
         (|p| p.sampling.top_p = Some(1.5), "top_p"),
-        (|p| p.mask_id = 9999, "mask id"),
+        (|p| p.sampling.temperature = f32::NAN, "temperature"),
+        (|p| p.sampling.temperature = 2.5, "temperature"),
+        (|p| p.mask_id = 9999, "mask_id"),
+        (|p| p.eos_id = p.mask_id, "mask_id"),
+        (|p| p.extra_stop_ids.push(600), "stop_ids"),
+        (
+            |p| p.decoder = DecoderConfig::Threshold { threshold: 2.0 },
+            "threshold",
+        ),
+        (
+            |p| {
+                p.decoder = DecoderConfig::Threshold {
+                    threshold: f32::NAN,
+                }
+            },
+            "threshold",
+        ),
+        // An answer longer than any context overflows no arithmetic.
+        (|p| p.gen_length = usize::MAX - 15, "context"),
+        (|p| p.block_length = usize::MAX, "context"),
     ] {
         let mut p = base.clone();
         edit(&mut p);
         let msg = run(&[1, 2, 3], &p).to_string();
         assert!(msg.contains(needle), "{needle}: {msg}");
     }
+    // A mask token in the prompt would be decoded over.
+    let msg = run(&[1, base.mask_id, 3], &base).to_string();
+    assert!(msg.contains("mask token"), "{msg}");
+}
+
+#[test]
+fn a_tiny_temperature_samples_the_greedy_answer() {
+    // logits / 1e-38 overflows f32; sampling must still pick the argmax, not NaN. At
+    // such a temperature every pick has probability 1, so each block is filled in one
+    // step: what greedy decoding with threshold 0 does.
+    let loaded = load_model(&fixture_dir(), &Device::Cpu).unwrap();
+    let mut greedy = loaded.default_params();
+    greedy.decoder = DecoderConfig::Threshold { threshold: 0.0 };
+    let mut tiny = loaded.default_params();
+    tiny.sampling.temperature = 1e-38;
+    let prompt = [1, 2, 3, 4, 5];
+    let want = generate(&loaded.model, &prompt, &greedy, &mut |_| {}).unwrap();
+    let got = generate(&loaded.model, &prompt, &tiny, &mut |_| {}).unwrap();
+    assert!(!got.ids.is_empty());
+    assert_eq!(got.ids, want.ids);
 }

@@ -1,5 +1,5 @@
 //! The engine against fixtures computed by the official PyTorch LLaDA2.0 code
-//! (`../shared/golden/llada2-tiny`, see its README).
+//! (`fixtures/golden/llada2-tiny`, see `fixtures/golden/README.md`).
 
 mod common;
 
@@ -47,15 +47,22 @@ fn generate_matches_the_reference_with_and_without_cache() {
         for use_cache in [false, true] {
             params.use_cache = use_cache;
             let mut streamed = Vec::new();
+            let before = loaded.model.sequence_passes();
             let out = generate(&loaded.model, &prompt, &params, &mut |t| {
                 streamed.extend_from_slice(t)
             })
             .unwrap();
+            let ran = loaded.model.sequence_passes() - before;
             assert_eq!(out.ids, want, "case {n} (cache: {use_cache})");
             assert_eq!(
                 out.stats.denoising_steps, want_steps,
                 "case {n} (cache: {use_cache}) denoising steps"
             );
+            // Counted where the model runs: the cache adds no pass of its own (its
+            // commits ride on the next block's first step), so both modes make exactly
+            // the reference's number of forward passes.
+            assert_eq!(ran, want_steps, "case {n} (cache: {use_cache}): passes");
+            assert_eq!(out.stats.forwards, ran, "case {n}: forwards reported");
             assert_eq!(streamed, out.ids, "case {n}: the stream is the answer");
         }
     }

@@ -1,5 +1,6 @@
 //! Nothing about the golden fixture's sizes is assumed: other head counts, groups,
-//! expert counts, shared experts, dense layers, rotary fractions, dtypes and shard counts
+//! expert counts, shared experts, dense layers, rotary fractions, biases, QK-norm off,
+//! tied embeddings, dtypes and shard counts
 //! give the same logits as an independent naive implementation, and the cached engine
 //! decodes exactly as the no-cache reference loop.
 
@@ -7,7 +8,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::naive::Naive;
-use common::synth::{write_checkpoint, Shape};
+use common::synth::{write_checkpoint, Options, Shape};
 use llada::{generate, load_model, DecoderConfig};
 
 fn shapes() -> Vec<(Shape, DType, usize)> {
@@ -28,6 +29,7 @@ fn shapes() -> Vec<(Shape, DType, usize)> {
         shared_experts: 2,
         dense_layers: 2,
         max_positions: 256,
+        options: Options::default(),
     };
     let b = Shape {
         vocab: 200,
@@ -46,6 +48,7 @@ fn shapes() -> Vec<(Shape, DType, usize)> {
         shared_experts: 0,
         dense_layers: 0,
         max_positions: 128,
+        options: Options::default(),
     };
     let c = Shape {
         heads: 4,
@@ -54,7 +57,22 @@ fn shapes() -> Vec<(Shape, DType, usize)> {
         rotary_factor: 0.5,
         ..b.clone()
     };
-    vec![(a, DType::BF16, 3), (b, DType::F16, 1), (c, DType::F32, 2)]
+    // The switches real checkpoints leave off: biases, no QK-norm, tied embeddings.
+    let d = Shape {
+        options: Options {
+            qkv_bias: true,
+            dense_bias: true,
+            no_qk_norm: true,
+            tied: true,
+        },
+        ..c.clone()
+    };
+    vec![
+        (a, DType::BF16, 3),
+        (b, DType::F16, 1),
+        (c, DType::F32, 2),
+        (d, DType::F32, 1),
+    ]
 }
 
 #[test]

@@ -33,7 +33,7 @@ pub fn state(config: ServerConfig) -> Arc<AppState> {
 
 pub fn app_with(config: ServerConfig) -> (Router, Arc<AppState>) {
     let state = state(config);
-    (llada_server::router(state.clone()), state)
+    (llada_server::router(state.clone()).unwrap(), state)
 }
 
 pub fn app() -> Router {

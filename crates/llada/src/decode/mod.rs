@@ -9,6 +9,8 @@ pub use threshold::Threshold;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+
 /// A masked position's proposal from this step's forward pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
@@ -44,6 +46,21 @@ pub enum DecoderConfig {
 }
 
 impl DecoderConfig {
+    /// Checks the decoder's settings (errors name the setting).
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            DecoderConfig::Threshold { threshold } => {
+                if !(0.0..=1.0).contains(&threshold) {
+                    return Err(Error::param(
+                        "threshold",
+                        format!("must be a number in [0, 1], got {threshold}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn build(self) -> Box<dyn Decoder + Send> {
         match self {
             DecoderConfig::Threshold { threshold } => Box::new(Threshold::new(threshold)),

@@ -511,6 +511,9 @@ struct DecoderLayer {
 }
 
 pub struct Llada2Model {
+    /// Sequences run through [`Llada2Model::forward`] so far (a batched pass of n
+    /// sequences counts n): the ground truth for the forward counts decoding reports.
+    sequence_passes: std::sync::atomic::AtomicUsize,
     cfg: Llada2Config,
     word_embeddings: Embedding,
     layers: Vec<DecoderLayer>,
@@ -556,12 +559,15 @@ impl Llada2Model {
                 mlp,
             });
         }
-        let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
+        // Tied as transformers ties them: the embedding matrix is the head, whatever
+        // `lm_head.weight` the checkpoint may also carry.
+        let lm_head = if cfg.tie_word_embeddings {
             LinearWeight::new(embed.clone(), None, quant)?
         } else {
             ld.linear("lm_head", v, h, false)?
         };
         Ok(Self {
+            sequence_passes: Default::default(),
             cfg: cfg.clone(),
             word_embeddings: Embedding::new(embed, h),
             layers,
@@ -574,6 +580,13 @@ impl Llada2Model {
 
     pub fn config(&self) -> &Llada2Config {
         &self.cfg
+    }
+
+    /// How many sequences [`Llada2Model::forward`] has run (a pass over n sequences
+    /// counts n).
+    pub fn sequence_passes(&self) -> usize {
+        self.sequence_passes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes held by the weights (quantized matrices at their packed size).
@@ -616,6 +629,8 @@ impl Llada2Model {
     /// Returns, per sequence, the logits `[logit_rows.len(), vocab]` (f32).
     pub fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Vec<Option<Tensor>>> {
         let _span = tracing::trace_span!("forward", seqs = batch.len()).entered();
+        self.sequence_passes
+            .fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
         let mut ids = Vec::new();
         let mut plans = Vec::with_capacity(batch.len());
         for step in batch.iter() {

@@ -37,6 +37,12 @@ impl Message {
     }
 }
 
+/// Instructions a template may execute per rendering: a conversation of thousands of
+/// messages takes well under a million; a template that loops without end is stopped
+/// with an error instead of holding a thread (a model folder's template is code from
+/// whoever published the model).
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     is_fallback: bool,
@@ -48,6 +54,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -131,6 +138,17 @@ mod tests {
             .err()
             .expect("must not compile");
         assert!(err.contains("does not compile"), "{err}");
+    }
+
+    #[test]
+    fn a_template_that_runs_away_is_stopped() {
+        let source =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(source).unwrap();
+        let started = std::time::Instant::now();
+        let err = t.render(&[], true, None, None).unwrap_err();
+        assert!(err.contains("fuel"), "{err}");
+        assert!(started.elapsed().as_secs() < 10);
     }
 
     #[test]

@@ -1,55 +1,58 @@
-//! Incremental detokenization: text is released only once it is complete, so a UTF-8
-//! character split over several byte-level tokens is never emitted in halves.
+//! Incremental detokenization with the `tokenizers` crate's `DecodeStream`: text is
+//! released only once it is complete, so a UTF-8 character split over several
+//! byte-level tokens is never emitted in halves.
 
-use super::Tokenizer;
+use tokenizers::{
+    DecodeStream, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
+    PreTokenizerWrapper,
+};
 
-pub struct StreamDecoder<'a> {
-    tokenizer: &'a Tokenizer,
-    skip_special_tokens: bool,
-    ids: Vec<u32>,
-    /// Start of the window decoded for context (keeps word-boundary spaces right).
-    prefix_offset: usize,
-    /// Ids before this are already emitted.
-    read_offset: usize,
+type Stream<'a> = DecodeStream<
+    'a,
+    ModelWrapper,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
+
+/// One answer's token stream turned into text as it grows.
+pub struct TextStream<'a> {
+    inner: Stream<'a>,
+    tokens: usize,
+    last: Option<u32>,
 }
 
-impl<'a> StreamDecoder<'a> {
-    pub(super) fn new(tokenizer: &'a Tokenizer, skip_special_tokens: bool) -> Self {
+impl<'a> TextStream<'a> {
+    pub(super) fn new(tokenizer: &'a tokenizers::Tokenizer, skip_special_tokens: bool) -> Self {
         Self {
-            tokenizer,
-            skip_special_tokens,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
+            inner: tokenizer.decode_stream(skip_special_tokens),
+            tokens: 0,
+            last: None,
         }
     }
 
     /// Adds final tokens; returns the text that became complete (possibly empty).
     pub fn push(&mut self, ids: &[u32]) -> crate::Result<String> {
-        self.ids.extend_from_slice(ids);
-        let skip = self.skip_special_tokens;
-        let before = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
-        let now = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..], skip)?;
-        if now.ends_with('\u{FFFD}') {
-            return Ok(String::new());
+        let mut text = String::new();
+        for &id in ids {
+            let piece = self.inner.step(id).map_err(|e| {
+                crate::Error::InvalidRequest(format!("cannot detokenize token {id}: {e}"))
+            })?;
+            text.extend(piece);
+            self.tokens += 1;
+            self.last = Some(id);
         }
-        match now.strip_prefix(before.as_str()) {
-            Some(new) if !new.is_empty() => {
-                let new = new.to_string();
-                self.prefix_offset = self.read_offset;
-                self.read_offset = self.ids.len();
-                Ok(new)
-            }
-            _ => Ok(String::new()),
-        }
+        Ok(text)
     }
 
-    /// All ids pushed so far.
-    pub fn ids(&self) -> &[u32] {
-        &self.ids
+    /// Tokens pushed so far.
+    pub fn token_count(&self) -> usize {
+        self.tokens
+    }
+
+    /// The last token pushed.
+    pub fn last_token(&self) -> Option<u32> {
+        self.last
     }
 }

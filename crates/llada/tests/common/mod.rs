@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use candle_core::Device;
 use llada::{load_model, DecoderConfig, GenerateParams, LoadedModel};
 
-/// `../shared/golden/llada2-tiny`, found from the workspace root.
+/// The golden fixture the repository carries (`fixtures/golden/llada2-tiny`, copied
+/// from the reference outputs by `scripts/sync-golden.sh`).
 pub fn fixture_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join("../shared/golden/llada2-tiny");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/llada2-tiny");
     assert!(
         dir.is_dir(),
-        "golden fixtures not found at {} (the repository expects ../shared beside it)",
+        "golden fixtures not found at {}",
         dir.display()
     );
     dir

@@ -56,6 +56,18 @@ impl Naive {
         &self.w[name]
     }
 
+    fn flag(&self, key: &str) -> bool {
+        self.cfg[key].as_bool().unwrap_or(false)
+    }
+
+    /// `x + b` when the checkpoint has the bias `name`.
+    fn plus_bias(&self, mut x: Vec<f32>, name: &str) -> Vec<f32> {
+        if let Some(b) = self.w.get(name) {
+            x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        }
+        x
+    }
+
     fn mlp(&self, prefix: &str, x: &[f32]) -> Vec<f32> {
         let g = matvec(self.get(&format!("{prefix}.gate_proj.weight")), x);
         let up = matvec(self.get(&format!("{prefix}.up_proj.weight")), x);
@@ -145,16 +157,23 @@ impl Naive {
                     self.get(&format!("{p}.attention.query_key_value.weight")),
                     &a,
                 );
-                let qn = self.get(&format!("{p}.attention.query_layernorm.weight"));
-                let kn = self.get(&format!("{p}.attention.key_layernorm.weight"));
+                let qkv = self.plus_bias(qkv, &format!("{p}.attention.query_key_value.bias"));
+                // QK-norm (when the config has it) comes before RoPE.
+                let norm = |x: &[f32], which: &str| -> Vec<f32> {
+                    if self.flag("use_qk_norm") {
+                        rms(x, self.get(&format!("{p}.attention.{which}.weight")), eps)
+                    } else {
+                        x.to_vec()
+                    }
+                };
                 for hh in 0..nh {
-                    q[t][hh] = rms(&qkv[hh * hd..(hh + 1) * hd], qn, eps);
+                    q[t][hh] = norm(&qkv[hh * hd..(hh + 1) * hd], "query_layernorm");
                     rope(&mut q[t][hh], t);
                 }
                 for hh in 0..nkv {
                     let ko = (nh + hh) * hd;
                     let vo = (nh + nkv + hh) * hd;
-                    k[t][hh] = rms(&qkv[ko..ko + hd], kn, eps);
+                    k[t][hh] = norm(&qkv[ko..ko + hd], "key_layernorm");
                     rope(&mut k[t][hh], t);
                     v[t][hh] = qkv[vo..vo + hd].to_vec();
                 }
@@ -187,6 +206,7 @@ impl Naive {
                     o.extend(acc);
                 }
                 let out = matvec(self.get(&format!("{p}.attention.dense.weight")), &o);
+                let out = self.plus_bias(out, &format!("{p}.attention.dense.bias"));
                 h[t].iter_mut().zip(out).for_each(|(a, b)| *a += b);
             }
             for row in h.iter_mut() {
@@ -203,10 +223,15 @@ impl Naive {
                 row.iter_mut().zip(y).for_each(|(a, b)| *a += b);
             }
         }
+        let head = if self.flag("tie_word_embeddings") {
+            emb
+        } else {
+            self.get("lm_head.weight")
+        };
         h.iter()
             .map(|row| {
                 let x = rms(row, self.get("model.norm.weight"), eps);
-                matvec(self.get("lm_head.weight"), &x)
+                matvec(head, &x)
             })
             .collect()
     }

@@ -27,6 +27,21 @@ pub struct Shape {
     pub shared_experts: usize,
     pub dense_layers: usize,
     pub max_positions: usize,
+    pub options: Options,
+}
+
+/// Architecture switches real LLaDA2 checkpoints leave at their defaults, exercised by
+/// the naive-forward comparison.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `use_qkv_bias`: a bias on the fused QKV projection.
+    pub qkv_bias: bool,
+    /// `use_bias`: a bias on the attention output projection.
+    pub dense_bias: bool,
+    /// `use_qk_norm = false`: no per-head RMSNorm of queries and keys.
+    pub no_qk_norm: bool,
+    /// `tie_word_embeddings`: lm_head is the embedding matrix (no `lm_head.weight`).
+    pub tied: bool,
 }
 
 impl Shape {
@@ -44,9 +59,9 @@ impl Shape {
             "partial_rotary_factor": self.rotary_factor,
             "rope_theta": 600000.0,
             "rms_norm_eps": 1e-6,
-            "use_bias": false,
-            "use_qkv_bias": false,
-            "use_qk_norm": true,
+            "use_bias": self.options.dense_bias,
+            "use_qkv_bias": self.options.qkv_bias,
+            "use_qk_norm": !self.options.no_qk_norm,
             "num_experts": self.experts,
             "num_experts_per_tok": self.experts_per_tok,
             "n_group": self.n_group,
@@ -58,7 +73,7 @@ impl Shape {
             "score_function": "sigmoid",
             "moe_router_enable_expert_bias": true,
             "max_position_embeddings": self.max_positions,
-            "tie_word_embeddings": false,
+            "tie_word_embeddings": self.options.tied,
         })
     }
 
@@ -97,24 +112,37 @@ impl Shape {
                 0.4,
                 0.0,
             );
-            add(
-                format!("{p}.attention.query_layernorm.weight"),
-                &[d],
-                0.3,
-                1.0,
-            );
-            add(
-                format!("{p}.attention.key_layernorm.weight"),
-                &[d],
-                0.3,
-                1.0,
-            );
+            if self.options.qkv_bias {
+                add(
+                    format!("{p}.attention.query_key_value.bias"),
+                    &[qkv],
+                    0.5,
+                    0.0,
+                );
+            }
+            if !self.options.no_qk_norm {
+                add(
+                    format!("{p}.attention.query_layernorm.weight"),
+                    &[d],
+                    0.3,
+                    1.0,
+                );
+                add(
+                    format!("{p}.attention.key_layernorm.weight"),
+                    &[d],
+                    0.3,
+                    1.0,
+                );
+            }
             add(
                 format!("{p}.attention.dense.weight"),
                 &[h, self.heads * d],
                 0.3,
                 0.0,
             );
+            if self.options.dense_bias {
+                add(format!("{p}.attention.dense.bias"), &[h], 0.5, 0.0);
+            }
             let mut mlp = |prefix: String, inter: usize| {
                 add(format!("{prefix}.gate_proj.weight"), &[inter, h], 0.3, 0.0);
                 add(format!("{prefix}.up_proj.weight"), &[inter, h], 0.3, 0.0);
@@ -142,7 +170,9 @@ impl Shape {
             }
         }
         add("model.norm.weight".into(), &[h], 0.3, 1.0);
-        add("lm_head.weight".into(), &[self.vocab, h], 1.0, 0.0);
+        if !self.options.tied {
+            add("lm_head.weight".into(), &[self.vocab, h], 1.0, 0.0);
+        }
         t
     }
 }
