@@ -186,3 +186,113 @@ impl PromptArgs {
         Ok(Some(ids))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        decode: DecodeArgs,
+    }
+
+    fn fixture() -> &'static LoadedModel {
+        static MODEL: OnceLock<LoadedModel> = OnceLock::new();
+        MODEL.get_or_init(|| {
+            let dir =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/llada2-tiny");
+            llada::load_model(&dir, &llada::Device::Cpu).unwrap()
+        })
+    }
+
+    const FLAGS: &[&str] = &[
+        "--gen-length",
+        "--block-length",
+        "--steps",
+        "--threshold",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--seed",
+        "--mask-id",
+        "--eos-id",
+    ];
+
+    const VALUES: &[&str] = &[
+        "0",
+        "1",
+        "2",
+        "3",
+        "7",
+        "32",
+        "511",
+        "512",
+        "1000000",
+        "-1",
+        "0.5",
+        "0.95",
+        "1.5",
+        "NaN",
+        "inf",
+        "-inf",
+        "1e-38",
+        "1e38",
+        "4294967295",
+        "18446744073709551615",
+        "abc",
+        "",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any values for the decoding flags (shared by generate, chat, bench, eval and
+        /// serve): refused by clap or the engine's validation with a message, or decoded,
+        /// never a panic.
+        #[test]
+        fn random_decoding_flags_are_refused_or_decode(
+            flags in prop::collection::vec(
+                (prop::sample::select(FLAGS), prop::sample::select(VALUES)),
+                1..5,
+            )
+        ) {
+            let mut argv = vec!["llada".to_string()];
+            for (flag, value) in &flags {
+                argv.push(format!("{flag}={value}"));
+            }
+            let Ok(parsed) = Flags::try_parse_from(&argv) else {
+                return Ok(()); // clap names the flag and exits 2
+            };
+            let model = fixture();
+            let params = match parsed.decode.params(model) {
+                Ok(p) => p,
+                Err(e) => {
+                    prop_assert!(e.to_string().contains("invalid --"), "{flags:?}: {e}");
+                    return Ok(());
+                }
+            };
+            let mut generation = match llada::Generation::new(&model.model, &[1, 2, 3], params) {
+                Ok(g) => g,
+                Err(e) => {
+                    prop_assert!(!e.to_string().is_empty());
+                    return Ok(());
+                }
+            };
+            struct Quiet;
+            impl llada::Observer for Quiet {}
+            for _ in 0..3 {
+                match generation.step(&model.model, &mut Quiet) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => prop_assert!(false, "{flags:?}: accepted, then failed: {e}"),
+                }
+            }
+        }
+    }
+}

@@ -340,19 +340,24 @@ fn eval_reports_task_accuracy_and_nelbo() {
 
 #[test]
 fn the_default_model_answers_offline_in_the_chat_format() {
-    // No --model: the embedded models/default, trained by its committed recipe.
-    let out = llada(
-        &[
+    // No --model: the model compiled into the binary. A copy of the binary in an empty
+    // folder, run from there, answers: nothing is read from the source tree.
+    let tmp = tempfile::tempdir().unwrap();
+    let binary = tmp.path().join("llada");
+    std::fs::copy(env!("CARGO_BIN_EXE_llada"), &binary).unwrap();
+    let out = Command::new(&binary)
+        .args([
             "generate",
             "--prompt",
             "Sort: 3 1 2",
             "--gen-length",
             "32",
             "--json",
-        ],
-        &[],
-        None,
-    );
+        ])
+        .current_dir(tmp.path())
+        .env_remove("LLADA_DEFAULT_MODEL")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -319,3 +319,130 @@ fn text_mixed_into_sft_keeps_the_model_a_text_model() {
         .to_string();
     assert!(err.contains("text_data"), "{err}");
 }
+
+mod random_fields {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A field of the test recipe and the TOML values tried in it: the edges of each
+    /// range, wrong types, and sizes a tiny model still runs at.
+    const FIELDS: &[(&str, &[&str])] = &[
+        ("steps", &["0", "1", "-1", "2.5", "\"x\""]),
+        ("batch_size", &["0", "1", "3"]),
+        ("seq_len", &["0", "1", "2", "16", "300"]),
+        ("block", &["0", "1", "16", "100"]),
+        ("checkpoint_every", &["0", "1"]),
+        ("eps", &["0.0", "1.0", "-0.5", "1e-9", "nan"]),
+        ("t_range", &["[0.0, 0.5]", "[0.5, 0.3]", "[0.3, 1.0]", "[0.1, 2.0]", "[]"]),
+        ("cap_weight", &["-1.0", "0.0", "2.0", "inf", "nan"]),
+        ("embed_noise_std", &["-0.1", "0.0", "1e30", "nan"]),
+        ("embed_noise_steps", &["0", "100"]),
+        ("text_fraction", &["0.0", "0.5", "1.0", "-0.1"]),
+        ("kind", &["\"ar\"", "\"wsd\"", "\"sft\"", "\"other\""]),
+        ("data", &["[]", "[\"missing.txt\"]", "[\"corpus.txt\"]"]),
+        ("name", &["\"\"", "\"..\"", "\"a/b\"", "\"ok-1\""]),
+        ("lr", &[
+            "{ kind = \"cosine\", peak = -1.0, min_lr = 0.0, warmup = 0, total = 1 }",
+            "{ kind = \"cosine\", peak = 1e-3, min_lr = 1.0, warmup = 0, total = 1 }",
+            "{ kind = \"cosine\", peak = 1e-3, min_lr = 0.0, warmup = 5, total = 0 }",
+            "{ kind = \"wsd\", peak = 1e-3, min_lr = 0.0, warmup = 1, total = 4, decay = 9 }",
+            "{ kind = \"cosine\", peak = nan, min_lr = 0.0, warmup = 0, total = 1 }",
+            "{ kind = \"cosine\", peak = 1e-3, min_lr = 0.0, warmup = 0, total = 1 }",
+        ]),
+        ("optimizer", &[
+            "{ beta1 = 1.0, beta2 = 0.9, eps = 1e-8, weight_decay = 0.0, max_grad_norm = 1.0 }",
+            "{ beta1 = 0.9, beta2 = 0.9, eps = 0.0, weight_decay = 0.0, max_grad_norm = 1.0 }",
+            "{ beta1 = 0.9, beta2 = 0.9, eps = 1e-8, weight_decay = -1.0, max_grad_norm = 1.0 }",
+            "{ beta1 = 0.9, beta2 = 0.9, eps = 1e-8, weight_decay = 0.0, max_grad_norm = 0.0 }",
+        ]),
+        ("block_schedule", &[
+            "{ warmup = [0], warmup_steps_each = 1, seq_len = 32, stable_steps = 1, decay = [], decay_steps_each = 1 }",
+            "{ warmup = [64], warmup_steps_each = 1, seq_len = 32, stable_steps = 1, decay = [], decay_steps_each = 1 }",
+            "{ warmup = [1, 4], warmup_steps_each = 0, seq_len = 32, stable_steps = 1, decay = [8], decay_steps_each = 1 }",
+            "{ warmup = [1], warmup_steps_each = 1, seq_len = 32, stable_steps = 1, decay = [8], decay_steps_each = 1 }",
+        ]),
+    ];
+
+    /// Model fields (in `[model]`) and their values.
+    const MODEL_FIELDS: &[(&str, &[&str])] = &[
+        ("hidden_size", &["0", "8", "33"]),
+        ("num_attention_heads", &["0", "3", "8"]),
+        ("num_key_value_heads", &["0", "3"]),
+        ("head_dim", &["0", "7", "16"]),
+        ("num_experts", &["0", "3", "8"]),
+        ("n_group", &["0", "3", "4"]),
+        ("topk_group", &["0", "5"]),
+        ("num_experts_per_tok", &["0", "9"]),
+        ("max_position_embeddings", &["0", "16"]),
+        ("rope_theta", &["0.0", "-1.0", "nan", "10.0"]),
+        ("rms_norm_eps", &["0.0", "-1.0", "1e-5"]),
+        ("partial_rotary_factor", &["-0.5", "0.25", "2.0"]),
+        ("vocab_size", &["0", "100", "100000"]),
+    ];
+
+    /// Sets `field = value` in the first stage (or in `[model]`).
+    fn edit(recipe: &str, field: &str, value: &str, in_model: bool) -> String {
+        let section = if in_model { "[model]\n" } else { "[[stage]]\n" };
+        let at = recipe.find(section).unwrap() + section.len();
+        let end = recipe[at..].find("\n[").map_or(recipe.len(), |i| at + i);
+        let body: String = recipe[at..end]
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{field} =")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        format!(
+            "{}{field} = {value}\n{body}{}",
+            &recipe[..at],
+            &recipe[end..]
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Any values in recipe fields: refused at load with a message, or the first
+        /// training step runs, never a panic.
+        #[test]
+        fn random_recipe_fields_are_refused_or_train(
+            stage_edits in prop::collection::vec(
+                prop::sample::select(FIELDS).prop_flat_map(|(f, vs)| (Just(f), prop::sample::select(vs))),
+                0..3,
+            ),
+            model_edits in prop::collection::vec(
+                prop::sample::select(MODEL_FIELDS).prop_flat_map(|(f, vs)| (Just(f), prop::sample::select(vs))),
+                0..2,
+            ),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            setup(tmp.path(), "out");
+            let mut text = std::fs::read_to_string(tmp.path().join("recipe.toml")).unwrap();
+            for (field, value) in &stage_edits {
+                text = edit(&text, field, value, false);
+            }
+            for (field, value) in &model_edits {
+                text = edit(&text, field, value, true);
+            }
+            let path = tmp.path().join("edited.toml");
+            std::fs::write(&path, &text).unwrap();
+            let recipe = match Recipe::load(&path) {
+                Ok(r) => r,
+                Err(e) => {
+                    prop_assert!(!e.to_string().is_empty());
+                    return Ok(());
+                }
+            };
+            let one_step = RunOptions { quiet: true, max_steps: Some(1) };
+            if let Err(e) = run(&recipe, &one_step) {
+                // An accepted recipe may still point at data the stage cannot use (a
+                // missing file, text where chat JSONL is expected, too short a corpus):
+                // the error names the file.
+                let message = e.to_string();
+                let dir = tmp.path().to_string_lossy().into_owned();
+                prop_assert!(
+                    message.contains(&dir) || message.contains("vocab_size"),
+                    "{stage_edits:?} {model_edits:?}: accepted, then {message}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Every bad input a review threw at the binary: each gets a clear error naming the
+//! problem and exit status 1; none panics (status 101) or passes silently.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture() -> String {
+    repo()
+        .join("fixtures/golden/llada2-tiny")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn llada(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llada"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("llada runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `args` and checks it fails cleanly with `needle` in its message.
+fn refused<S: AsRef<str> + std::fmt::Debug>(args: &[S], needle: &str) {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let args = args.as_slice();
+    let out = llada(args, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?} -> {err}");
+    assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(!err.contains("backtrace"), "{args:?}: {err}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn decoding_settings_out_of_range_are_refused() {
+    let m = fixture();
+    let ids = ["generate", "--model", &m, "--prompt-ids", "1,2,3"];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        ids.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    refused(&with(&["--gen-length", "18446744073709551600"]), "context");
+    refused(&with(&["--gen-length", "0"]), "--gen-length");
+    refused(&with(&["--block-length", "0"]), "--block-length");
+    refused(&with(&["--steps", "0"]), "--steps");
+    refused(&with(&["--threshold", "2"]), "--threshold");
+    refused(&with(&["--threshold", "NaN"]), "--threshold");
+    refused(&with(&["--temperature=-1"]), "--temperature");
+    refused(&with(&["--temperature", "inf"]), "--temperature");
+    refused(&with(&["--top-p", "0"]), "--top-p");
+    refused(&with(&["--mask-id", "0", "--eos-id", "0"]), "--mask-id");
+    refused(&with(&["--mask-id", "99999"]), "--mask-id");
+    refused(
+        &["generate", "--model", &m, "--prompt-ids", "1,510,3"],
+        "mask token",
+    );
+    refused(
+        &[
+            "generate",
+            "--prompt",
+            "fill <|mask|> in",
+            "--gen-length",
+            "8",
+        ],
+        "mask token",
+    );
+    refused(
+        &[
+            "bench",
+            "--model",
+            &m,
+            "--gen-length",
+            "18446744073709551600",
+        ],
+        "context",
+    );
+}
+
+#[test]
+fn a_tiny_temperature_still_answers() {
+    let m = fixture();
+    let out = llada(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt-ids",
+            "1,2,3",
+            "--gen-length",
+            "8",
+            "--temperature",
+            "1e-38",
+            "--json",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn chat_settings_are_checked_and_the_repl_goes_on() {
+    let out = llada(
+        &["chat"],
+        Some("/set gen-length 18446744073709551600\nSort: 2 1\n/set threshold 7\n/set temperature x\n/quit\n"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("context"), "{err}");
+    assert!(err.contains("threshold"), "{err}");
+    assert!(err.contains("temperature: \"x\""), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn evaluation_inputs_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = write(tmp.path(), "t.txt", &"To be or not to be. ".repeat(200));
+    let empty = write(tmp.path(), "empty.jsonl", "\n");
+    let eval = |extra: &[&'static str]| -> Vec<String> {
+        ["eval", "--text", text.as_str()]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    refused(&eval(&["--block", "0"]), "block");
+    refused(&eval(&["--seq-len", "0"]), "sequence length");
+    refused(&eval(&["--samples", "0"]), "samples");
+    refused(&eval(&["--max-sequences", "0"]), "max sequences");
+    refused(&["eval", "--tasks", &empty], "no task items");
+    let default_model = repo().join("models/default");
+    let out = tmp.path().join("merged");
+    refused(
+        &[
+            "train",
+            "merge",
+            "--checkpoints",
+            default_model.to_str().unwrap(),
+            "--validation",
+            &text,
+            "--seq-len",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "sequence length",
+    );
+}
+
+#[test]
+fn recipe_fields_are_checked_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = std::fs::read_to_string(repo().join("models/default/recipe.toml")).unwrap();
+    for (from, to, needle) in [
+        ("block = 32", "block = 0", "block must be at least 1"),
+        ("peak = 3e-3", "peak = -3e-3", "lr.peak"),
+        (
+            "seq_len = 128\ncheckpoint_every = 250",
+            "seq_len = 0\ncheckpoint_every = 250",
+            "seq_len",
+        ),
+        ("name = \"ar\"", "name = \"../../escape\"", "names a folder"),
+        ("rope_theta = 600000.0", "rope_theta = 0.0", "rope_theta"),
+        ("batch_size = 8", "batch_size = 0", "batch_size"),
+        (
+            "embed_noise_std = 0.1",
+            "embed_noise_std = -0.1",
+            "embed_noise_std",
+        ),
+    ] {
+        assert!(recipe.contains(from), "{from}");
+        let path = write(tmp.path(), "recipe.toml", &recipe.replacen(from, to, 1));
+        refused(&["train", "run", &path], needle);
+    }
+}
+
+#[test]
+fn bad_model_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&fixture()).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    for (field, value) in [("rope_theta", 0.0), ("rms_norm_eps", -1.0)] {
+        let dir = tmp.path().join(field);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["model.safetensors", "generation_config.json"] {
+            std::fs::copy(Path::new(&fixture()).join(f), dir.join(f)).unwrap();
+        }
+        let mut bad = config.clone();
+        bad[field] = value.into();
+        std::fs::write(dir.join("config.json"), bad.to_string()).unwrap();
+        refused(
+            &[
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt-ids",
+                "1",
+            ],
+            field,
+        );
+    }
+    refused(
+        &["generate", "--model", "org/x@../../..", "--prompt-ids", "1"],
+        "not found",
+    );
+    // A GGUF that is not one is called a GGUF file, without a backtrace.
+    let gguf = tmp.path().join("gguf");
+    std::fs::create_dir_all(&gguf).unwrap();
+    std::fs::copy(
+        Path::new(&fixture()).join("config.json"),
+        gguf.join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(gguf.join("model.gguf"), b"GGUF\x03\x00").unwrap();
+    refused(
+        &[
+            "generate",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--prompt-ids",
+            "1",
+        ],
+        "GGUF file",
+    );
+}
+
+#[test]
+fn a_chat_template_that_never_ends_is_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo().join("models/default");
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let template =
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+    std::fs::write(tmp.path().join("chat_template.jinja"), template).unwrap();
+    let started = Instant::now();
+    refused(
+        &[
+            "generate",
+            "--model",
+            tmp.path().to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        "chat template",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
