@@ -1,36 +1,19 @@
 //! Every bad input a review threw at the binary: each gets a clear error naming the
 //! problem and exit status 1; none panics (status 101) or passes silently.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::repo;
 
 fn fixture() -> String {
-    repo()
-        .join("fixtures/golden/llada2-tiny")
-        .to_string_lossy()
-        .into_owned()
+    common::fixture().to_string_lossy().into_owned()
 }
 
-fn llada(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llada"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("llada runs");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+fn llada(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    common::llada(args, &[], stdin)
 }
 
 /// Runs `args` and checks it fails cleanly with `needle` in its message.
@@ -113,12 +96,7 @@ fn a_tiny_temperature_still_answers() {
         ],
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json(&out);
     assert_eq!(v["output_ids"].as_array().unwrap().len(), 8);
 }
 

@@ -1,17 +1,11 @@
 //! The `llada` binary end to end on the golden fixture.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/llada2-tiny")
-}
+use common::fixture;
 
 fn llada(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_llada"))
-        .args(args)
-        .output()
-        .expect("llada runs")
+    common::llada(args, &[], None)
 }
 
 #[test]
@@ -33,12 +27,7 @@ fn generate_json_reports_the_reference_answer_and_stats() {
         "0.95",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json(&out);
     let ids: Vec<u32> = serde_json::from_value(v["output_ids"].clone()).unwrap();
     assert_eq!(
         ids,
@@ -139,12 +128,7 @@ fn bench_prints_cached_and_baseline_rows() {
         "1",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = common::json(&out);
     let modes: Vec<&str> = rows
         .as_array()
         .unwrap()

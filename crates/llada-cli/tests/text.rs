@@ -1,16 +1,19 @@
 //! Text prompts, chat, the Hugging Face cache and quantized loading through the binary,
 //! on a random-weight model that carries the small test tokenizer.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+use common::llada;
 
 fn tokenizer_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../llada/tests/data/tokenizer")
 }
 
 fn golden() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/llada2-tiny")
+    common::fixture()
 }
 
 /// A random LLaDA2 model whose vocabulary is the test tokenizer's.
@@ -31,24 +34,6 @@ fn chat_model(dir: &Path) {
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(tokenizer_dir().join(f), dir.join(f)).unwrap();
     }
-}
-
-fn llada(args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llada"));
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("llada runs");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -76,12 +61,7 @@ fn text_prompt_uses_the_chat_template_and_reports_text() {
         &[],
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json(&out);
     let tok = llada::Tokenizer::from_dir(tmp.path()).unwrap();
     let messages = [
         llada::Message::new("system", "Be brief."),
@@ -358,12 +338,7 @@ fn the_default_model_answers_offline_in_the_chat_format() {
         .env_remove("LLADA_DEFAULT_MODEL")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json(&out);
     let ids: Vec<u32> = serde_json::from_value(v["output_ids"].clone()).unwrap();
     // The answer ends its turn (<|role_end|> = 2 or EOS = 0) well before gen_length.
     assert!(ids.len() < 32, "{ids:?}");

@@ -122,9 +122,9 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
-    /// Checks the rates and step counts; the error says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
-        let (peak, min_lr, warmup, total, decay) = match *self {
+    /// (peak, min_lr, warmup, total, decay): decay is 0 for the cosine schedule.
+    fn parts(&self) -> (f64, f64, usize, usize, usize) {
+        match *self {
             LrSchedule::Cosine {
                 peak,
                 min_lr,
@@ -138,7 +138,12 @@ impl LrSchedule {
                 total,
                 decay,
             } => (peak, min_lr, warmup, total, decay),
-        };
+        }
+    }
+
+    /// Checks the rates and step counts; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let (peak, min_lr, warmup, total, decay) = self.parts();
         if !(peak.is_finite() && peak > 0.0) {
             return Err(format!(
                 "lr.peak must be a finite number above 0, got {peak}"
@@ -158,30 +163,17 @@ impl LrSchedule {
     }
 
     pub fn at(&self, step: usize) -> f64 {
-        match *self {
-            LrSchedule::Cosine {
-                peak,
-                min_lr,
-                warmup,
-                total,
-            } => {
-                if step < warmup {
-                    return peak * (step + 1) as f64 / warmup as f64;
-                }
+        let (peak, min_lr, warmup, total, decay) = self.parts();
+        if step < warmup {
+            return peak * (step + 1) as f64 / warmup as f64;
+        }
+        match self {
+            LrSchedule::Cosine { .. } => {
                 let span = total.saturating_sub(warmup).max(1);
                 let progress = ((step - warmup) as f64 / span as f64).min(1.0);
                 min_lr + 0.5 * (peak - min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
             }
-            LrSchedule::Wsd {
-                peak,
-                min_lr,
-                warmup,
-                total,
-                decay,
-            } => {
-                if step < warmup {
-                    return peak * (step + 1) as f64 / warmup as f64;
-                }
+            LrSchedule::Wsd { .. } => {
                 let decay_start = total.saturating_sub(decay);
                 if step < decay_start {
                     return peak;

@@ -1,8 +1,11 @@
 //! `train_tokenizer` writes a folder that llada and transformers both load, with the
 //! special tokens and chat format of LLaDA2.
 
+// The Python runner of llada's tests (tests of different crates share no module).
+#[path = "../../llada/tests/common/python.rs"]
+mod python;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use llada::{Message, Tokenizer};
 use llada_train::tokenizer::{train_tokenizer, TokenizerTraining, SPECIAL_TOKENS};
@@ -63,28 +66,7 @@ fn transformers_loads_the_trained_tokenizer_identically() {
     let convs = vec![vec![Message::new("user", "To be, or not to be?")]];
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../llada/tests/data/chat_ids.py");
     let request = serde_json::json!({ "dir": out, "conversations": convs });
-    let child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    let mut child = child;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let res = child.wait_with_output().unwrap();
-    assert!(
-        res.status.success(),
-        "the transformers reference failed (pip install transformers; .ci/run does):\n{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let want: Vec<Vec<u32>> = serde_json::from_slice(&res.stdout).unwrap();
+    let want: Vec<Vec<u32>> = serde_json::from_value(python::run_json(&script, &request)).unwrap();
     let tok = Tokenizer::from_dir(&out).unwrap();
     assert_eq!(tok.encode_chat(&convs[0], true).unwrap(), want[0]);
 }

@@ -72,8 +72,14 @@ fn quantized_models_stay_close_to_f32_on_the_golden_cases() {
             quant.name(),
             100.0 * top1
         );
-        assert!(mean < 0.5, "{quant:?}: mean |diff| {mean}");
-        assert!(top1 > 0.9, "{quant:?}: argmax agreement {top1}");
+        // Just past the README's figures: mean |diff| 0.132, argmax agreement 94.8%,
+        // 1 of 8 generations identical.
+        assert!(mean < 0.14, "{quant:?}: mean |diff| {mean}");
+        assert!(top1 > 0.94, "{quant:?}: argmax agreement {top1}");
+        assert!(
+            agree >= 1,
+            "{quant:?}: {agree}/{total} generations identical"
+        );
     }
 }
 
@@ -143,8 +149,13 @@ fn q4k_on_256_wide_rows_is_close_to_f32() {
             quant.name(),
             err / scale
         );
+        // Just above the figures the README quotes (q8_0 1.2%, q4k 11.7%).
+        let most = match quant {
+            Quant::Q8_0 => 0.015,
+            Quant::Q4k => 0.125,
+        };
         assert!(
-            err / scale < 0.15,
+            err / scale < most,
             "{quant:?}: relative error {}",
             err / scale
         );

@@ -3,9 +3,9 @@
 //! official pipeline (temperature, top-k, top-p, softmax; `tests/data/sampling_reference.py`,
 //! standard library only) must pick the same tokens with the same probabilities.
 
-use std::io::Write;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use llada::{Sampler, SamplingParams};
 use rand::{Rng, SeedableRng};
@@ -13,26 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 fn reference(cases: &serde_json::Value) -> Vec<(u32, f64)> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sampling_reference.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (the sampling reference needs only its standard library)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(cases.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Python reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_value(common::python::run_json(&script, cases)).unwrap()
 }
 
 #[test]

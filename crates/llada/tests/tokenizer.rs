@@ -1,9 +1,9 @@
 //! Tokenizer, chat template and streaming detokenization on a small byte-level BPE
 //! tokenizer with LLaDA2's special tokens (`tests/data/tokenizer`).
 
-use std::io::Write;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use llada::{Message, Tokenizer};
 
@@ -33,26 +33,8 @@ fn conversations() -> Vec<Vec<Message>> {
 /// transformers' `apply_chat_template` ids for the same folder and conversations.
 fn python_ids(dir: &std::path::Path, convs: &[Vec<Message>]) -> Vec<Vec<u32>> {
     let request = serde_json::json!({ "dir": dir, "conversations": convs });
-    let child = Command::new("python3")
-        .arg(data_dir().join("chat_ids.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = child.expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the transformers reference failed (pip install transformers; .ci/run does):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let ids = common::python::run_json(&data_dir().join("chat_ids.py"), &request);
+    serde_json::from_value(ids).unwrap()
 }
 
 #[test]

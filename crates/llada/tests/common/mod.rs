@@ -80,4 +80,5 @@ pub fn generate_cases(model: &LoadedModel) -> Vec<GenerateCase> {
 }
 
 pub mod naive;
+pub mod python;
 pub mod synth;
