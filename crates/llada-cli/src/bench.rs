@@ -41,9 +41,47 @@ pub struct BenchArgs {
     /// Stop each row where the model ends its answer (EOS), as a user would see it.
     /// By default every row decodes exactly --gen-length tokens, so that the rows
     /// compare the same amount of work.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ignore_eos")]
     pub stop_at_eos: bool,
+    /// Decode exactly --gen-length tokens in every row (the default; kept so that
+    /// scripts that ask for it keep working).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
+
+/// The cost of a block forward against an AR step of the same model, in one run: the
+/// tokens per forward at which diffusion decoding ties autoregressive decoding.
+#[derive(Serialize)]
+struct BreakEven {
+    /// ms per forward of the cached row (one block of `block_length` tokens).
+    block_forward_ms: f64,
+    /// ms per forward of the AR row (block length 1).
+    ar_step_ms: f64,
+    /// block_forward_ms / ar_step_ms.
+    break_even_tpf: f64,
+    /// Tokens per forward the cached row reached with these settings.
+    measured_tpf: f64,
+    /// measured_tpf / break_even_tpf: diffusion's speed relative to AR decoding.
+    speed_vs_ar: f64,
+}
+
+impl BreakEven {
+    fn of(rows: &[Row]) -> Option<Self> {
+        let find = |mode: &str| rows.iter().find(|r| r.mode == mode);
+        let (block, ar) = (find(CACHED)?, find(AR)?);
+        let break_even_tpf = block.ms_per_forward / ar.ms_per_forward;
+        Some(Self {
+            block_forward_ms: block.ms_per_forward,
+            ar_step_ms: ar.ms_per_forward,
+            break_even_tpf,
+            measured_tpf: block.tokens_per_forward,
+            speed_vs_ar: block.tokens_per_forward / break_even_tpf,
+        })
+    }
+}
+
+const CACHED: &str = "cached";
+const AR: &str = "AR: block 1, cached";
 
 #[derive(Serialize)]
 struct Row {
@@ -75,7 +113,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut modes = Vec::new();
     for mode in &args.modes {
         modes.push(match mode.as_str() {
-            "cached" => ("cached", base.clone()),
+            "cached" => (CACHED, base.clone()),
             "no-cache" => (
                 "no-cache (reference loop)",
                 GenerateParams {
@@ -84,7 +122,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 },
             ),
             "ar" => (
-                "AR: block 1, cached",
+                AR,
                 GenerateParams {
                     block_length: 1,
                     steps: 1,
@@ -110,8 +148,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Ok((s, s.forwards))
         })?);
     }
+    let break_even = BreakEven::of(&rows);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let report = serde_json::json!({ "rows": rows, "break_even": break_even });
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let source = args.synthetic.as_deref().map_or_else(
@@ -168,6 +208,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             r.ms_per_forward,
             r.tokens_per_second,
             r.tokens_per_second / reference
+        );
+    }
+    if let Some(b) = break_even {
+        println!(
+            "break-even TPF {:.2}: a {}-token block forward costs {:.3} ms, an AR step {:.3} ms; \
+             at the measured {:.2} tokens per forward diffusion runs at {:.2}x AR speed",
+            b.break_even_tpf,
+            base.block_length,
+            b.block_forward_ms,
+            b.ar_step_ms,
+            b.measured_tpf,
+            b.speed_vs_ar
         );
     }
     Ok(())

@@ -128,7 +128,8 @@ fn bench_prints_cached_and_baseline_rows() {
         "1",
         "--json",
     ]);
-    let rows = common::json(&out);
+    let report = common::json(&out);
+    let rows = &report["rows"];
     let modes: Vec<&str> = rows
         .as_array()
         .unwrap()
@@ -141,7 +142,16 @@ fn bench_prints_cached_and_baseline_rows() {
     );
     for r in rows.as_array().unwrap() {
         assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0);
+        // Equal work in every row: exactly --gen-length tokens.
+        assert_eq!(r["tokens"], 16, "{r}");
     }
+    let b = &report["break_even"];
+    let ratio = b["block_forward_ms"].as_f64().unwrap() / b["ar_step_ms"].as_f64().unwrap();
+    assert!(
+        (b["break_even_tpf"].as_f64().unwrap() - ratio).abs() < 1e-9,
+        "{b}"
+    );
+    assert!(b["measured_tpf"].as_f64().unwrap() >= 1.0, "{b}");
 }
 
 #[test]
