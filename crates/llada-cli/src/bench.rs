@@ -6,6 +6,7 @@ use llada::{generate, run_batch, GenerateParams, GenerateStats, Generation, Llad
 use serde::Serialize;
 
 use crate::args::{DecodeArgs, ModelArgs, PromptArgs};
+use crate::limits::{self, Floor};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -25,7 +26,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Benchmark a known architecture with random weights instead of --model:
-    /// llada2-mini or llada2-flash (built in memory at the chosen --quant).
+    /// llada2-mini, llada2-flash or llada2-63m (built in memory at the chosen --quant).
     #[arg(long, conflicts_with = "model")]
     pub synthetic: Option<String>,
     /// With --synthetic: keep only the first N layers (e.g. to fit flash in memory).
@@ -47,6 +48,11 @@ pub struct BenchArgs {
     /// scripts that ask for it keep working).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Also measure the machine (memory bandwidth, matrix multiply rates; a few seconds)
+    /// and show how far each row's forward is from the floor its weight bytes and
+    /// multiply-accumulates impose.
+    #[arg(long)]
+    pub limits: bool,
 }
 
 /// The cost of a block forward against an AR step of the same model, in one run: the
@@ -91,6 +97,11 @@ struct Row {
     tokens_per_forward: f64,
     ms_per_forward: f64,
     tokens_per_second: f64,
+    /// The work of the timed runs (counted by the model).
+    #[serde(skip)]
+    cost: llada::ForwardCost,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<Floor>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -136,21 +147,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--modes is empty");
     }
     let mut rows = Vec::new();
+    let model = &loaded.model;
     if args.batch > 1 {
         let n = args.batch as usize;
-        rows.push(timed_row("cached, batched (below)", args.runs, || {
-            run_batched(&loaded.model, &prompt, &base, n)
-        })?);
+        rows.push(timed_row(
+            "cached, batched (below)",
+            args.runs,
+            model,
+            || run_batched(model, &prompt, &base, n),
+        )?);
     }
     for (mode, params) in modes {
-        rows.push(timed_row(mode, args.runs, || {
-            let s = generate(&loaded.model, &prompt, &params, &mut |_| {})?.stats;
+        rows.push(timed_row(mode, args.runs, model, || {
+            let s = generate(model, &prompt, &params, &mut |_| {})?.stats;
             Ok((s, s.forwards))
         })?);
     }
+    let machine = if args.limits {
+        let m = limits::measure()?;
+        let gmacs = m.peak.for_weights(&loaded.weights);
+        for r in &mut rows {
+            let passes = r.forwards * args.runs;
+            r.limits = Some(Floor::of(r.cost, passes, r.ms_per_forward, &m, gmacs));
+        }
+        Some(m)
+    } else {
+        None
+    };
     let break_even = BreakEven::of(&rows);
     if args.json {
-        let report = serde_json::json!({ "rows": rows, "break_even": break_even });
+        let report =
+            serde_json::json!({ "rows": rows, "break_even": break_even, "machine": machine });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -210,6 +237,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
             r.tokens_per_second / reference
         );
     }
+    if let Some(m) = machine {
+        println!(
+            "machine ({} threads): reads memory at {:.1} GB/s; matrix products (GMAC/s, f32 / q8_0 / q4k) at their best (512 x 2048 x 2048) {:.1} / {:.1} / {:.1}, at a block's shape (32 x 2048 x 2048) {:.1} / {:.1} / {:.1}",
+            m.threads, m.read_gb_per_s, m.peak.f32, m.peak.q8_0, m.peak.q4k, m.block.f32, m.block.q8_0, m.block.q4k
+        );
+        println!(
+            "| {:<26} | {:>10} | {:>10} | {:>11} | {:>12} | {:>9} |",
+            "per forward", "weights MB", "MMAC", "memory floor", "compute floor", "of limit"
+        );
+        println!(
+            "|{:-<28}|{:->12}|{:->12}|{:->13}|{:->14}|{:->11}|",
+            "", "", "", "", "", ""
+        );
+        for r in &rows {
+            if let Some(f) = r.limits {
+                println!(
+                    "| {:<26} | {:>10.2} | {:>10.2} | {:>8.3} ms | {:>9.3} ms | {:>8.1}% |",
+                    r.mode,
+                    f.weight_mb,
+                    f.mmacs,
+                    f.memory_floor_ms,
+                    f.compute_floor_ms,
+                    100.0 * f.fraction_of_limit
+                );
+            }
+        }
+    }
     if let Some(b) = break_even {
         println!(
             "break-even TPF {:.2}: a {}-token block forward costs {:.3} ms, an AR step {:.3} ms; \
@@ -231,9 +285,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn timed_row(
     mode: &'static str,
     runs: usize,
+    model: &Llada2Model,
     mut decode: impl FnMut() -> Result<(GenerateStats, usize)>,
 ) -> Result<Row> {
     decode()?;
+    let before = model.forward_cost();
     let (mut total, mut passes) = (GenerateStats::default(), 0);
     for _ in 0..runs {
         let (s, p) = decode()?;
@@ -249,6 +305,14 @@ fn timed_row(
         tokens_per_forward: total.tokens_per_forward(),
         ms_per_forward: 1e3 * total.seconds / passes.max(1) as f64,
         tokens_per_second: total.tokens_per_second(),
+        cost: {
+            let after = model.forward_cost();
+            llada::ForwardCost {
+                macs: after.macs - before.macs,
+                weight_bytes: after.weight_bytes - before.weight_bytes,
+            }
+        },
+        limits: None,
     })
 }
 

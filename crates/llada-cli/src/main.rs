@@ -8,6 +8,7 @@ mod default_model;
 mod download;
 mod eval;
 mod generate_cmd;
+mod limits;
 mod quantize;
 mod serve;
 mod train;
@@ -22,6 +23,10 @@ use clap::{Parser, Subcommand};
     about = "Block-diffusion language models (LLaDA2) on your machine"
 )]
 struct Cli {
+    /// Threads for the model's matrix work (default: the physical cores, or
+    /// RAYON_NUM_THREADS when set).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +53,8 @@ enum Command {
 }
 
 fn main() {
-    pin_thread_count();
+    let cli = Cli::parse();
+    pin_thread_count(cli.threads);
     tracing_subscriber::fmt()
         .with_env_filter(
             // Warnings, and `llada serve`'s access log.
@@ -57,7 +63,6 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Generate(a) => generate_cmd::run(a),
         Command::Bench(a) => bench::run(a),
@@ -74,13 +79,21 @@ fn main() {
     }
 }
 
+/// Fixes the thread count before any thread exists: `--threads`, else candle's choice.
 /// candle asks for its thread count on every CPU op and, unless `RAYON_NUM_THREADS` is
 /// set, recomputes it by reading /proc/cpuinfo each time: a forward pass of the default
-/// model took 4.1 ms instead of 2.2-2.5 ms on a 2-core VM. Computing it once here (before
-/// any thread exists) keeps candle's choice without the cost.
-fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+/// model took 4.1 ms instead of 2.2-2.5 ms on a 2-core VM. Setting it once avoids that.
+fn pin_thread_count(threads: Option<u16>) {
+    match threads {
+        Some(n) => {
+            // candle's quantized matmuls size their own pool by CANDLE_NUM_THREADS.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        }
+        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => {}
+        None => {
+            let n = candle_core::utils::get_num_threads();
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
     }
 }

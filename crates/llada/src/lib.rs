@@ -36,7 +36,7 @@ pub use generate::{
     GenerateStats, Generation, Observer,
 };
 pub use gguf::{quantize_checkpoint, QuantizeReport};
-pub use model::{Llada2Model, SeqStep};
+pub use model::{ForwardCost, Llada2Model, SeqStep};
 pub use quant::{LinearWeight, Quant};
 pub use sampling::{Sampler, SamplingParams, MAX_TEMPERATURE};
 pub use tokenizer::{Message, TextStream, Tokenizer};

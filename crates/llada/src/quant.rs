@@ -100,6 +100,21 @@ impl LinearWeight {
         }
     }
 
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        let dims = match self {
+            LinearWeight::Dense { weight, .. } => weight.dims(),
+            LinearWeight::Quantized { weight, .. } => match weight {
+                QMatMul::QTensor(q) => q.shape().dims(),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims(),
+            },
+        };
+        match dims {
+            [out, inp] => (*out, *inp),
+            _ => (0, 0),
+        }
+    }
+
     /// Bytes the weight occupies in memory.
     pub fn memory_bytes(&self) -> usize {
         match self {

@@ -31,23 +31,39 @@ pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
             "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 9216,
             "moe_intermediate_size": 1024, "num_experts": 256,
         }),
+        // The 63M-parameter checkpoint llada was compared with chatllm.cpp on (the
+        // performance issue): small enough to run anywhere, every mechanism present.
+        "llada2-63m" => serde_json::json!({
+            "hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
+            "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 1024,
+            "moe_intermediate_size": 256, "num_experts": 16, "num_experts_per_tok": 4,
+            "n_group": 4, "topk_group": 2, "vocab_size": 8192,
+        }),
         other => {
             return Err(Error::InvalidRequest(format!(
-                "unknown synthetic model {other:?} (use llada2-mini or llada2-flash)"
+                "unknown synthetic model {other:?} (use llada2-mini, llada2-flash or llada2-63m)"
             )))
         }
     };
     let shared = serde_json::json!({
         "architectures": ["LLaDA2MoeModelLM"], "model_type": "llada2_moe",
-        "vocab_size": 157184, "num_experts_per_tok": 8, "num_shared_experts": 1,
-        "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5,
+        "num_shared_experts": 1, "routed_scaling_factor": 2.5,
         "first_k_dense_replace": 1, "rope_theta": 600000.0, "partial_rotary_factor": 0.5,
         "rms_norm_eps": 1e-6, "use_bias": false, "use_qkv_bias": false, "use_qk_norm": true,
         "max_position_embeddings": 32768, "score_function": "sigmoid",
         "moe_router_enable_expert_bias": true, "tie_word_embeddings": false,
     });
+    // The LLaDA2.0 values, unless the preset sets its own.
+    let published = serde_json::json!({
+        "vocab_size": 157184, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+    });
     for (k, v) in shared.as_object().expect("object") {
         cfg[k] = v.clone();
+    }
+    for (k, v) in published.as_object().expect("object") {
+        if cfg.get(k).is_none() {
+            cfg[k] = v.clone();
+        }
     }
     if let Some(n) = layers {
         if n == 0 {
@@ -302,6 +318,17 @@ mod tests {
         assert_eq!(mini.moe_shape().unwrap().num_experts, 256);
         let flash = preset("llada2-flash", Some(4)).unwrap();
         assert_eq!(flash["num_hidden_layers"], 4);
+        let small =
+            Llada2Config::from_json(preset("llada2-63m", None).unwrap(), Path::new("s")).unwrap();
+        assert_eq!(
+            (
+                small.vocab_size,
+                small.hidden_size,
+                small.num_experts_per_tok,
+                small.n_group
+            ),
+            (8192, 512, 4, 4)
+        );
         assert!(preset("llada2-huge", None).is_err());
         assert!(preset("llada2-mini", Some(0)).is_err());
     }

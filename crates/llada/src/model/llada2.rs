@@ -3,6 +3,8 @@
 //!
 //! Weight paths read exactly like the HF tensor names (`model.layers.{i}.attention...`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Embedding, Module};
 
@@ -25,6 +27,42 @@ pub struct SeqStep<'a> {
     /// Indices into `tokens` whose logits are wanted (may be empty).
     pub logit_rows: &'a [usize],
     pub cache: &'a mut KvCache,
+}
+
+/// The work forward passes did: multiply-accumulates of their matrix products and
+/// attention, and bytes of weights read (each matrix once per pass, an expert only when
+/// a token was routed to it). Cumulative; take differences around the passes measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardCost {
+    pub macs: u64,
+    pub weight_bytes: u64,
+}
+
+#[derive(Default)]
+struct CostMeter {
+    macs: AtomicU64,
+    weight_bytes: AtomicU64,
+}
+
+impl CostMeter {
+    fn add(&self, macs: usize, weight_bytes: usize) {
+        self.macs.fetch_add(macs as u64, Ordering::Relaxed);
+        self.weight_bytes
+            .fetch_add(weight_bytes as u64, Ordering::Relaxed);
+    }
+
+    /// `rows` rows through `w`: the matrix is read once, each row costs in * out MACs.
+    fn linear(&self, w: &LinearWeight, rows: usize) {
+        let (out, inp) = w.dims();
+        self.add(rows * out * inp, w.memory_bytes());
+    }
+
+    fn total(&self) -> ForwardCost {
+        ForwardCost {
+            macs: self.macs.load(Ordering::Relaxed),
+            weight_bytes: self.weight_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// RMSNorm: candle's fused kernel for inference; plain ops (which have gradients) when
@@ -159,7 +197,11 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, meter: &CostMeter) -> candle_core::Result<Tensor> {
+        let rows = x.dim(0)?;
+        for w in [&self.gate_proj, &self.up_proj, &self.down_proj] {
+            meter.linear(w, rows);
+        }
         let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
@@ -189,7 +231,9 @@ struct Route {
 impl Router {
     /// Expert choices per token and the router logits `[tokens, experts]` (f32, as
     /// `router_dtype: fp32` asks).
-    fn route(&self, x: &Tensor) -> Result<(Vec<Route>, Tensor)> {
+    fn route(&self, x: &Tensor, meter: &CostMeter) -> Result<(Vec<Route>, Tensor)> {
+        let (experts, hidden) = self.weight.dims2()?;
+        meter.add(x.dim(0)? * experts * hidden, 4 * experts * hidden);
         let logits = x.to_dtype(DType::F32)?.matmul(&self.weight.t()?)?;
         let rows = logits.to_vec2::<f32>()?;
         Ok((
@@ -302,8 +346,8 @@ impl SparseMoe {
     }
 
     /// Tokens are grouped by expert so each expert runs once per step on all its tokens.
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (routes, logits) = self.router.route(x)?;
+    fn forward(&self, x: &Tensor, train: bool, meter: &CostMeter) -> Result<Tensor> {
+        let (routes, logits) = self.router.route(x, meter)?;
         let k = self.router.shape.experts_per_token;
         let device = x.device();
         let weights = if train {
@@ -332,7 +376,7 @@ impl SparseMoe {
             }
             let n = rows[e].len();
             let index = Tensor::new(rows[e].as_slice(), device)?;
-            let y = expert.forward(&x.index_select(&index, 0)?)?;
+            let y = expert.forward(&x.index_select(&index, 0)?, meter)?;
             let slot = Tensor::new(slots[e].as_slice(), device)?;
             let w = weights.index_select(&slot, 0)?.reshape((n, 1))?;
             outputs.push(y.broadcast_mul(&w)?);
@@ -342,7 +386,7 @@ impl SparseMoe {
         let index = Tensor::new(all_rows.as_slice(), device)?;
         let mut y = x.zeros_like()?.index_add(&index, &routed, 0)?;
         if let Some(shared) = &self.shared {
-            y = (y + shared.forward(x)?)?;
+            y = (y + shared.forward(x, meter)?)?;
         }
         Ok(y)
     }
@@ -354,10 +398,10 @@ enum FeedForward {
 }
 
 impl FeedForward {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool, meter: &CostMeter) -> Result<Tensor> {
         match self {
-            FeedForward::Dense(mlp) => Ok(mlp.forward(x)?),
-            FeedForward::Moe(moe) => moe.forward(x, train),
+            FeedForward::Dense(mlp) => Ok(mlp.forward(x, meter)?),
+            FeedForward::Moe(moe) => moe.forward(x, train, meter),
         }
     }
 }
@@ -409,9 +453,17 @@ impl Attention {
     /// Queries, keys and values of every token of a pass (all sequences together, so
     /// the projection, QK-norm and RoPE run once per layer, not once per sequence).
     /// `rope` holds each token's own position.
-    fn project(&self, x: &Tensor, rotary: &Rotary, rope: &RopeSlice, train: bool) -> Result<Qkv> {
+    fn project(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        rope: &RopeSlice,
+        train: bool,
+        meter: &CostMeter,
+    ) -> Result<Qkv> {
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let n = x.dim(0)?;
+        meter.linear(&self.query_key_value, n);
         let qkv = self
             .query_key_value
             .forward(x)?
@@ -437,7 +489,13 @@ impl Attention {
 
     /// Attention of one sequence's tokens (`qkv`, heads first) over its cache plus
     /// themselves; returns the per-head outputs `[heads, len, head_dim]`.
-    fn attend(&self, qkv: &Qkv, mask: Option<&Tensor>, kv: Kv<'_>) -> Result<Tensor> {
+    fn attend(
+        &self,
+        qkv: &Qkv,
+        mask: Option<&Tensor>,
+        kv: Kv<'_>,
+        meter: &CostMeter,
+    ) -> Result<Tensor> {
         let train = matches!(kv, Kv::Train);
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let len = qkv.q.dim(1)?;
@@ -448,6 +506,8 @@ impl Attention {
         // GQA without copying K/V: query heads of one KV group are adjacent, so
         // [heads, len, d] regroups to [kv_heads, group * len, d].
         let group = nh / nkv;
+        // Scores and the weighted sum of values: 2 * heads * len * keys * d.
+        meter.add(2 * nh * len * k_all.dim(1)? * d, 0);
         let q = qkv.q.contiguous()?.reshape((nkv, group * len, d))?;
         let mut scores = q.matmul(&k_all.t()?)?;
         if let Some(mask) = mask {
@@ -514,6 +574,7 @@ pub struct Llada2Model {
     /// Sequences run through [`Llada2Model::forward`] so far (a batched pass of n
     /// sequences counts n): the ground truth for the forward counts decoding reports.
     sequence_passes: std::sync::atomic::AtomicUsize,
+    cost: CostMeter,
     cfg: Llada2Config,
     word_embeddings: Embedding,
     layers: Vec<DecoderLayer>,
@@ -568,6 +629,7 @@ impl Llada2Model {
         };
         Ok(Self {
             sequence_passes: Default::default(),
+            cost: CostMeter::default(),
             cfg: cfg.clone(),
             word_embeddings: Embedding::new(embed, h),
             layers,
@@ -580,6 +642,11 @@ impl Llada2Model {
 
     pub fn config(&self) -> &Llada2Config {
         &self.cfg
+    }
+
+    /// The work of every forward pass so far (inference and training).
+    pub fn forward_cost(&self) -> ForwardCost {
+        self.cost.total()
     }
 
     /// How many sequences [`Llada2Model::forward`] has run (a pass over n sequences
@@ -650,7 +717,7 @@ impl Llada2Model {
             .at(positions.collect::<Vec<_>>().into_iter(), &self.device)?;
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let h = self.run_layers(&ids, None, |li, attention, a| {
-            let qkv = attention.project(a, &self.rotary, &rope, false)?;
+            let qkv = attention.project(a, &self.rotary, &rope, false, &self.cost)?;
             let mut heads = Vec::with_capacity(batch.len());
             for (step, plan) in batch.iter_mut().zip(&plans) {
                 let kv = Kv::Cache {
@@ -658,7 +725,7 @@ impl Llada2Model {
                     layer: li,
                 };
                 let one = qkv.narrow(plan.offset, plan.len)?;
-                heads.push(attention.attend(&one, plan.mask.as_ref(), kv)?);
+                heads.push(attention.attend(&one, plan.mask.as_ref(), kv, &self.cost)?);
             }
             let heads = if heads.len() == 1 {
                 heads.pop().expect("one sequence")
@@ -687,6 +754,7 @@ impl Llada2Model {
                 self.cfg.rms_norm_eps,
                 false,
             )?;
+            self.cost.linear(&self.lm_head, rows.dim(0)?);
             logits.push(Some(self.lm_head.forward(&x)?.to_dtype(DType::F32)?));
         }
         Ok(logits)
@@ -710,9 +778,10 @@ impl Llada2Model {
         for (li, layer) in self.layers.iter().enumerate() {
             let a = rms_norm(&h, &layer.input_layernorm, eps, train)?;
             let heads = attend(li, &layer.attention, &a)?;
+            self.cost.linear(&layer.attention.dense, heads.dim(0)?);
             h = (h + layer.attention.dense.forward(&heads)?)?;
             let b = rms_norm(&h, &layer.post_attention_layernorm, eps, train)?;
-            h = (h + layer.mlp.forward(&b, train)?)?;
+            h = (h + layer.mlp.forward(&b, train, &self.cost)?)?;
         }
         Ok(h)
     }
@@ -751,10 +820,11 @@ impl Llada2Model {
         };
         let ids = Tensor::new(tokens, &self.device)?;
         let h = self.run_layers(&ids, Some(embed_noise), |_, attention, a| {
-            let qkv = attention.project(a, &self.rotary, &rope, true)?;
-            merge_heads(&attention.attend(&qkv, Some(&mask), Kv::Train)?)
+            let qkv = attention.project(a, &self.rotary, &rope, true, &self.cost)?;
+            merge_heads(&attention.attend(&qkv, Some(&mask), Kv::Train, &self.cost)?)
         })?;
         let x = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps, true)?;
+        self.cost.linear(&self.lm_head, n);
         Ok(self.lm_head.forward(&x)?)
     }
 

@@ -1,0 +1,158 @@
+//! The machine's physical limits, measured in-process: how fast it reads memory and how
+//! fast it multiplies matrices (f32, and the quantized block types), so that `llada
+//! bench --limits` can say how far a forward pass is from the floor its weight bytes and
+//! multiply-accumulates impose.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use serde::Serialize;
+
+/// What this machine sustains.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Machine {
+    pub threads: usize,
+    /// Reading a buffer far larger than the caches, all threads.
+    pub read_gb_per_s: f64,
+    /// Matrix products at their best (512 x 2048 times a 2048 x 2048 weight), all
+    /// threads: the compute limit.
+    pub peak: Rates,
+    /// The shape of one block forward at LLaDA2.0-mini's width (32 rows).
+    pub block: Rates,
+}
+
+/// Multiply-accumulates per second (billions) by weight type.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rates {
+    pub f32: f64,
+    pub q8_0: f64,
+    pub q4k: f64,
+}
+
+impl Rates {
+    fn measure(rows: usize) -> Result<Self> {
+        Ok(Self {
+            f32: matmul_rate(rows, 2048, 2048, None)?,
+            q8_0: matmul_rate(rows, 2048, 2048, Some(GgmlDType::Q8_0))?,
+            q4k: matmul_rate(rows, 2048, 2048, Some(GgmlDType::Q4K))?,
+        })
+    }
+
+    /// The rate that applies to weights described as `weights` (`LoadedModel::weights`).
+    pub fn for_weights(&self, weights: &str) -> f64 {
+        if weights.contains("q4k") {
+            self.q4k
+        } else if weights.contains("q8_0") {
+            self.q8_0
+        } else {
+            self.f32
+        }
+    }
+}
+
+/// Best of `runs` timings of `f`, in seconds.
+fn best(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Reads a 512 MiB buffer split over `threads` threads (a wrapping integer sum, which
+/// the compiler vectorizes, so that the adds never limit the reading).
+fn read_bandwidth(threads: usize) -> Result<f64> {
+    let buf = vec![1u64; 64 << 20];
+    let chunk = buf.len().div_ceil(threads);
+    let seconds = best(3, || {
+        let total: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().fold(0u64, |a, &b| a.wrapping_add(b))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        Ok(())
+    })?;
+    Ok((buf.len() * 8) as f64 / seconds / 1e9)
+}
+
+/// MAC/s of `[m, k] x [k, n]^T` with the weight stored as `dtype`.
+fn matmul_rate(m: usize, k: usize, n: usize, dtype: Option<GgmlDType>) -> Result<f64> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
+    let seconds = match dtype {
+        None => {
+            let wt = w.t()?;
+            best(5, || {
+                std::hint::black_box(x.matmul(&wt)?);
+                Ok(())
+            })?
+        }
+        Some(dtype) => {
+            let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
+            best(5, || {
+                std::hint::black_box(q.forward(&x)?);
+                Ok(())
+            })?
+        }
+    };
+    Ok((m * k * n) as f64 / seconds / 1e9)
+}
+
+/// Measures the machine (several seconds).
+pub fn measure() -> Result<Machine> {
+    let threads = candle_core::utils::get_num_threads();
+    Ok(Machine {
+        threads,
+        read_gb_per_s: read_bandwidth(threads)?,
+        peak: Rates::measure(512)?,
+        block: Rates::measure(32)?,
+    })
+}
+
+/// How one forward compares with the floors its work imposes.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Floor {
+    pub weight_mb: f64,
+    pub mmacs: f64,
+    /// Reading the weights once at the measured bandwidth.
+    pub memory_floor_ms: f64,
+    /// The multiply-accumulates at the measured matrix rate.
+    pub compute_floor_ms: f64,
+    /// max(floors) / measured: 1.0 would be at the limit.
+    pub fraction_of_limit: f64,
+}
+
+impl Floor {
+    pub fn of(
+        cost: llada::ForwardCost,
+        passes: usize,
+        ms: f64,
+        machine: &Machine,
+        gmacs: f64,
+    ) -> Self {
+        let per = passes.max(1) as f64;
+        let bytes = cost.weight_bytes as f64 / per;
+        let macs = cost.macs as f64 / per;
+        let memory_floor_ms = bytes / (machine.read_gb_per_s * 1e9) * 1e3;
+        let compute_floor_ms = macs / (gmacs * 1e9) * 1e3;
+        Self {
+            weight_mb: bytes / 1e6,
+            mmacs: macs / 1e6,
+            memory_floor_ms,
+            compute_floor_ms,
+            fraction_of_limit: memory_floor_ms.max(compute_floor_ms) / ms,
+        }
+    }
+}
