@@ -1,13 +1,13 @@
 //! The machine's physical limits, measured in-process: how fast it reads memory and how
-//! fast it multiplies matrices (f32, and the quantized block types), so that `llada
+//! fast llada's linear layers multiply matrices (f32, q8_0, q4k), so that `llada
 //! bench --limits` can say how far a forward pass is from the floor its weight bytes and
 //! multiply-accumulates impose.
 
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Tensor};
+use llada::{LinearWeight, Quant};
 use serde::Serialize;
 
 /// What this machine sustains.
@@ -35,8 +35,8 @@ impl Rates {
     fn measure(rows: usize) -> Result<Self> {
         Ok(Self {
             f32: matmul_rate(rows, 2048, 2048, None)?,
-            q8_0: matmul_rate(rows, 2048, 2048, Some(GgmlDType::Q8_0))?,
-            q4k: matmul_rate(rows, 2048, 2048, Some(GgmlDType::Q4K))?,
+            q8_0: matmul_rate(rows, 2048, 2048, Some(Quant::Q8_0))?,
+            q4k: matmul_rate(rows, 2048, 2048, Some(Quant::Q4k))?,
         })
     }
 
@@ -86,27 +86,16 @@ fn read_bandwidth(threads: usize) -> Result<f64> {
     Ok((buf.len() * 8) as f64 / seconds / 1e9)
 }
 
-/// MAC/s of `[m, k] x [k, n]^T` with the weight stored as `dtype`.
-fn matmul_rate(m: usize, k: usize, n: usize, dtype: Option<GgmlDType>) -> Result<f64> {
+/// MAC/s of `[m, k] x [k, n]^T` through the linear layers llada runs (`quant` None: f32).
+fn matmul_rate(m: usize, k: usize, n: usize, quant: Option<Quant>) -> Result<f64> {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
     let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
-    let seconds = match dtype {
-        None => {
-            let wt = w.t()?;
-            best(5, || {
-                std::hint::black_box(x.matmul(&wt)?);
-                Ok(())
-            })?
-        }
-        Some(dtype) => {
-            let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
-            best(5, || {
-                std::hint::black_box(q.forward(&x)?);
-                Ok(())
-            })?
-        }
-    };
+    let linear = LinearWeight::new(w, None, quant)?;
+    let seconds = best(5, || {
+        std::hint::black_box(linear.forward(&x)?);
+        Ok(())
+    })?;
     Ok((m * k * n) as f64 / seconds / 1e9)
 }
 

@@ -13,6 +13,7 @@ pub mod files;
 mod generate;
 mod gguf;
 pub mod hub;
+pub mod kernels;
 mod model;
 mod quant;
 mod sampling;

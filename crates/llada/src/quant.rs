@@ -4,11 +4,14 @@
 
 use std::str::FromStr;
 
+use std::sync::Arc;
+
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kernels::Q8Matrix;
 
 /// The quantization a user can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +70,11 @@ pub enum LinearWeight {
         weight: QMatMul,
         bias: Option<Tensor>,
     },
+    /// q8_0 blocks multiplied by [`crate::kernels`] (candle's q8_0 product is slow).
+    Q8 {
+        weight: Arc<Q8Matrix>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl LinearWeight {
@@ -74,6 +82,17 @@ impl LinearWeight {
     pub fn new(weight: Tensor, bias: Option<Tensor>, quant: Option<Quant>) -> Result<Self> {
         let row_len = weight.dim(1)?;
         match quant.and_then(|q| q.dtype_for(row_len)) {
+            Some(GgmlDType::Q8_0) => {
+                let (rows, cols) = weight.dims2()?;
+                let values = weight
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                Ok(LinearWeight::Q8 {
+                    weight: Arc::new(Q8Matrix::quantize(&values, rows, cols)),
+                    bias,
+                })
+            }
             Some(dtype) => {
                 let q = QTensor::quantize(&weight, dtype)?;
                 Ok(Self::from_qtensor(q, bias)?)
@@ -83,16 +102,37 @@ impl LinearWeight {
     }
 
     pub fn from_qtensor(q: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        if q.dtype() == GgmlDType::Q8_0 {
+            if let [rows, cols] = *q.shape().dims() {
+                if let Some(m) = Q8Matrix::from_ggml(&q.data()?, rows, cols) {
+                    return Ok(LinearWeight::Q8 {
+                        weight: Arc::new(m),
+                        bias,
+                    });
+                }
+            }
+        }
         Ok(LinearWeight::Quantized {
             weight: QMatMul::from_qtensor(q)?,
             bias,
         })
     }
 
+    /// The same weight with `bias` added to its output.
+    pub fn with_bias(self, bias: Tensor) -> Self {
+        let bias = Some(bias);
+        match self {
+            LinearWeight::Dense { weight, .. } => LinearWeight::Dense { weight, bias },
+            LinearWeight::Quantized { weight, .. } => LinearWeight::Quantized { weight, bias },
+            LinearWeight::Q8 { weight, .. } => LinearWeight::Q8 { weight, bias },
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (y, bias) = match self {
             LinearWeight::Dense { weight, bias } => (x.matmul(&weight.t()?)?, bias),
             LinearWeight::Quantized { weight, bias } => (weight.forward(x)?, bias),
+            LinearWeight::Q8 { weight, bias } => (q8_forward(weight, x)?, bias),
         };
         match bias {
             Some(b) => y.broadcast_add(b),
@@ -108,6 +148,7 @@ impl LinearWeight {
                 QMatMul::QTensor(q) => q.shape().dims(),
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims(),
             },
+            LinearWeight::Q8 { weight, .. } => return (weight.rows(), weight.cols()),
         };
         match dims {
             [out, inp] => (*out, *inp),
@@ -127,8 +168,28 @@ impl LinearWeight {
                     t.elem_count() * t.dtype().size_in_bytes()
                 }
             },
+            LinearWeight::Q8 { weight, .. } => weight.storage_bytes(),
         }
     }
+}
+
+/// `x @ W^T` for x `[.., in]` through the q8_0 kernel, reading x's f32 data in place.
+fn q8_forward(weight: &Q8Matrix, x: &Tensor) -> candle_core::Result<Tensor> {
+    let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let mut out_shape = x.dims().to_vec();
+    let k = out_shape.pop().unwrap_or(0);
+    if k != weight.cols() {
+        candle_core::bail!("q8_0 matmul: input width {k}, weight {:?}", weight.cols());
+    }
+    let m = x.elem_count() / k.max(1);
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("the q8_0 kernel runs on the CPU");
+    };
+    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
+    let y = weight.matmul(data, m);
+    out_shape.push(weight.rows());
+    Tensor::from_vec(y, out_shape, x.device())
 }
 
 #[cfg(test)]
@@ -155,7 +216,7 @@ mod tests {
             .unwrap();
         for quant in [Quant::Q8_0, Quant::Q4k] {
             let q = LinearWeight::new(w.clone(), None, Some(quant)).unwrap();
-            assert!(matches!(q, LinearWeight::Quantized { .. }));
+            assert!(!matches!(q, LinearWeight::Dense { .. }));
             let y = q.forward(&x).unwrap();
             let err = (y - &dense).unwrap().abs().unwrap().mean_all().unwrap();
             let scale = dense.abs().unwrap().mean_all().unwrap();

@@ -240,11 +240,22 @@ pub fn load_preset(
     let origin = std::path::PathBuf::from(format!("synthetic:{name}"));
     let config = Llada2Config::from_json(preset(name, layers)?, &origin)?;
     let model = crate::model::Llada2Model::load(&config, &SyntheticSource::new(seed), quant)?;
+    // The LLaDA2 special ids where the vocabulary has them, else its last two ids.
+    let vocab = config.vocab_size as u32;
+    let generation = if crate::DEFAULT_MASK_ID < vocab {
+        Default::default()
+    } else {
+        crate::GenerationConfig {
+            eos_token_id: Some(serde_json::json!(vocab.saturating_sub(2))),
+            pad_token_id: None,
+            mask_token_id: Some(vocab.saturating_sub(1)),
+        }
+    };
     Ok(crate::LoadedModel {
         files: crate::ModelFiles {
             dir: origin,
             config,
-            generation: Default::default(),
+            generation,
         },
         model,
         tokenizer: None,

@@ -168,16 +168,7 @@ impl Load<'_> {
             return Ok(weight);
         }
         let b = self.src.get(&format!("{name}.bias"), &[out])?;
-        Ok(match weight {
-            LinearWeight::Dense { weight, .. } => LinearWeight::Dense {
-                weight,
-                bias: Some(b),
-            },
-            LinearWeight::Quantized { weight, .. } => LinearWeight::Quantized {
-                weight,
-                bias: Some(b),
-            },
-        })
+        Ok(weight.with_bias(b))
     }
 }
 
