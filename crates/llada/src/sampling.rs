@@ -97,6 +97,15 @@ impl Sampler {
     /// Picks a token from `logits` and returns it with its probability.
     pub fn pick(&mut self, logits: &[f32]) -> (u32, f32) {
         let t = self.params.temperature;
+        // Plain greedy: the argmax and its softmax probability 1 / Σ exp(l - max), without
+        // materialising the distribution.
+        if t == 0.0 && self.params.top_k.is_none() && self.params.top_p.is_none() {
+            let best = argmax(logits);
+            return (
+                best as u32,
+                1.0 / crate::kernels::exp_sum(logits, logits[best]),
+            );
+        }
         // logits / T, shifted by the largest logit first: the same distribution, but a
         // tiny T cannot overflow to inf - inf = NaN (it only sharpens towards argmax).
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
