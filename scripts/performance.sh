@@ -64,19 +64,24 @@ L += [f"Machine: {cpu.group(1) if cpu else 'unknown'}, {m['threads']} threads. M
       f"f32 {m['peak']['f32']:.1f}, q8_0 {m['peak']['q8_0']:.1f}, q4k {m['peak']['q4k']:.1f}; at a block's "
       f"shape (32 rows) f32 {m['block']['f32']:.1f}, q8_0 {m['block']['q8_0']:.1f}, q4k {m['block']['q4k']:.1f}.", ""]
 L += ["## Break-even TPF and distance from the limits", "",
-      "| model | weights | block forward ms | AR step ms | break-even TPF | block: MB read / MMAC / % of limit | AR: MB read / MMAC / % of limit |",
-      "|---|---|---|---|---|---|---|"]
+      "| model | weights | block forward ms | AR step ms | break-even TPF | block: MB read / MMAC / % of limit | AR: MB read / MMAC / % of limit | break-even at the limits |",
+      "|---|---|---|---|---|---|---|---|"]
 for name, label in [("default-limits", "default model (shipped)"), ("63m-f32", "llada2-63m"),
                     ("63m-q8_0", "llada2-63m"), ("63m-q4k", "llada2-63m"), ("mini4-q4k", "LLaDA2.0-mini, 4 of 20 layers")]:
     r = load(name); be = r["break_even"]; rr = rows(r)
     c, a = rr["cached"]["limits"], rr["AR: block 1, cached"]["limits"]
     w = {"63m-f32": "f32", "63m-q8_0": "q8_0", "63m-q4k": "q4k", "mini4-q4k": "q4k"}.get(name, "bf16 → f32")
+    floor = lambda f: max(f["memory_floor_ms"], f["compute_floor_ms"])
     L.append(f"| {label} | {w} | {be['block_forward_ms']:.3f} | {be['ar_step_ms']:.3f} | {be['break_even_tpf']:.2f} | "
              f"{c['weight_mb']:.1f} / {c['mmacs']:.0f} / {100*c['fraction_of_limit']:.0f}% | "
-             f"{a['weight_mb']:.1f} / {a['mmacs']:.1f} / {100*a['fraction_of_limit']:.0f}% |")
+             f"{a['weight_mb']:.1f} / {a['mmacs']:.1f} / {100*a['fraction_of_limit']:.0f}% | {floor(c) / floor(a):.2f} |")
 L += ["", "\"% of limit\" is the larger of the memory floor (weight bytes read at the measured",
-      "bandwidth) and the compute floor (multiply-accumulates at the best measured rate for the",
-      "weight type) over the measured time: 100% would be at the machine's limit.", ""]
+      "bandwidth) and the compute floor (multiply-accumulates at the best measured rate of llada's",
+      "linear layers for the weight type) over the measured time: 100% would be at the limit.",
+      "\"Break-even at the limits\" is the block forward's floor over the AR step's floor: the",
+      "break-even TPF if both ran at those limits. An AR step that gets closer to its floor",
+      "raises the measured break-even towards it; only a faster multiply (int8/bf16 units) or",
+      "less weight traffic per block lowers the floor itself.", ""]
 L += ["## Threads", "", "| default model | block forward ms | AR step ms |", "|---|---|---|"]
 for t in (1, 2):
     be = load(f"default-{t}-thread" + ("s" if t > 1 else ""))["break_even"]

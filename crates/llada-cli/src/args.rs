@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use llada::decode::DecoderSettings;
 use llada::tokenizer::SpecialTokens;
 use llada::{DecoderConfig, GenerateParams, LoadedModel, Message, Quant, SamplingParams};
 
@@ -52,9 +53,33 @@ pub struct DecodeArgs {
     /// Denoising steps per block (at most the block length fills one token per step).
     #[arg(long, default_value_t = 32)]
     pub steps: usize,
-    /// Accept every masked position whose confidence exceeds this.
-    #[arg(long, default_value_t = 0.95)]
-    pub threshold: f32,
+    /// Decoding strategy: threshold (the LLaDA2.0 reference rule), joint (LLaDA2.1:
+    /// also replaces decoded tokens), credit or hierarchy (dInfer's).
+    #[arg(long, default_value = "threshold")]
+    pub decoder: String,
+    /// Fill every masked position whose confidence exceeds this (default: 0.95 for
+    /// threshold, 0.7 for joint, 0.9 for credit and hierarchy).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// joint: replace a decoded token when another has a probability above this (<= 0:
+    /// no editing; default 0.5).
+    #[arg(long)]
+    pub editing_threshold: Option<f32>,
+    /// joint: at most this many refinement steps after a block's last mask (default 16).
+    #[arg(long)]
+    pub max_post_steps: Option<usize>,
+    /// credit: weight of the credit in the logits (default 0.7).
+    #[arg(long)]
+    pub credit_alpha: Option<f32>,
+    /// credit: exponent of the top probability a step adds (default 0.2).
+    #[arg(long)]
+    pub credit_gamma: Option<f32>,
+    /// credit: decay of the credit per step (default 0.8).
+    #[arg(long)]
+    pub credit_beta: Option<f32>,
+    /// hierarchy: the best position of a run of masks is filled above this (default 0.4).
+    #[arg(long)]
+    pub low_threshold: Option<f32>,
     /// 0 = greedy (argmax).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
@@ -80,20 +105,33 @@ impl DecodeArgs {
     /// The decoding parameters these flags ask for, checked by the engine's one
     /// validation (the server and chat use the same).
     pub fn params(&self, loaded: &LoadedModel) -> Result<GenerateParams> {
-        let p = self.unchecked_params(loaded);
+        let p = self.unchecked_params(loaded)?;
         p.validate(loaded.model.config().vocab_size)
             .map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))?;
         Ok(p)
     }
 
-    fn unchecked_params(&self, loaded: &LoadedModel) -> GenerateParams {
+    /// The decoder these flags name, with the settings they give.
+    pub fn decoder(&self) -> Result<DecoderConfig> {
+        let settings = DecoderSettings {
+            threshold: self.threshold,
+            editing_threshold: self.editing_threshold,
+            max_post_steps: self.max_post_steps,
+            credit_alpha: self.credit_alpha,
+            credit_gamma: self.credit_gamma,
+            credit_beta: self.credit_beta,
+            low_threshold: self.low_threshold,
+        };
+        DecoderConfig::named(&self.decoder, settings)
+            .map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))
+    }
+
+    fn unchecked_params(&self, loaded: &LoadedModel) -> Result<GenerateParams> {
         let mut p = loaded.default_params();
         p.gen_length = self.gen_length;
         p.block_length = self.block_length;
         p.steps = self.steps;
-        p.decoder = DecoderConfig::Threshold {
-            threshold: self.threshold,
-        };
+        p.decoder = self.decoder()?;
         p.sampling = SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -107,7 +145,7 @@ impl DecodeArgs {
             p.eos_id = e;
         }
         p.eos_early_stop = self.eos_early_stop;
-        p
+        Ok(p)
     }
 }
 
@@ -115,6 +153,13 @@ impl DecodeArgs {
 pub fn flag_names(message: &str) -> String {
     let mut out = message.to_string();
     for (name, flag) in [
+        ("editing_threshold", "--editing-threshold"),
+        ("max_post_steps", "--max-post-steps"),
+        ("credit_alpha", "--credit-alpha"),
+        ("credit_gamma", "--credit-gamma"),
+        ("credit_beta", "--credit-beta"),
+        ("low_threshold", "--low-threshold"),
+        ("decoder", "--decoder"),
         ("gen_length", "--gen-length"),
         ("block_length", "--block-length"),
         ("steps", "--steps"),
@@ -212,6 +257,11 @@ mod tests {
     }
 
     const FLAGS: &[&str] = &[
+        "--decoder",
+        "--editing-threshold",
+        "--max-post-steps",
+        "--credit-beta",
+        "--low-threshold",
         "--gen-length",
         "--block-length",
         "--steps",
@@ -247,6 +297,10 @@ mod tests {
         "18446744073709551615",
         "abc",
         "",
+        "threshold",
+        "joint",
+        "credit",
+        "hierarchy",
     ];
 
     proptest! {

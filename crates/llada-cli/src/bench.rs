@@ -192,12 +192,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         peak_rss().map_or("unknown".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
     );
     println!(
-        "prompt {} tokens, gen_length {}, block {}, steps {}, threshold {}, {} runs per mode",
+        "prompt {} tokens, gen_length {}, block {}, steps {}, decoder {}, {} runs per mode",
         prompt.len(),
         base.gen_length,
         base.block_length,
         base.steps,
-        args.decode.threshold,
+        base.decoder.describe(),
         args.runs
     );
     if args.stop_at_eos {

@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Result};
 use clap::Args;
+use llada::decode::DecoderSettings;
 use llada::{generate_observed, BlockView, GenerateParams, Message, Observer, Tokenizer};
 
 use crate::args::{DecodeArgs, ModelArgs};
@@ -26,8 +27,11 @@ pub struct ChatArgs {
 const HELP: &str = "commands:
   /reset                 forget the conversation
   /system TEXT           set the system prompt (and reset)
-  /set KEY VALUE         change decoding: threshold, block-length, steps, gen-length,
-                         temperature, top-k, top-p, seed (top-k/top-p: 'off' clears)
+  /set KEY VALUE         change decoding: decoder (threshold, joint, credit, hierarchy),
+                         threshold, editing-threshold, max-post-steps, credit-alpha,
+                         credit-gamma, credit-beta, low-threshold, block-length, steps,
+                         gen-length, temperature, top-k, top-p, seed
+                         (top-k/top-p: 'off' clears)
   /show                  show the decoding settings
   /unmask on|off         draw the unmasking of each block
   /help                  this text
@@ -67,6 +71,9 @@ impl Observer for Printer<'_> {
             let piece = piece.replace('\n', "\u{21b5}");
             if block.filled.contains(&i) {
                 line.push_str(&format!("\x1b[1;32m{piece}\x1b[0m"));
+            } else if block.edited.contains(&i) {
+                // A replaced token: yellow on a dark background.
+                line.push_str(&format!("\x1b[1;33;40m{piece}\x1b[0m"));
             } else {
                 line.push_str(&piece);
             }
@@ -165,8 +172,13 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 let answer = tokenizer.decode(&out.ids, true)?;
                 println!();
                 let s = out.stats;
+                let edits = if s.edits > 0 {
+                    format!(", {} edits", s.edits)
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "[{} tokens, {} forwards, {:.1} tokens/s, {:.2} tokens/forward]",
+                    "[{} tokens, {} forwards, {:.1} tokens/s, {:.2} tokens/forward{edits}]",
                     s.tokens,
                     s.forwards,
                     s.tokens_per_second(),
@@ -198,10 +210,10 @@ where
 }
 
 fn describe(p: &GenerateParams) -> String {
-    let llada::DecoderConfig::Threshold { threshold } = p.decoder;
     let opt = |v: Option<String>| v.unwrap_or_else(|| "off".into());
     format!(
-        "threshold {threshold}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}",
+        "decoder {}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}",
+        p.decoder.describe(),
         p.block_length,
         p.steps,
         p.gen_length,
@@ -220,11 +232,61 @@ fn set(p: &mut GenerateParams, rest: &str, vocab: usize) -> Result<()> {
     };
     let off = value == "off";
     let mut candidate = p.clone();
+    let none = DecoderSettings::default();
+    let change = |c: &mut GenerateParams, name: Option<&str>, s: DecoderSettings| -> Result<()> {
+        c.decoder = c.decoder.with(name, s)?;
+        Ok(())
+    };
     match key {
+        "decoder" => change(&mut candidate, Some(value), none)?,
         "threshold" => {
-            candidate.decoder = llada::DecoderConfig::Threshold {
-                threshold: number(key, value)?,
-            }
+            let s = DecoderSettings {
+                threshold: Some(number(key, value)?),
+                ..none
+            };
+            change(&mut candidate, None, s)?
+        }
+        "editing-threshold" | "editing_threshold" => {
+            let s = DecoderSettings {
+                editing_threshold: Some(number(key, value)?),
+                ..none
+            };
+            change(&mut candidate, None, s)?
+        }
+        "max-post-steps" | "max_post_steps" => {
+            let s = DecoderSettings {
+                max_post_steps: Some(number(key, value)?),
+                ..none
+            };
+            change(&mut candidate, None, s)?
+        }
+        "credit-alpha" | "credit_alpha" => {
+            let s = DecoderSettings {
+                credit_alpha: Some(number(key, value)?),
+                ..none
+            };
+            change(&mut candidate, None, s)?
+        }
+        "credit-gamma" | "credit_gamma" => {
+            let s = DecoderSettings {
+                credit_gamma: Some(number(key, value)?),
+                ..none
+            };
+            change(&mut candidate, None, s)?
+        }
+        "credit-beta" | "credit_beta" => {
+            let s = DecoderSettings {
+                credit_beta: Some(number(key, value)?),
+                ..none
+            };
+            change(&mut candidate, None, s)?
+        }
+        "low-threshold" | "low_threshold" => {
+            let s = DecoderSettings {
+                low_threshold: Some(number(key, value)?),
+                ..none
+            };
+            change(&mut candidate, None, s)?
         }
         "block-length" | "block_length" => candidate.block_length = number(key, value)?,
         "steps" => candidate.steps = number(key, value)?,

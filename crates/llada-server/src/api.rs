@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use llada::{DecoderConfig, GenerateParams, Llada2Config};
+use llada::decode::DecoderSettings;
+use llada::{GenerateParams, Llada2Config};
 
 use crate::error::ApiError;
 
@@ -34,6 +35,13 @@ pub struct CommonParams {
     pub threshold: Option<f32>,
     pub steps: Option<u32>,
     pub decoder: Option<String>,
+    /// joint: replace decoded tokens above this probability (<= 0: no editing).
+    pub editing_threshold: Option<f32>,
+    pub max_post_steps: Option<u32>,
+    pub credit_alpha: Option<f32>,
+    pub credit_gamma: Option<f32>,
+    pub credit_beta: Option<f32>,
+    pub low_threshold: Option<f32>,
     pub eos_early_stop: Option<bool>,
     /// Generate all `max_tokens` tokens (as vLLM's `ignore_eos`), for benchmarks.
     pub ignore_eos: Option<bool>,
@@ -300,17 +308,20 @@ impl CommonParams {
             // One step per position unless told otherwise, as the reference default.
             p.steps = p.block_length;
         }
-        if let Some(name) = &self.decoder {
-            if name != "threshold" {
-                return Err(ApiError::invalid_param(
-                    "decoder",
-                    format!("unknown decoder `{name}` (known: threshold)"),
-                ));
-            }
-        }
-        if let Some(t) = self.threshold {
-            p.decoder = DecoderConfig::Threshold { threshold: t };
-        }
+        // The server's decoder with the request's changes, or the decoder it names.
+        let changes = DecoderSettings {
+            threshold: self.threshold,
+            editing_threshold: self.editing_threshold,
+            max_post_steps: self.max_post_steps.map(|n| n as usize),
+            credit_alpha: self.credit_alpha,
+            credit_gamma: self.credit_gamma,
+            credit_beta: self.credit_beta,
+            low_threshold: self.low_threshold,
+        };
+        p.decoder = p
+            .decoder
+            .with(self.decoder.as_deref(), changes)
+            .map_err(|e| ApiError::from_engine(e, "max_tokens"))?;
         p.eos_early_stop = self.eos_early_stop.unwrap_or(p.eos_early_stop);
         p.ignore_eos = self.ignore_eos.unwrap_or(p.ignore_eos);
 
@@ -360,6 +371,8 @@ pub struct Usage {
     pub total_tokens: usize,
     /// Forward passes this request took part in (diffusion: fewer than tokens).
     pub forwards: usize,
+    /// Decoded tokens replaced by an editing decoder (`joint`).
+    pub edits: usize,
 }
 
 #[derive(Debug, Serialize)]

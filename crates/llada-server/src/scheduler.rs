@@ -338,6 +338,7 @@ impl Worker {
             completion_tokens: completion,
             total_tokens: stats.prompt_tokens + completion,
             forwards: stats.forwards,
+            edits: stats.edits,
         };
         self.metrics.completion_tokens.inc_by(completion as u64);
         self.metrics

@@ -122,6 +122,8 @@ pub struct GenerateStats {
     pub forwards: usize,
     /// Forward passes that denoised a block (the reference's count).
     pub denoising_steps: usize,
+    /// Decoded tokens replaced by an editing decoder.
+    pub edits: usize,
     pub seconds: f64,
 }
 
@@ -161,6 +163,8 @@ pub struct BlockView<'a> {
     pub tokens: &'a [u32],
     /// Offsets inside the block that this step filled.
     pub filled: &'a [usize],
+    /// Offsets inside the block whose token this step replaced (editing decoders).
+    pub edited: &'a [usize],
     pub mask_id: u32,
 }
 
@@ -214,9 +218,13 @@ pub struct Generation {
     prompt_len: usize,
     answer_end: usize,
     num_blocks: usize,
-    /// Current block and step inside it.
+    /// Current block, mask-filling steps taken in it, and refinement steps taken after
+    /// its last mask (editing decoders).
     block: usize,
     step: usize,
+    post_step: usize,
+    /// Whether the last step replaced a decoded token.
+    last_edited: bool,
     schedule: Vec<usize>,
     decoder: Box<dyn Decoder + Send>,
     sampler: Sampler,
@@ -236,8 +244,9 @@ struct Plan {
     start: usize,
     end: usize,
     commit: usize,
-    /// Masked positions of the current block (absolute).
-    masked: Vec<usize>,
+    /// Positions of the current block the decoder gets proposals for (absolute): the
+    /// masked ones, and the decoded non-prompt ones for editing decoders.
+    positions: Vec<usize>,
     /// The same, relative to `start` (the rows whose logits are needed).
     rows: Vec<usize>,
 }
@@ -280,13 +289,17 @@ impl Generation {
         let schedule = transfer_schedule(b, params.steps.min(params.gen_length));
         let mut x = prompt.to_vec();
         x.resize(total, params.mask_id);
+        let mut decoder = params.decoder.build(params.mask_id);
+        decoder.begin_block();
         Ok(Self {
-            decoder: params.decoder.build(),
+            decoder,
             sampler: Sampler::new(params.sampling, params.seed),
             answer_end: p + params.gen_length,
             num_blocks: total / b,
             block: p / b,
             step: 0,
+            post_step: 0,
+            last_edited: false,
             schedule,
             cache: model.new_cache_for(total),
             stats: GenerateStats {
@@ -331,7 +344,7 @@ impl Generation {
 
     /// Runs one forward pass of this sequence alone; false once the answer is finished.
     pub fn step(&mut self, model: &Llada2Model, observer: &mut dyn Observer) -> Result<bool> {
-        let Some(plan) = self.plan() else {
+        let Some(plan) = self.plan(observer) else {
             return Ok(false);
         };
         let mut seq = [self.seq_step(&plan)];
@@ -357,8 +370,9 @@ impl Generation {
     }
 
     /// The next forward pass, moving on to the next block when this one is done; `None`
-    /// (and the result set) when the answer is finished.
-    fn plan(&mut self) -> Option<Plan> {
+    /// (and the result set) when the answer is finished. A closing block's tokens are
+    /// reported to `observer` (for editing decoders that is when they become final).
+    fn plan(&mut self, observer: &mut dyn Observer) -> Option<Plan> {
         if self.result.is_some() {
             return None;
         }
@@ -370,8 +384,20 @@ impl Generation {
                 return None;
             }
             let (bs, be) = (self.block * b, (self.block + 1) * b);
-            let masked: Vec<usize> = (bs..be).filter(|&i| self.x[i] == mask).collect();
-            if masked.is_empty() || self.step >= self.schedule.len() {
+            let masked = self.x[bs..be].contains(&mask);
+            let open = if masked {
+                self.step < self.schedule.len()
+            } else if !self.decoder.edits() {
+                false
+            } else if self.post_step == 0 {
+                // The masks ran out before the schedule did: refinement steps follow (as
+                // in diffusers; a block filled by its last scheduled step closes).
+                self.step < self.schedule.len()
+            } else {
+                self.decoder.keep_refining(self.post_step, self.last_edited)
+            };
+            if !open {
+                self.report_commits(be, observer);
                 if self.x[self.prompt_len..be]
                     .iter()
                     .any(|&t| self.params.is_stop(t))
@@ -381,11 +407,19 @@ impl Generation {
                 }
                 self.block += 1;
                 self.step = 0;
+                self.post_step = 0;
+                self.last_edited = false;
+                self.decoder.begin_block();
                 continue;
+            }
+            if !masked {
+                self.post_step += 1;
             }
             // With the cache, the first step of a block also commits what the cache
             // lacks (the previous block, or the prompt's full blocks): one pass, not two.
             // Without it, the whole prefix is recomputed, exactly as the reference does.
+            // A block's keys/values are committed only once it is closed, after its last
+            // edit.
             let start = if self.params.use_cache {
                 self.cache.len()
             } else {
@@ -393,12 +427,16 @@ impl Generation {
                 0
             };
             let commit = if self.params.use_cache { bs - start } else { 0 };
-            let rows = masked.iter().map(|&i| i - start).collect();
+            let edits = self.decoder.edits();
+            let positions: Vec<usize> = (bs..be)
+                .filter(|&i| self.x[i] == mask || (edits && i >= self.prompt_len))
+                .collect();
+            let rows = positions.iter().map(|&i| i - start).collect();
             return Some(Plan {
                 start,
                 end: be,
                 commit,
-                masked,
+                positions,
                 rows,
             });
         }
@@ -415,7 +453,7 @@ impl Generation {
         }
     }
 
-    /// Takes this step's logits: picks candidates, lets the decoder accept some, reports
+    /// Takes this step's logits: picks candidates, lets the decoder fill and edit, reports
     /// what became final.
     fn absorb(
         &mut self,
@@ -424,47 +462,72 @@ impl Generation {
         observer: &mut dyn Observer,
     ) -> Result<()> {
         let logits = logits.ok_or_else(|| Error::InvalidRequest("no logits requested".into()))?;
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let mut logits = logits.flatten_all()?.to_vec1::<f32>()?;
         self.stats.denoising_steps += 1;
-        let vocab = logits.len() / plan.masked.len();
+        let vocab = logits.len() / plan.positions.len();
         let b = self.params.block_length;
+        let mask = self.params.mask_id;
         let (bs, be) = (self.block * b, plan.end);
-        let candidates: Vec<Candidate> = plan
-            .masked
-            .iter()
-            .enumerate()
-            .map(|(row, &pos)| {
-                let (token, confidence) =
-                    self.sampler.pick(&logits[row * vocab..(row + 1) * vocab]);
-                Candidate {
-                    offset: pos - bs,
-                    token,
-                    confidence,
-                }
-            })
-            .collect();
+        self.decoder.begin_step();
+        let mut candidates = Vec::with_capacity(plan.positions.len());
+        for (&pos, row) in plan.positions.iter().zip(logits.chunks_exact_mut(vocab)) {
+            let masked = self.x[pos] == mask;
+            self.decoder.adjust_logits(pos - bs, masked, row);
+            let (token, confidence) = self.sampler.pick(row);
+            candidates.push(Candidate {
+                offset: pos - bs,
+                token,
+                confidence,
+                current: (!masked).then_some(self.x[pos]),
+            });
+        }
         let info = StepInfo {
             step: self.step,
-            scheduled: self.schedule[self.step],
+            scheduled: if self.post_step == 0 {
+                self.schedule[self.step]
+            } else {
+                0
+            },
+            post_step: self.post_step,
         };
-        let accepted = self.decoder.select(info, &candidates);
-        self.step += 1;
-        let mut placed_eos = false;
-        let mut filled = Vec::with_capacity(accepted.len());
-        for &i in &accepted {
-            let c = candidates[i];
-            self.x[bs + c.offset] = c.token;
-            placed_eos |= self.params.is_stop(c.token);
-            filled.push(c.offset);
+        let selection = self.decoder.select(info, &candidates);
+        if self.post_step == 0 {
+            self.step += 1;
         }
+        let mut placed_eos = false;
+        let mut filled = Vec::with_capacity(selection.fill.len());
+        let mut edited = Vec::with_capacity(selection.edit.len());
+        // A decoder's choice is applied only where it makes sense: fills on masks with a
+        // real token, edits on decoded positions with another token.
+        for &i in &selection.fill {
+            let Some(c) = candidates.get(i) else { continue };
+            if c.is_masked() && c.token != mask {
+                self.x[bs + c.offset] = c.token;
+                placed_eos |= self.params.is_stop(c.token);
+                filled.push(c.offset);
+            }
+        }
+        for &i in &selection.edit {
+            let Some(c) = candidates.get(i) else { continue };
+            if c.current.is_some_and(|t| t != c.token) && c.token != mask {
+                self.x[bs + c.offset] = c.token;
+                placed_eos |= self.params.is_stop(c.token);
+                edited.push(c.offset);
+            }
+        }
+        self.stats.edits += edited.len();
+        self.last_edited = !edited.is_empty();
         observer.on_step(&BlockView {
             index: self.block,
-            step: info.step,
+            step: info.step + info.post_step,
             tokens: &self.x[bs..be],
             filled: &filled,
-            mask_id: self.params.mask_id,
+            edited: &edited,
+            mask_id: mask,
         });
-        self.report_commits(be, observer);
+        // An editing decoder may still change this block: only what precedes it is final.
+        let window = if self.decoder.edits() { bs } else { be };
+        self.report_commits(window, observer);
         // The reference searches for the EOS from position 0 and up to the end of the
         // block; we search the answer only (an EOS inside the prompt would make it
         // return a piece of the prompt) and never past `gen_length` (it would return
@@ -474,8 +537,10 @@ impl Generation {
             if let Some(eos) =
                 (p..be.min(self.answer_end)).find(|&i| self.params.is_stop(self.x[i]))
             {
-                if self.x[p..eos].iter().all(|&t| t != self.params.mask_id) {
+                if self.x[p..eos].iter().all(|&t| t != mask) {
                     self.result = Some(self.x[p..=eos].to_vec());
+                    // The answer is decided: report it even inside an editing block.
+                    self.report_commits(eos + 1, observer);
                 }
             }
         }
@@ -511,7 +576,11 @@ pub fn step_batch(
     batch: &mut [&mut Generation],
     on_commit: &mut dyn FnMut(usize, &[u32]),
 ) -> Result<usize> {
-    let plans: Vec<Option<Plan>> = batch.iter_mut().map(|g| g.plan()).collect();
+    let plans: Vec<Option<Plan>> = batch
+        .iter_mut()
+        .enumerate()
+        .map(|(i, g)| g.plan(&mut Indexed(i, on_commit)))
+        .collect();
     let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(batch.len());
     let mut members = Vec::with_capacity(batch.len());
     for (i, (g, plan)) in batch.iter_mut().zip(&plans).enumerate() {

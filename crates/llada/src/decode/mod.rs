@@ -1,17 +1,33 @@
-//! Decoding strategies: which masked positions of the current block to fill each step.
+//! Decoding strategies: which positions of the current block to fill each step, and, for
+//! decoders that edit, which already decoded tokens to replace.
 //!
 //! One trait, one file per strategy, and a serde-tagged enum so a CLI flag, an HTTP body
-//! or a config file can pick one.
+//! or a config file can pick one:
+//! - `threshold`: the LLaDA2.0 reference rule (everything above a threshold, else the
+//!   scheduled most confident);
+//! - `joint`: LLaDA2.1's mask-to-token plus token-to-token editing, as diffusers'
+//!   `BlockRefinementScheduler` does it;
+//! - `credit`: dInfer's threshold decoder with a decaying per-position credit on the tokens
+//!   that kept coming out on top;
+//! - `hierarchy`: dInfer's decoder that fills the best position of each run of masks.
 
+mod credit;
+mod hierarchy;
+mod joint;
 mod threshold;
 
+pub use credit::Credit;
+pub use hierarchy::Hierarchy;
+pub use joint::Joint;
 pub use threshold::Threshold;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// A masked position's proposal from this step's forward pass.
+/// A position of the current block with this step's proposal for it: a masked position
+/// (`current` is `None`), or, for decoders that edit, a decoded non-prompt position
+/// (`current` holds its token).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
     /// Offset of the position inside the current block.
@@ -19,22 +35,64 @@ pub struct Candidate {
     pub token: u32,
     /// Probability of `token` under the (filtered) distribution it was drawn from.
     pub confidence: f32,
+    /// The token there now, if the position is decoded.
+    pub current: Option<u32>,
+}
+
+impl Candidate {
+    pub fn is_masked(&self) -> bool {
+        self.current.is_none()
+    }
 }
 
 /// Where the block loop stands when it asks a decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepInfo {
-    /// Step index inside the block, from 0.
+    /// Mask-filling steps taken in this block before this one.
     pub step: usize,
     /// Tokens the step schedule asks this step to fill at least (`block / steps`, the
-    /// remainder spread over the first steps).
+    /// remainder spread over the first steps); 0 once no mask is left.
     pub scheduled: usize,
+    /// 0 while masks remain; then 1, 2, ... for the refinement steps after the last mask.
+    pub post_step: usize,
 }
 
-/// A strategy that accepts some of the step's candidates. Accepted tokens are final.
+/// What a decoder does with a step's candidates (indices into them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Masked positions to fill with their proposed token.
+    pub fill: Vec<usize>,
+    /// Decoded positions to replace with their proposed (different) token.
+    pub edit: Vec<usize>,
+}
+
+/// A strategy that fills (and possibly edits) positions of the current block.
 pub trait Decoder {
-    /// Indices into `candidates` to accept this step.
-    fn select(&mut self, info: StepInfo, candidates: &[Candidate]) -> Vec<usize>;
+    /// Whether this decoder edits decoded tokens. The block loop then proposes tokens for
+    /// the decoded non-prompt positions too, keeps a block open after its last mask while
+    /// [`Decoder::keep_refining`] says so, and streams a block only once it is closed.
+    fn edits(&self) -> bool {
+        false
+    }
+
+    /// A new block begins (decoders with per-block state reset it).
+    fn begin_block(&mut self) {}
+
+    /// A step begins (before any [`Decoder::adjust_logits`] of it).
+    fn begin_step(&mut self) {}
+
+    /// May change a candidate row's logits before its token is picked (credit fusion,
+    /// keeping the mask token from being proposed).
+    fn adjust_logits(&mut self, _offset: usize, _masked: bool, _logits: &mut [f32]) {}
+
+    /// Chooses the step's fills and edits.
+    fn select(&mut self, info: StepInfo, candidates: &[Candidate]) -> Selection;
+
+    /// After refinement step `post_step` (1, 2, ...) of a block with no mask left:
+    /// whether to run another.
+    fn keep_refining(&self, _post_step: usize, _edited: bool) -> bool {
+        false
+    }
 }
 
 /// Decoder selection for configs and requests.
@@ -43,27 +101,280 @@ pub trait Decoder {
 pub enum DecoderConfig {
     /// The reference rule: everything above `threshold`, else the scheduled top-k.
     Threshold { threshold: f32 },
+    /// LLaDA2.1 joint decoding: the reference rule for masks, and decoded tokens replaced
+    /// when another token's probability exceeds `editing_threshold` (<= 0: no editing);
+    /// after the last mask, at most `max_post_steps` more steps while edits happen.
+    Joint {
+        threshold: f32,
+        editing_threshold: f32,
+        max_post_steps: usize,
+    },
+    /// dInfer's credit decoder: logits + alpha * ln(1 + credit), where each step adds
+    /// p_top1^gamma to the credit of a masked position's top token and decays all credit
+    /// by beta; then everything at or above min(threshold, best - 1e-5).
+    Credit {
+        threshold: f32,
+        alpha: f32,
+        gamma: f32,
+        beta: f32,
+    },
+    /// dInfer's hierarchy decoder: the best position of each run of masks if above
+    /// `low_threshold`, everything above `threshold`, and the block's best position.
+    Hierarchy { threshold: f32, low_threshold: f32 },
+}
+
+/// The decoders by name, as flags and request fields spell them.
+pub const DECODER_NAMES: &[&str] = &["threshold", "joint", "credit", "hierarchy"];
+
+/// Each decoder's settings when none are given: the reference's, diffusers' (joint) and
+/// dInfer's (credit, hierarchy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecoderDefaults;
+
+impl DecoderDefaults {
+    pub const THRESHOLD: f32 = 0.95;
+    pub const JOINT_THRESHOLD: f32 = 0.7;
+    pub const EDITING_THRESHOLD: f32 = 0.5;
+    pub const MAX_POST_STEPS: usize = 16;
+    pub const CREDIT_THRESHOLD: f32 = 0.9;
+    pub const CREDIT_ALPHA: f32 = 0.7;
+    pub const CREDIT_GAMMA: f32 = 0.2;
+    pub const CREDIT_BETA: f32 = 0.8;
+    pub const HIERARCHY_THRESHOLD: f32 = 0.9;
+    pub const LOW_THRESHOLD: f32 = 0.4;
+}
+
+/// Optional settings for [`DecoderConfig::named`]: what a flag or request field gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DecoderSettings {
+    pub threshold: Option<f32>,
+    pub editing_threshold: Option<f32>,
+    pub max_post_steps: Option<usize>,
+    pub credit_alpha: Option<f32>,
+    pub credit_gamma: Option<f32>,
+    pub credit_beta: Option<f32>,
+    pub low_threshold: Option<f32>,
 }
 
 impl DecoderConfig {
+    /// The decoder called `name` with `settings`, the rest at their defaults. A setting
+    /// that the decoder does not use is an error (it would be silently ignored).
+    pub fn named(name: &str, s: DecoderSettings) -> Result<Self> {
+        type D = DecoderDefaults;
+        let unused = |setting: &'static str, given: bool| -> Result<()> {
+            if given {
+                return Err(Error::param(
+                    setting,
+                    format!("is not a setting of the {name} decoder"),
+                ));
+            }
+            Ok(())
+        };
+        let config = match name {
+            "threshold" => DecoderConfig::Threshold {
+                threshold: s.threshold.unwrap_or(D::THRESHOLD),
+            },
+            "joint" => DecoderConfig::Joint {
+                threshold: s.threshold.unwrap_or(D::JOINT_THRESHOLD),
+                editing_threshold: s.editing_threshold.unwrap_or(D::EDITING_THRESHOLD),
+                max_post_steps: s.max_post_steps.unwrap_or(D::MAX_POST_STEPS),
+            },
+            "credit" => DecoderConfig::Credit {
+                threshold: s.threshold.unwrap_or(D::CREDIT_THRESHOLD),
+                alpha: s.credit_alpha.unwrap_or(D::CREDIT_ALPHA),
+                gamma: s.credit_gamma.unwrap_or(D::CREDIT_GAMMA),
+                beta: s.credit_beta.unwrap_or(D::CREDIT_BETA),
+            },
+            "hierarchy" => DecoderConfig::Hierarchy {
+                threshold: s.threshold.unwrap_or(D::HIERARCHY_THRESHOLD),
+                low_threshold: s.low_threshold.unwrap_or(D::LOW_THRESHOLD),
+            },
+            other => {
+                return Err(Error::param(
+                    "decoder",
+                    format!(
+                        "unknown decoder `{other}` (known: {})",
+                        DECODER_NAMES.join(", ")
+                    ),
+                ))
+            }
+        };
+        let joint = matches!(config, DecoderConfig::Joint { .. });
+        let credit = matches!(config, DecoderConfig::Credit { .. });
+        unused("editing_threshold", !joint && s.editing_threshold.is_some())?;
+        unused("max_post_steps", !joint && s.max_post_steps.is_some())?;
+        unused("credit_alpha", !credit && s.credit_alpha.is_some())?;
+        unused("credit_gamma", !credit && s.credit_gamma.is_some())?;
+        unused("credit_beta", !credit && s.credit_beta.is_some())?;
+        let hierarchy = matches!(config, DecoderConfig::Hierarchy { .. });
+        unused("low_threshold", !hierarchy && s.low_threshold.is_some())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// This decoder with `name` (when given and different: that decoder, with `changes`
+    /// and its own defaults) or with `changes` applied to its current settings.
+    pub fn with(self, name: Option<&str>, changes: DecoderSettings) -> Result<Self> {
+        let name = match name {
+            Some(n) if n != self.name() => return Self::named(n, changes),
+            _ => self.name(),
+        };
+        let now = self.settings();
+        let merged = DecoderSettings {
+            threshold: changes.threshold.or(now.threshold),
+            editing_threshold: changes.editing_threshold.or(now.editing_threshold),
+            max_post_steps: changes.max_post_steps.or(now.max_post_steps),
+            credit_alpha: changes.credit_alpha.or(now.credit_alpha),
+            credit_gamma: changes.credit_gamma.or(now.credit_gamma),
+            credit_beta: changes.credit_beta.or(now.credit_beta),
+            low_threshold: changes.low_threshold.or(now.low_threshold),
+        };
+        Self::named(name, merged)
+    }
+
+    /// The settings of this decoder, each one it has as `Some`.
+    pub fn settings(&self) -> DecoderSettings {
+        let mut s = DecoderSettings {
+            threshold: Some(self.threshold()),
+            ..Default::default()
+        };
+        match *self {
+            DecoderConfig::Threshold { .. } => {}
+            DecoderConfig::Joint {
+                editing_threshold,
+                max_post_steps,
+                ..
+            } => {
+                s.editing_threshold = Some(editing_threshold);
+                s.max_post_steps = Some(max_post_steps);
+            }
+            DecoderConfig::Credit {
+                alpha, gamma, beta, ..
+            } => {
+                s.credit_alpha = Some(alpha);
+                s.credit_gamma = Some(gamma);
+                s.credit_beta = Some(beta);
+            }
+            DecoderConfig::Hierarchy { low_threshold, .. } => s.low_threshold = Some(low_threshold),
+        }
+        s
+    }
+
+    /// One line for people: the decoder and its settings.
+    pub fn describe(&self) -> String {
+        match *self {
+            DecoderConfig::Threshold { threshold } => format!("threshold (threshold {threshold})"),
+            DecoderConfig::Joint {
+                threshold,
+                editing_threshold,
+                max_post_steps,
+            } => format!(
+                "joint (threshold {threshold}, editing threshold {editing_threshold}, max post steps {max_post_steps})"
+            ),
+            DecoderConfig::Credit {
+                threshold,
+                alpha,
+                gamma,
+                beta,
+            } => format!(
+                "credit (threshold {threshold}, alpha {alpha}, gamma {gamma}, beta {beta})"
+            ),
+            DecoderConfig::Hierarchy {
+                threshold,
+                low_threshold,
+            } => format!("hierarchy (threshold {threshold}, low threshold {low_threshold})"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            DecoderConfig::Threshold { .. } => "threshold",
+            DecoderConfig::Joint { .. } => "joint",
+            DecoderConfig::Credit { .. } => "credit",
+            DecoderConfig::Hierarchy { .. } => "hierarchy",
+        }
+    }
+
+    /// The main confidence threshold.
+    pub fn threshold(&self) -> f32 {
+        match *self {
+            DecoderConfig::Threshold { threshold }
+            | DecoderConfig::Joint { threshold, .. }
+            | DecoderConfig::Credit { threshold, .. }
+            | DecoderConfig::Hierarchy { threshold, .. } => threshold,
+        }
+    }
+
     /// Checks the decoder's settings (errors name the setting).
     pub fn validate(&self) -> Result<()> {
+        let unit = |param: &'static str, v: f32| -> Result<()> {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::param(
+                    param,
+                    format!("must be a number in [0, 1], got {v}"),
+                ));
+            }
+            Ok(())
+        };
+        unit("threshold", self.threshold())?;
         match *self {
-            DecoderConfig::Threshold { threshold } => {
-                if !(0.0..=1.0).contains(&threshold) {
+            DecoderConfig::Threshold { .. } => {}
+            DecoderConfig::Joint {
+                editing_threshold,
+                max_post_steps,
+                ..
+            } => {
+                // <= 0 turns editing off, as in diffusers.
+                if editing_threshold.is_nan() || editing_threshold > 1.0 {
                     return Err(Error::param(
-                        "threshold",
-                        format!("must be a number in [0, 1], got {threshold}"),
+                        "editing_threshold",
+                        format!("must be a number at most 1 (<= 0: no editing), got {editing_threshold}"),
+                    ));
+                }
+                if max_post_steps > 1024 {
+                    return Err(Error::param(
+                        "max_post_steps",
+                        format!("must be at most 1024, got {max_post_steps}"),
                     ));
                 }
             }
+            DecoderConfig::Credit {
+                alpha, gamma, beta, ..
+            } => {
+                for (param, v) in [("credit_alpha", alpha), ("credit_gamma", gamma)] {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(Error::param(
+                            param,
+                            format!("must be a finite number >= 0, got {v}"),
+                        ));
+                    }
+                }
+                unit("credit_beta", beta)?;
+            }
+            DecoderConfig::Hierarchy { low_threshold, .. } => unit("low_threshold", low_threshold)?,
         }
         Ok(())
     }
 
-    pub fn build(self) -> Box<dyn Decoder + Send> {
+    /// The decoder, for a model whose mask token is `mask_id`.
+    pub fn build(self, mask_id: u32) -> Box<dyn Decoder + Send> {
         match self {
             DecoderConfig::Threshold { threshold } => Box::new(Threshold::new(threshold)),
+            DecoderConfig::Joint {
+                threshold,
+                editing_threshold,
+                max_post_steps,
+            } => Box::new(Joint::new(threshold, editing_threshold, max_post_steps)),
+            DecoderConfig::Credit {
+                threshold,
+                alpha,
+                gamma,
+                beta,
+            } => Box::new(Credit::new(threshold, alpha, gamma, beta, mask_id)),
+            DecoderConfig::Hierarchy {
+                threshold,
+                low_threshold,
+            } => Box::new(Hierarchy::new(threshold, low_threshold, mask_id)),
         }
     }
 }
@@ -80,9 +391,67 @@ pub fn transfer_schedule(block_length: usize, steps: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The reference rule over the masked candidates: every one above `threshold`; if fewer
+/// than the step's scheduled count, the scheduled count of the most confident instead
+/// (ties: the lower offset first). Shared by the threshold and joint decoders.
+pub(crate) fn reference_fill(
+    threshold: f32,
+    scheduled: usize,
+    candidates: &[Candidate],
+) -> Vec<usize> {
+    let masked: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].is_masked())
+        .collect();
+    let confident: Vec<usize> = masked
+        .iter()
+        .copied()
+        .filter(|&i| candidates[i].confidence > threshold)
+        .collect();
+    if confident.len() >= scheduled {
+        return confident;
+    }
+    let mut order = masked;
+    order.sort_by(|&a, &b| {
+        candidates[b]
+            .confidence
+            .total_cmp(&candidates[a].confidence)
+            .then(a.cmp(&b))
+    });
+    order.truncate(scheduled);
+    order
+}
+
+/// dInfer's threshold with progress over the masked candidates whose token is not the
+/// mask: every one at or above min(threshold, best - 1e-5), so the best always is.
+pub(crate) fn progress_fill(threshold: f32, candidates: &[Candidate], mask_id: u32) -> Vec<usize> {
+    let eligible = |c: &Candidate| c.is_masked() && c.token != mask_id;
+    let best = candidates
+        .iter()
+        .filter(|c| eligible(c))
+        .map(|c| c.confidence)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let bar = threshold.min(best - 1e-5);
+    (0..candidates.len())
+        .filter(|&i| eligible(&candidates[i]) && candidates[i].confidence >= bar)
+        .collect()
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Masked candidates with these confidences (offset i, token i + 100).
+    pub fn masked(conf: &[f32]) -> Vec<Candidate> {
+        conf.iter()
+            .enumerate()
+            .map(|(i, &c)| Candidate {
+                offset: i,
+                token: i as u32 + 100,
+                confidence: c,
+                current: None,
+            })
+            .collect()
+    }
 
     #[test]
     fn schedule_spreads_the_remainder_over_the_first_steps() {
@@ -90,5 +459,72 @@ mod tests {
         assert_eq!(transfer_schedule(32, 32), vec![1; 32]);
         assert_eq!(transfer_schedule(4, 8), vec![1, 1, 1, 1, 0, 0, 0, 0]);
         assert!(transfer_schedule(4, 0).is_empty());
+    }
+
+    #[test]
+    fn decoders_are_named_with_their_defaults_and_only_their_settings() {
+        let joint = DecoderConfig::named("joint", DecoderSettings::default()).unwrap();
+        assert_eq!(
+            joint,
+            DecoderConfig::Joint {
+                threshold: 0.7,
+                editing_threshold: 0.5,
+                max_post_steps: 16
+            }
+        );
+        let s = DecoderSettings {
+            editing_threshold: Some(0.3),
+            ..Default::default()
+        };
+        let err = DecoderConfig::named("threshold", s)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("editing_threshold"), "{err}");
+        assert!(DecoderConfig::named("magic", DecoderSettings::default()).is_err());
+        for name in DECODER_NAMES {
+            let d = DecoderConfig::named(name, DecoderSettings::default()).unwrap();
+            assert_eq!(d.name(), *name);
+        }
+        let bad = DecoderSettings {
+            threshold: Some(1.5),
+            ..Default::default()
+        };
+        assert!(DecoderConfig::named("credit", bad).is_err());
+        let bad = DecoderSettings {
+            credit_beta: Some(f32::NAN),
+            ..Default::default()
+        };
+        assert!(DecoderConfig::named("credit", bad).is_err());
+    }
+
+    #[test]
+    fn settings_change_the_current_decoder_or_switch_to_another() {
+        let joint = DecoderConfig::named("joint", DecoderSettings::default()).unwrap();
+        let changed = joint
+            .with(
+                None,
+                DecoderSettings {
+                    editing_threshold: Some(0.2),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(changed.settings().editing_threshold, Some(0.2));
+        assert_eq!(changed.threshold(), 0.7);
+        let credit = changed
+            .with(Some("credit"), DecoderSettings::default())
+            .unwrap();
+        assert_eq!(credit.name(), "credit");
+        assert_eq!(credit.threshold(), 0.9);
+        assert!(credit.describe().starts_with("credit"));
+    }
+
+    #[test]
+    fn progress_fill_always_takes_the_best_non_mask_token() {
+        let mut c = masked(&[0.3, 0.6, 0.2]);
+        assert_eq!(progress_fill(0.9, &c, 7), vec![1]);
+        assert_eq!(progress_fill(0.25, &c, 7), vec![0, 1]);
+        c[1].token = 7; // the mask token is never filled in
+        assert_eq!(progress_fill(0.9, &c, 7), vec![0]);
     }
 }
