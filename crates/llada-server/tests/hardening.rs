@@ -295,10 +295,18 @@ fn any_value() -> impl Strategy<Value = Value> {
         "[a-z<|>]{0,12}".prop_map(Value::from),
         prop::collection::vec((-3i64..3000).prop_map(Value::from), 0..4).prop_map(Value::from),
         Just(json!({"type": "json_object"})),
+        prop::sample::select(vec!["threshold", "joint", "credit", "hierarchy"])
+            .prop_map(Value::from),
     ]
 }
 
 const FIELDS: &[&str] = &[
+    "editing_threshold",
+    "max_post_steps",
+    "credit_alpha",
+    "credit_gamma",
+    "credit_beta",
+    "low_threshold",
     "max_tokens",
     "max_completion_tokens",
     "temperature",

@@ -367,6 +367,36 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         ),
         (
             "/v1/chat/completions",
+            with(with_value(chat("x"), "decoder", json!("joint")), "editing_threshold", json!(1.5)),
+            StatusCode::BAD_REQUEST,
+            Some("editing_threshold"),
+        ),
+        (
+            "/v1/chat/completions",
+            with(chat("x"), "editing_threshold", json!(0.3)),
+            StatusCode::BAD_REQUEST,
+            Some("editing_threshold"),
+        ),
+        (
+            "/v1/chat/completions",
+            with(with_value(chat("x"), "decoder", json!("credit")), "credit_beta", json!(2.0)),
+            StatusCode::BAD_REQUEST,
+            Some("credit_beta"),
+        ),
+        (
+            "/v1/chat/completions",
+            with(with_value(chat("x"), "decoder", json!("hierarchy")), "low_threshold", json!(-0.1)),
+            StatusCode::BAD_REQUEST,
+            Some("low_threshold"),
+        ),
+        (
+            "/v1/chat/completions",
+            with(with_value(chat("x"), "decoder", json!("joint")), "max_post_steps", json!(-1)),
+            StatusCode::BAD_REQUEST,
+            Some("max_post_steps"),
+        ),
+        (
+            "/v1/chat/completions",
             with(chat("x"), "stop", json!(["a", "b", "c", "d", "e"])),
             StatusCode::BAD_REQUEST,
             Some("stop"),
@@ -491,6 +521,28 @@ fn with_value(mut body: Value, key: &str, value: Value) -> Value {
 
 fn with(body: Value, key: &str, value: Value) -> String {
     with_value(body, key, value).to_string()
+}
+
+#[tokio::test]
+async fn every_decoder_answers_and_joint_reports_its_edits() {
+    let app = app();
+    for decoder in ["threshold", "joint", "credit", "hierarchy"] {
+        let mut body = chat("Reverse: 1 2 3");
+        body["decoder"] = json!(decoder);
+        if decoder == "joint" {
+            body["editing_threshold"] = json!(0.3);
+            body["max_post_steps"] = json!(4);
+        }
+        let reply = post(&app, "/v1/chat/completions", &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{decoder}: {}", reply.text);
+        let v = reply.json();
+        assert!(v["usage"]["edits"].is_u64(), "{decoder}: {v}");
+        assert!(!v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .is_empty());
+    }
 }
 
 #[tokio::test]

@@ -81,3 +81,162 @@ fn dinfer_decoders_fill_every_block_and_never_emit_the_mask() {
         }
     }
 }
+
+/// Joint decoding written out plainly from diffusers' semantics, over the naive forward
+/// (whole prefix every step, no cache): an implementation that shares nothing with the
+/// engine's block loop or decoders.
+fn naive_joint(
+    naive: &common::naive::Naive,
+    prompt: &[u32],
+    gen: usize,
+    block: usize,
+    steps: usize,
+    (threshold, editing, max_post): (f32, f32, usize),
+    mask: u32,
+) -> (Vec<u32>, usize) {
+    let p = prompt.len();
+    let total = (p + gen).div_ceil(block) * block;
+    let mut x = prompt.to_vec();
+    x.resize(total, mask);
+    let steps = steps.min(gen);
+    let schedule: Vec<usize> = (0..steps)
+        .map(|i| block / steps + usize::from(i < block % steps))
+        .collect();
+    let mut edits = 0;
+    for b in p / block..total / block {
+        let (bs, be) = (b * block, (b + 1) * block);
+        let (mut step, mut post) = (0, 0);
+        loop {
+            let masks_remaining = x[bs..be].contains(&mask);
+            if !masks_remaining {
+                post += 1;
+            }
+            let logits = naive.forward(&x[..be], block);
+            let pick = |i: usize| {
+                let row = &logits[i];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let best = row.iter().position(|&v| v == max).unwrap();
+                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                (best as u32, (1.0 / sum) as f32)
+            };
+            let mut fill = Vec::new();
+            if masks_remaining {
+                let n = schedule[step.min(schedule.len() - 1)];
+                let masked: Vec<usize> = (bs..be).filter(|&i| x[i] == mask).collect();
+                let confident: Vec<usize> = masked
+                    .iter()
+                    .copied()
+                    .filter(|&i| pick(i).1 > threshold)
+                    .collect();
+                fill = if confident.len() >= n {
+                    confident
+                } else {
+                    let mut order = masked.clone();
+                    order.sort_by(|&a, &c| pick(c).1.total_cmp(&pick(a).1).then(a.cmp(&c)));
+                    order.truncate(n);
+                    order
+                };
+            }
+            let edit: Vec<usize> = (bs..be)
+                .filter(|&i| i >= p && x[i] != mask)
+                .filter(|&i| {
+                    let (t, c) = pick(i);
+                    t != x[i] && c > editing
+                })
+                .collect();
+            for &i in fill.iter().chain(&edit) {
+                x[i] = pick(i).0;
+            }
+            edits += edit.len();
+            if masks_remaining {
+                step += 1;
+            }
+            let stop = (!masks_remaining && edit.is_empty())
+                || (masks_remaining && step >= schedule.len())
+                || (!masks_remaining && post > max_post);
+            if stop {
+                break;
+            }
+        }
+    }
+    (x[p..p + gen].to_vec(), edits)
+}
+
+#[test]
+fn joint_decoding_equals_a_plain_implementation_on_other_shapes() {
+    use common::naive::Naive;
+    use common::synth::{write_checkpoint, Options, Shape};
+    let shape = Shape {
+        vocab: 96,
+        hidden: 32,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        rotary_factor: 0.5,
+        intermediate: 40,
+        experts: 6,
+        experts_per_tok: 2,
+        n_group: 3,
+        topk_group: 2,
+        moe_intermediate: 12,
+        shared_experts: 1,
+        dense_layers: 1,
+        max_positions: 128,
+        options: Options::default(),
+    };
+    let mut total_edits = 0;
+    for seed in 0..3u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = shape.config();
+        // The tensors scaled down so that confidences spread and editing happens.
+        let tensors: std::collections::HashMap<_, _> = shape
+            .tensors(seed)
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if k.contains("norm") {
+                    v
+                } else {
+                    (v * 0.6).unwrap()
+                };
+                (k, v)
+            })
+            .collect();
+        let (mask, eos) = (95, 94);
+        let stored = write_checkpoint(
+            dir.path(),
+            &cfg,
+            &tensors,
+            candle_core::DType::F32,
+            1,
+            mask,
+            eos,
+        );
+        let loaded = llada::load_model(dir.path(), &candle_core::Device::Cpu).unwrap();
+        let naive = Naive::new(&stored, &cfg);
+        let prompt: Vec<u32> = (0..7)
+            .map(|i| (i * 11 + seed as u32 * 5 + 3) % 90)
+            .collect();
+        for (block, steps, settings) in [(8, 8, (0.5, 0.3, 2)), (4, 2, (0.3, 0.2, 16))] {
+            let (want, want_edits) = naive_joint(&naive, &prompt, 24, block, steps, settings, mask);
+            let mut params = loaded.default_params();
+            params.ignore_eos = true;
+            params.gen_length = 24;
+            params.block_length = block;
+            params.steps = steps;
+            params.decoder = DecoderConfig::Joint {
+                threshold: settings.0,
+                editing_threshold: settings.1,
+                max_post_steps: settings.2,
+            };
+            for use_cache in [true, false] {
+                params.use_cache = use_cache;
+                let out = generate(&loaded.model, &prompt, &params, &mut |_| {}).unwrap();
+                assert_eq!(out.ids, want, "seed {seed} block {block} cache {use_cache}");
+                assert_eq!(out.stats.edits, want_edits, "seed {seed} block {block}");
+            }
+            total_edits += want_edits;
+        }
+    }
+    assert!(total_edits > 0, "the shapes exercise editing");
+}
