@@ -151,9 +151,11 @@ fn naive_joint(
             if masks_remaining {
                 step += 1;
             }
-            let stop = (!masks_remaining && edit.is_empty())
-                || (masks_remaining && step >= schedule.len())
-                || (!masks_remaining && post > max_post);
+            let stop = if masks_remaining {
+                step >= schedule.len()
+            } else {
+                edit.is_empty() || post > max_post
+            };
             if stop {
                 break;
             }
