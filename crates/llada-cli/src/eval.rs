@@ -48,12 +48,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let r = llada_train::eval::tasks(&loaded, path, &params, args.limit)?;
         if !args.json {
             println!(
-                "tasks: {}/{} correct ({:.1}%), {:.2} tokens/forward, {:.1} tokens/s",
+                "tasks: {}/{} correct ({:.1}%), {:.2} tokens/forward, {:.1} tokens/s, {:.2} edits per answer",
                 r.correct,
                 r.items,
                 100.0 * r.accuracy,
                 r.tokens_per_forward,
-                r.tokens_per_second
+                r.tokens_per_second,
+                r.edits as f64 / r.items as f64
             );
             for (kind, (ok, n)) in &r.by_kind {
                 println!("  {kind:<8} {ok}/{n}");

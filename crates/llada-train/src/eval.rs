@@ -119,6 +119,8 @@ pub struct TaskReport {
     pub by_kind: BTreeMap<String, (usize, usize)>,
     pub tokens: usize,
     pub forwards: usize,
+    /// Decoded tokens replaced by an editing decoder, over all items.
+    pub edits: usize,
     pub tokens_per_forward: f64,
     pub tokens_per_second: f64,
 }
@@ -146,6 +148,7 @@ pub fn tasks(
         by_kind: BTreeMap::new(),
         tokens: 0,
         forwards: 0,
+        edits: 0,
         tokens_per_forward: 0.0,
         tokens_per_second: 0.0,
     };
@@ -179,6 +182,7 @@ pub fn tasks(
         kind.1 += 1;
         report.tokens += out.stats.tokens;
         report.forwards += out.stats.forwards;
+        report.edits += out.stats.edits;
         seconds += out.stats.seconds;
     }
     if report.items == 0 {
