@@ -21,6 +21,13 @@ for block in 8 32; do
     done
 done
 evaluate "ar" "$MODEL" --block-length 1 --steps 1
+# The decoders on the same items (block 32): LLaDA2.1 joint decoding, dInfer's credit and
+# hierarchy decoders, next to the reference rule.
+evaluate "dec-joint-0.7-0.5" "$MODEL" --block-length 32 --steps 32 --decoder joint
+evaluate "dec-joint-0.9-0.5" "$MODEL" --block-length 32 --steps 32 --decoder joint --threshold 0.9
+evaluate "dec-joint-0.7-0.3" "$MODEL" --block-length 32 --steps 32 --decoder joint --editing-threshold 0.3
+evaluate "dec-credit-0.9" "$MODEL" --block-length 32 --steps 32 --decoder credit
+evaluate "dec-hierarchy-0.9-0.4" "$MODEL" --block-length 32 --steps 32 --decoder hierarchy
 if [ -f data/runs/default-cap/sft-cap/final/model.safetensors ]; then
     # Same budget: stage 3 (sft, 1500 steps from the wsd checkpoint) without CAP.
     evaluate "nocap-0.9-block-32" data/runs/default/sft/final --block-length 32 --steps 32 --threshold 0.9
@@ -49,7 +56,9 @@ def load(name):
     return json.loads(p.read_text()) if p.exists() else None
 lines = ["# Experiments with the default model", "",
          "Produced by `scripts/experiments.sh` (task set: `data/tasks/tasks-eval.jsonl`,",
-         "200 held-out items; greedy decoding; gen-length 32; 2-core machine, release build).", ""]
+         "200 held-out items, disjoint from the training items by construction (`llada train",
+         "tasks` puts each question in one split by a fixed hash); greedy decoding; gen-length 32;",
+         "2-core machine, release build).", ""]
 lines += ["## Accuracy and TPF vs threshold and block length", "",
           "| block | threshold | accuracy | tokens/forward | tokens/s |", "|---|---|---|---|---|"]
 for block in (8, 32):
@@ -63,6 +72,20 @@ for name, label in (("thr-0.9-block-32", "diffusion, block 32, threshold 0.9"), 
     r = load(name)["tasks"]
     lines.append(f"| {label} | {100*r['accuracy']:.1f}% | {r['tokens_per_forward']:.2f} | {r['tokens_per_second']:.0f} |")
 lines.append(f"| AR (block 1, 1 step) | {100*ar['accuracy']:.1f}% | {ar['tokens_per_forward']:.2f} | {ar['tokens_per_second']:.0f} |")
+lines += ["", "## Decoders (block 32, 32 steps)", "",
+          "| decoder | settings | accuracy | tokens/forward | tokens/s | edits per answer |", "|---|---|---|---|---|---|"]
+for name, dec, settings in (("thr-0.9-block-32", "threshold", "threshold 0.9"),
+                            ("thr-0.7-block-32", "threshold", "threshold 0.7"),
+                            ("dec-joint-0.7-0.5", "joint", "threshold 0.7, editing 0.5, max post steps 16"),
+                            ("dec-joint-0.9-0.5", "joint", "threshold 0.9, editing 0.5"),
+                            ("dec-joint-0.7-0.3", "joint", "threshold 0.7, editing 0.3"),
+                            ("dec-credit-0.9", "credit", "threshold 0.9, alpha 0.7, gamma 0.2, beta 0.8"),
+                            ("dec-hierarchy-0.9-0.4", "hierarchy", "threshold 0.9, low threshold 0.4")):
+    r = load(name)["tasks"]
+    lines.append(f"| {dec} | {settings} | {100*r['accuracy']:.1f}% | {r['tokens_per_forward']:.2f} | "
+                 f"{r['tokens_per_second']:.0f} | {r['edits']/r['items']:.2f} |")
+lines += ["", "The default model was not trained for editing (no LLaDA2.1-style editing data): any",
+          "edit the joint decoder makes comes from the plain diffusion objective.", ""]
 by_kind = load("thr-0.9-block-32")["tasks"]["by_kind"]
 lines += ["", "Per task kind (block 32, threshold 0.9): " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in by_kind.items()) + "."]
 cap = load("cap-0.9-block-32")
