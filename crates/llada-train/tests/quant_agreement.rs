@@ -48,8 +48,9 @@ fn quantized_default_model_answers_like_f32() {
             q.model.weight_bytes() as f64 / (1 << 20) as f64,
             f32_model.model.weight_bytes() as f64 / (1 << 20) as f64,
         );
+        // The README quotes 39/40 for both (deterministic: same weights, same code).
         assert!(
-            same * 4 >= items.len() * 3,
+            same >= 39,
             "{quant:?}: only {same}/{} identical",
             items.len()
         );
