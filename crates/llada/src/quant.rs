@@ -11,7 +11,7 @@ use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::Q8Matrix;
+use crate::kernels::{self, Q8Matrix};
 
 /// The quantization a user can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +130,7 @@ impl LinearWeight {
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (y, bias) = match self {
-            LinearWeight::Dense { weight, bias } => (x.matmul(&weight.t()?)?, bias),
+            LinearWeight::Dense { weight, bias } => (dense_forward(weight, x)?, bias),
             LinearWeight::Quantized { weight, bias } => (weight.forward(x)?, bias),
             LinearWeight::Q8 { weight, bias } => (q8_forward(weight, x)?, bias),
         };
@@ -138,6 +138,50 @@ impl LinearWeight {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// Whether [`LinearWeight::apply_rows`] runs on llada's own kernels (dense f32 and
+    /// q8_0) rather than round-tripping through candle (q4k), which is slower there.
+    pub fn runs_in_place(&self) -> bool {
+        match self {
+            LinearWeight::Dense { weight, .. } => {
+                weight.dtype() == candle_core::DType::F32 && weight.is_contiguous()
+            }
+            LinearWeight::Q8 { .. } => true,
+            LinearWeight::Quantized { .. } => false,
+        }
+    }
+
+    /// `x @ W^T (+ b)` for `m` row-major f32 rows, computed in the calling thread: for
+    /// callers that run many small products side by side (the experts of a MoE layer).
+    pub fn apply_rows(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        let (out, inp) = self.dims();
+        let (mut y, bias) = match self {
+            LinearWeight::Dense { weight, bias } => {
+                match with_f32_slice(weight, |w| kernels::matmul_f32(w, out, inp, x, m)) {
+                    Some(y) => (y, bias),
+                    None => return self.apply_rows_with_candle(x, m),
+                }
+            }
+            LinearWeight::Q8 { weight, bias } => (weight.matmul_serial(x, m), bias),
+            LinearWeight::Quantized { .. } => return self.apply_rows_with_candle(x, m),
+        };
+        if let Some(b) = bias {
+            let b = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+            for row in y.chunks_exact_mut(out) {
+                row.iter_mut().zip(&b).for_each(|(v, b)| *v += b);
+            }
+        }
+        Ok(y)
+    }
+
+    fn apply_rows_with_candle(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        let (_, inp) = self.dims();
+        let x = Tensor::from_slice(x, (m, inp), &candle_core::Device::Cpu)?;
+        self.forward(&x)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()
     }
 
     /// `(out, in)`.
@@ -173,6 +217,52 @@ impl LinearWeight {
     }
 }
 
+/// `f` on the data of a contiguous f32 CPU tensor, read in place; `None` for any other.
+pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.dtype() != candle_core::DType::F32 || !t.is_contiguous() {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let start = layout.start_offset();
+    let data = cpu
+        .as_slice::<f32>()
+        .ok()?
+        .get(start..start + t.elem_count())?;
+    Some(f(data))
+}
+
+/// Up to this many rows, inference products with a dense f32 weight run through
+/// [`kernels::matmul_f32_parallel`]: for a 32-token block candle's gemm packs the whole
+/// weight per call (f32 block forward of llada2-63m: 79 ms through candle, 36 ms with
+/// the MoE experts on the kernel, see docs/performance.md).
+const DENSE_KERNEL_MAX_ROWS: usize = 64;
+
+/// `x @ W^T` for a dense weight: the f32 kernel for few rows at inference (no gradient
+/// tracked), candle otherwise.
+fn dense_forward(weight: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (out, inp) = weight.dims2()?;
+    let m = x.elem_count() / inp.max(1);
+    if m == 0 || m > DENSE_KERNEL_MAX_ROWS || x.track_op() || weight.track_op() {
+        return x.matmul(&weight.t()?);
+    }
+    let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let y = with_f32_slice(weight, |w| {
+        with_f32_slice(&x, |xs| kernels::matmul_f32_parallel(w, out, inp, xs, m))
+    });
+    match y.flatten() {
+        Some(y) => {
+            let mut shape = x.dims().to_vec();
+            shape.pop();
+            shape.push(out);
+            Tensor::from_vec(y, shape, x.device())
+        }
+        None => x.matmul(&weight.t()?),
+    }
+}
+
 /// `x @ W^T` for x `[.., in]` through the q8_0 kernel, reading x's f32 data in place.
 fn q8_forward(weight: &Q8Matrix, x: &Tensor) -> candle_core::Result<Tensor> {
     let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
@@ -182,12 +272,9 @@ fn q8_forward(weight: &Q8Matrix, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_core::bail!("q8_0 matmul: input width {k}, weight {:?}", weight.cols());
     }
     let m = x.elem_count() / k.max(1);
-    let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
+    let Some(y) = with_f32_slice(&x, |data| weight.matmul(data, m)) else {
         candle_core::bail!("the q8_0 kernel runs on the CPU");
     };
-    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-    let y = weight.matmul(data, m);
     out_shape.push(weight.rows());
     Tensor::from_vec(y, out_shape, x.device())
 }
