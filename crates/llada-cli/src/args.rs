@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use llada::decode::DecoderSettings;
 use llada::tokenizer::SpecialTokens;
-use llada::{DecoderConfig, GenerateParams, LoadedModel, Message, Quant, SamplingParams};
+use llada::{
+    BlockCache, DecoderConfig, GenerateParams, LoadedModel, Message, Quant, SamplingParams,
+};
 
 use crate::default_model::DEFAULT_MODEL;
 
@@ -99,6 +101,14 @@ pub struct DecodeArgs {
     /// Stop inside a block as soon as an EOS is placed with no mask before it.
     #[arg(long)]
     pub eos_early_stop: bool,
+    /// Keys/values of the block being decoded: exact (recomputed every step) or dual
+    /// (approximate: a step recomputes only masked and changed positions).
+    #[arg(long, default_value = "exact")]
+    pub block_cache: String,
+    /// dual: recompute the whole block every N steps too (0: only at its first step and
+    /// after an edit).
+    #[arg(long, default_value_t = 0)]
+    pub block_cache_refresh: usize,
 }
 
 impl DecodeArgs {
@@ -145,6 +155,8 @@ impl DecodeArgs {
             p.eos_id = e;
         }
         p.eos_early_stop = self.eos_early_stop;
+        p.block_cache = BlockCache::named(&self.block_cache, self.block_cache_refresh)
+            .map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))?;
         Ok(p)
     }
 }
@@ -160,6 +172,7 @@ pub fn flag_names(message: &str) -> String {
         ("credit_beta", "--credit-beta"),
         ("low_threshold", "--low-threshold"),
         ("decoder", "--decoder"),
+        ("block_cache", "--block-cache"),
         ("gen_length", "--gen-length"),
         ("block_length", "--block-length"),
         ("steps", "--steps"),
@@ -272,6 +285,8 @@ mod tests {
         "--seed",
         "--mask-id",
         "--eos-id",
+        "--block-cache",
+        "--block-cache-refresh",
     ];
 
     const VALUES: &[&str] = &[
@@ -301,6 +316,8 @@ mod tests {
         "joint",
         "credit",
         "hierarchy",
+        "exact",
+        "dual",
     ];
 
     proptest! {

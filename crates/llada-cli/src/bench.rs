@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use llada::{generate, run_batch, GenerateParams, GenerateStats, Generation, Llada2Model};
+use llada::{
+    generate, run_batch, BlockCache, GenerateParams, GenerateStats, Generation, Llada2Model,
+};
 use serde::Serialize;
 
 use crate::args::{DecodeArgs, ModelArgs, PromptArgs};
@@ -32,7 +34,8 @@ pub struct BenchArgs {
     /// With --synthetic: keep only the first N layers (e.g. to fit flash in memory).
     #[arg(long, requires = "synthetic")]
     pub layers: Option<usize>,
-    /// Which rows to run: cached, no-cache, ar (comma-separated).
+    /// Which rows to run: cached, dual (approximate block caching, see --block-cache),
+    /// no-cache, ar (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "cached,no-cache,ar")]
     pub modes: Vec<String>,
     /// Also decode N copies of the prompt together, one batched forward pass per step
@@ -125,10 +128,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for mode in &args.modes {
         modes.push(match mode.as_str() {
             "cached" => (CACHED, base.clone()),
+            "dual" => (
+                "cached, dual block cache",
+                GenerateParams {
+                    block_cache: BlockCache::Dual {
+                        refresh: args.decode.block_cache_refresh,
+                    },
+                    ..base.clone()
+                },
+            ),
             "no-cache" => (
                 "no-cache (reference loop)",
                 GenerateParams {
                     use_cache: false,
+                    block_cache: BlockCache::Exact,
                     ..base.clone()
                 },
             ),
@@ -137,10 +150,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 GenerateParams {
                     block_length: 1,
                     steps: 1,
+                    block_cache: BlockCache::Exact,
                     ..base.clone()
                 },
             ),
-            other => bail!("unknown mode {other:?} (cached, no-cache, ar)"),
+            other => bail!("unknown mode {other:?} (cached, dual, no-cache, ar)"),
         });
     }
     if modes.is_empty() {

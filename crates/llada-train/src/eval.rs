@@ -123,6 +123,9 @@ pub struct TaskReport {
     pub edits: usize,
     pub tokens_per_forward: f64,
     pub tokens_per_second: f64,
+    /// The model's answer to each item, trimmed, in file order (to compare two decoding
+    /// settings answer by answer).
+    pub answers: Vec<String>,
 }
 
 /// Answers every item (the last message is the expected answer) with `params` and
@@ -151,6 +154,7 @@ pub fn tasks(
         edits: 0,
         tokens_per_forward: 0.0,
         tokens_per_second: 0.0,
+        answers: Vec::new(),
     };
     let mut seconds = 0f64;
     for (n, line) in text
@@ -184,6 +188,7 @@ pub fn tasks(
         report.forwards += out.stats.forwards;
         report.edits += out.stats.edits;
         seconds += out.stats.seconds;
+        report.answers.push(got.trim().to_string());
     }
     if report.items == 0 {
         return Err(TrainError::Invalid(format!(

@@ -86,6 +86,40 @@ impl KvCache {
         Ok((kv.k.narrow(1, 0, needed)?, kv.v.narrow(1, 0, needed)?))
     }
 
+    /// For approximate block caching: `k`/`v` (`[kv_heads, rows.len(), head_dim]`) hold
+    /// only the rows `rows` (increasing) of a step of `total` positions after the
+    /// committed ones; each is written at its position, the other positions keep what an
+    /// earlier pass wrote there. Returns views of positions `0..len + total`.
+    pub(crate) fn write_rows_and_view(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+        rows: &[usize],
+        total: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let needed = self.len + total;
+        let Some(kv) = self.layers[layer]
+            .as_ref()
+            .filter(|kv| kv.k.dim(1).is_ok_and(|capacity| capacity >= needed))
+        else {
+            candle_core::bail!("a partial pass needs a full pass over its positions first");
+        };
+        // Runs of consecutive rows are written with one copy each.
+        let mut i = 0;
+        while i < rows.len() {
+            let mut j = i + 1;
+            while j < rows.len() && rows[j] == rows[j - 1] + 1 {
+                j += 1;
+            }
+            let at = self.len + rows[i];
+            kv.k.slice_set(&k.narrow(1, i, j - i)?.contiguous()?, 1, at)?;
+            kv.v.slice_set(&v.narrow(1, i, j - i)?.contiguous()?, 1, at)?;
+            i = j;
+        }
+        Ok((kv.k.narrow(1, 0, needed)?, kv.v.narrow(1, 0, needed)?))
+    }
+
     /// Commits the first `positions` entries written by the last forward pass.
     pub(crate) fn advance(&mut self, positions: usize) {
         self.len += positions;
@@ -94,5 +128,35 @@ impl KvCache {
     /// Forgets every position (buffers are kept for reuse).
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn filled(rows: usize, value: f32) -> Tensor {
+        Tensor::full(value, (1, rows, 2), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn a_partial_pass_overwrites_only_its_rows() {
+        let mut cache = KvCache::new(1);
+        cache
+            .write_and_view(0, &filled(3, 1.0), &filled(3, 1.0))
+            .unwrap();
+        cache.advance(1);
+        // Positions 1 and 2 hold the first pass's uncommitted rows. A partial pass over
+        // more positions than were written is refused; one over those two that computes
+        // its row 1 rewrites position 2 only.
+        assert!(cache
+            .write_rows_and_view(0, &filled(1, 5.0), &filled(1, 5.0), &[1], 4)
+            .is_err());
+        let (k, _) = cache
+            .write_rows_and_view(0, &filled(1, 5.0), &filled(1, 5.0), &[1], 2)
+            .unwrap();
+        let k: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(k, [1.0, 1.0, 1.0, 1.0, 5.0, 5.0]);
     }
 }

@@ -35,6 +35,39 @@ pub struct GenerateParams {
     /// Serve finished blocks from the KV cache (false: recompute the whole prefix each
     /// step, exactly as the reference does).
     pub use_cache: bool,
+    /// Keys/values of the block being decoded: recomputed every step (exact), or kept
+    /// for positions that did not change (approximate; needs `use_cache`).
+    pub block_cache: BlockCache,
+}
+
+/// How a step treats the keys/values of the block being decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockCache {
+    /// Every step recomputes the whole block: the reference's numerics.
+    #[default]
+    Exact,
+    /// Approximate, as Fast-dLLM's dual cache and dInfer's vicinity refresh: a step
+    /// recomputes only the positions still masked, those whose token changed since they
+    /// were last computed and those a decoder wants logits for; the others keep their
+    /// keys/values. The whole block is recomputed at its first step, after a step that
+    /// edited a token, and every `refresh` steps (0: only then). Finished blocks are
+    /// committed by a full pass, so the approximation never reaches later blocks' cache.
+    Dual { refresh: usize },
+}
+
+impl BlockCache {
+    /// `exact` or `dual` (with `refresh`).
+    pub fn named(name: &str, refresh: usize) -> Result<Self> {
+        match name {
+            "exact" => Ok(BlockCache::Exact),
+            "dual" => Ok(BlockCache::Dual { refresh }),
+            other => Err(Error::param(
+                "block_cache",
+                format!("unknown block cache {other:?} (use exact or dual)"),
+            )),
+        }
+    }
 }
 
 impl GenerateParams {
@@ -53,6 +86,7 @@ impl GenerateParams {
             eos_early_stop: false,
             ignore_eos: false,
             use_cache: true,
+            block_cache: BlockCache::Exact,
         }
     }
 
@@ -85,6 +119,12 @@ impl GenerateParams {
         }
         self.decoder.validate()?;
         self.sampling.validate()?;
+        if self.block_cache != BlockCache::Exact && !self.use_cache {
+            return Err(Error::param(
+                "block_cache",
+                "approximate block caching needs the KV cache",
+            ));
+        }
         for (param, id) in [("mask_id", self.mask_id), ("eos_id", self.eos_id)] {
             if id as usize >= vocab {
                 return Err(Error::param(
@@ -236,6 +276,11 @@ pub struct Generation {
     stopped: bool,
     /// Set once the answer is decided.
     result: Option<Vec<u32>>,
+    /// Approximate block caching: the current block's tokens as its keys/values were
+    /// last computed (empty before its first pass), and partial passes since the last
+    /// full one.
+    block_kv: Vec<u32>,
+    partial_passes: usize,
     started: Instant,
 }
 
@@ -249,6 +294,8 @@ struct Plan {
     positions: Vec<usize>,
     /// The same, relative to `start` (the rows whose logits are needed).
     rows: Vec<usize>,
+    /// Approximate block caching: the rows (relative to `start`) this pass computes.
+    compute: Option<Vec<usize>>,
 }
 
 impl Generation {
@@ -309,6 +356,8 @@ impl Generation {
             committed: p,
             stopped: false,
             result: None,
+            block_kv: Vec::new(),
+            partial_passes: 0,
             started: Instant::now(),
             prompt_len: p,
             x,
@@ -410,6 +459,7 @@ impl Generation {
                 self.post_step = 0;
                 self.last_edited = false;
                 self.decoder.begin_block();
+                self.block_kv.clear();
                 continue;
             }
             if !masked {
@@ -431,15 +481,63 @@ impl Generation {
             let positions: Vec<usize> = (bs..be)
                 .filter(|&i| self.x[i] == mask || (edits && i >= self.prompt_len))
                 .collect();
-            let rows = positions.iter().map(|&i| i - start).collect();
+            let rows: Vec<usize> = positions.iter().map(|&i| i - start).collect();
+            let compute = self.rows_to_compute(start, be, commit, &rows);
+            // The keys/values this pass leaves for the block's positions.
+            match &compute {
+                Some(computed) => {
+                    for &r in computed {
+                        self.block_kv[start + r - bs] = self.x[start + r];
+                    }
+                    self.partial_passes += 1;
+                }
+                None => {
+                    self.block_kv = self.x[bs..be].to_vec();
+                    self.partial_passes = 0;
+                }
+            }
             return Some(Plan {
                 start,
                 end: be,
                 commit,
                 positions,
                 rows,
+                compute,
             });
         }
+    }
+
+    /// Approximate block caching: the rows of the coming pass that must be computed, or
+    /// `None` for a full pass.
+    fn rows_to_compute(
+        &self,
+        start: usize,
+        end: usize,
+        commit: usize,
+        logit_rows: &[usize],
+    ) -> Option<Vec<usize>> {
+        let BlockCache::Dual { refresh } = self.params.block_cache else {
+            return None;
+        };
+        let bs = self.block * self.params.block_length;
+        let refresh_due = refresh > 0 && self.partial_passes + 1 >= refresh;
+        if !self.params.use_cache
+            || commit > 0
+            || start != bs
+            || self.block_kv.len() != end - bs
+            || self.last_edited
+            || refresh_due
+        {
+            return None;
+        }
+        let mask = self.params.mask_id;
+        let rows: Vec<usize> = (0..end - start)
+            .filter(|&r| {
+                let token = self.x[start + r];
+                token == mask || token != self.block_kv[r] || logit_rows.binary_search(&r).is_ok()
+            })
+            .collect();
+        (!rows.is_empty() && rows.len() < end - start).then_some(rows)
     }
 
     fn seq_step<'a>(&'a mut self, plan: &'a Plan) -> SeqStep<'a> {
@@ -449,6 +547,7 @@ impl Generation {
             block_length: self.params.block_length,
             commit: plan.commit,
             logit_rows: &plan.rows,
+            compute: plan.compute.as_deref(),
             cache: &mut self.cache,
         }
     }

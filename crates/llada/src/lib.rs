@@ -33,8 +33,8 @@ pub use config::{
 pub use decode::{Decoder, DecoderConfig};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_observed, run_batch, step_batch, BlockView, GenerateOutput, GenerateParams,
-    GenerateStats, Generation, Observer,
+    generate, generate_observed, run_batch, step_batch, BlockCache, BlockView, GenerateOutput,
+    GenerateParams, GenerateStats, Generation, Observer,
 };
 pub use gguf::{quantize_checkpoint, QuantizeReport};
 pub use model::{ForwardCost, Llada2Model, SeqStep};

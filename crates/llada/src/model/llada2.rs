@@ -27,7 +27,19 @@ pub struct SeqStep<'a> {
     pub commit: usize,
     /// Indices into `tokens` whose logits are wanted (may be empty).
     pub logit_rows: &'a [usize],
+    /// Approximate block caching: only these rows of `tokens` (increasing, all in one
+    /// block, a superset of `logit_rows`, with `commit == 0`) run through the model; the
+    /// others keep the keys/values an earlier pass of this block wrote at their positions.
+    /// `None`: every row (exact).
+    pub compute: Option<&'a [usize]>,
     pub cache: &'a mut KvCache,
+}
+
+impl SeqStep<'_> {
+    /// The rows of `tokens` this step computes.
+    fn computed_rows(&self) -> usize {
+        self.compute.map_or(self.tokens.len(), <[usize]>::len)
+    }
 }
 
 /// The work forward passes did: multiply-accumulates of their matrix products and
@@ -597,7 +609,16 @@ impl Attention {
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let len = qkv.q.dim(1)?;
         let (k_all, v_all) = match kv {
-            Kv::Cache { cache, layer } => cache.write_and_view(layer, &qkv.k, &qkv.v)?,
+            Kv::Cache {
+                cache,
+                layer,
+                rows: None,
+            } => cache.write_and_view(layer, &qkv.k, &qkv.v)?,
+            Kv::Cache {
+                cache,
+                layer,
+                rows: Some((rows, total)),
+            } => cache.write_rows_and_view(layer, &qkv.k, &qkv.v, rows, total)?,
             Kv::Train => (qkv.k.clone(), qkv.v.clone()),
         };
         // GQA without copying K/V: query heads of one KV group are adjacent, so
@@ -656,6 +677,8 @@ enum Kv<'a> {
     Cache {
         cache: &'a mut KvCache,
         layer: usize,
+        /// A partial pass: the rows computed, of how many positions.
+        rows: Option<(&'a [usize], usize)>,
     },
     Train,
 }
@@ -797,21 +820,26 @@ impl Llada2Model {
             .fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
         let mut ids = Vec::new();
         let mut plans = Vec::with_capacity(batch.len());
+        let mut positions = Vec::new();
         for step in batch.iter() {
             self.check(step)?;
             plans.push(SeqPlan {
                 offset: ids.len(),
-                len: step.tokens.len(),
+                len: step.computed_rows(),
                 mask: self.block_mask(step)?,
             });
-            ids.extend_from_slice(step.tokens);
+            match step.compute {
+                Some(rows) => {
+                    ids.extend(rows.iter().map(|&r| step.tokens[r]));
+                    positions.extend(rows.iter().map(|&r| step.start + r));
+                }
+                None => {
+                    ids.extend_from_slice(step.tokens);
+                    positions.extend(step.start..step.start + step.tokens.len());
+                }
+            }
         }
-        let positions = batch
-            .iter()
-            .flat_map(|step| step.start..step.start + step.tokens.len());
-        let rope = self
-            .rotary
-            .at(positions.collect::<Vec<_>>().into_iter(), &self.device)?;
+        let rope = self.rotary.at(positions.into_iter(), &self.device)?;
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let h = self.run_layers(&ids, None, |li, attention, a| {
             let qkv = attention.project(a, &self.rotary, &rope, false, &self.cost)?;
@@ -820,6 +848,7 @@ impl Llada2Model {
                 let kv = Kv::Cache {
                     cache: &mut *step.cache,
                     layer: li,
+                    rows: step.compute.map(|rows| (rows, step.tokens.len())),
                 };
                 let one = qkv.narrow(plan.offset, plan.len)?;
                 heads.push(attention.attend(&one, plan.mask.as_ref(), kv, &self.cost)?);
@@ -839,10 +868,15 @@ impl Llada2Model {
                 continue;
             }
             // Only the rows a decoder will read go through the final norm and lm_head.
+            // Logit rows are rows of `tokens`; `h` holds the computed ones.
+            let row_in_h = |r: usize| match step.compute {
+                Some(rows) => rows.binary_search(&r).unwrap_or(0),
+                None => r,
+            };
             let rows: Vec<u32> = step
                 .logit_rows
                 .iter()
-                .map(|&r| (plan.offset + r) as u32)
+                .map(|&r| (plan.offset + row_in_h(r)) as u32)
                 .collect();
             let rows = Tensor::new(rows.as_slice(), &self.device)?;
             let x = rms_norm(
@@ -936,6 +970,7 @@ impl Llada2Model {
             block_length,
             commit: 0,
             logit_rows: &rows,
+            compute: None,
             cache: &mut cache,
         }];
         let mut out = self.forward(&mut step)?;
@@ -966,6 +1001,26 @@ impl Llada2Model {
         }
         if step.logit_rows.iter().any(|&r| r >= step.tokens.len()) {
             return bad("logit row outside the step".into());
+        }
+        if let Some(rows) = step.compute {
+            let b = step.block_length;
+            let one_block = step.start / b == (step.start + step.tokens.len() - 1) / b;
+            if rows.is_empty()
+                || rows.windows(2).any(|w| w[0] >= w[1])
+                || rows.last().is_some_and(|&r| r >= step.tokens.len())
+            {
+                return bad("a partial pass needs increasing rows inside the step".into());
+            }
+            if step.commit > 0 || !one_block {
+                return bad("a partial pass covers one block and commits nothing".into());
+            }
+            if step
+                .logit_rows
+                .iter()
+                .any(|r| rows.binary_search(r).is_err())
+            {
+                return bad("a partial pass gives logits of computed rows only".into());
+            }
         }
         let end = step.start + step.tokens.len();
         if end > self.cfg.max_position_embeddings {
