@@ -11,7 +11,7 @@ use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, Q8Matrix};
+use crate::kernels::{self, PackedF32, Q8Matrix};
 
 /// The quantization a user can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +75,11 @@ pub enum LinearWeight {
         weight: Arc<Q8Matrix>,
         bias: Option<Tensor>,
     },
+    /// An f32 matrix not being trained, in panels for [`crate::kernels`]' products.
+    Packed {
+        weight: Arc<PackedF32>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl LinearWeight {
@@ -97,8 +102,25 @@ impl LinearWeight {
                 let q = QTensor::quantize(&weight, dtype)?;
                 Ok(Self::from_qtensor(q, bias)?)
             }
-            None => Ok(LinearWeight::Dense { weight, bias }),
+            None => Self::dense(weight, bias),
         }
+    }
+
+    /// A dense matrix: packed for llada's kernels when it is f32 and not a trained
+    /// variable (training needs candle's ops and their gradients).
+    fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if weight.dtype() == candle_core::DType::F32 && !weight.track_op() {
+            if let Ok((rows, cols)) = weight.dims2() {
+                let values = weight.flatten_all()?.to_vec1::<f32>()?;
+                if let Some(packed) = PackedF32::pack(&values, rows, cols) {
+                    return Ok(LinearWeight::Packed {
+                        weight: Arc::new(packed),
+                        bias,
+                    });
+                }
+            }
+        }
+        Ok(LinearWeight::Dense { weight, bias })
     }
 
     pub fn from_qtensor(q: QTensor, bias: Option<Tensor>) -> Result<Self> {
@@ -125,6 +147,7 @@ impl LinearWeight {
             LinearWeight::Dense { weight, .. } => LinearWeight::Dense { weight, bias },
             LinearWeight::Quantized { weight, .. } => LinearWeight::Quantized { weight, bias },
             LinearWeight::Q8 { weight, .. } => LinearWeight::Q8 { weight, bias },
+            LinearWeight::Packed { weight, .. } => LinearWeight::Packed { weight, bias },
         }
     }
 
@@ -133,6 +156,7 @@ impl LinearWeight {
             LinearWeight::Dense { weight, bias } => (dense_forward(weight, x)?, bias),
             LinearWeight::Quantized { weight, bias } => (weight.forward(x)?, bias),
             LinearWeight::Q8 { weight, bias } => (q8_forward(weight, x)?, bias),
+            LinearWeight::Packed { weight, bias } => (packed_forward(weight, x)?, bias),
         };
         match bias {
             Some(b) => y.broadcast_add(b),
@@ -147,7 +171,7 @@ impl LinearWeight {
             LinearWeight::Dense { weight, .. } => {
                 weight.dtype() == candle_core::DType::F32 && weight.is_contiguous()
             }
-            LinearWeight::Q8 { .. } => true,
+            LinearWeight::Q8 { .. } | LinearWeight::Packed { .. } => true,
             LinearWeight::Quantized { .. } => false,
         }
     }
@@ -164,6 +188,7 @@ impl LinearWeight {
                 }
             }
             LinearWeight::Q8 { weight, bias } => (weight.matmul_serial(x, m), bias),
+            LinearWeight::Packed { weight, bias } => (weight.matmul_serial(x, m), bias),
             LinearWeight::Quantized { .. } => return self.apply_rows_with_candle(x, m),
         };
         if let Some(b) = bias {
@@ -193,6 +218,7 @@ impl LinearWeight {
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims(),
             },
             LinearWeight::Q8 { weight, .. } => return (weight.rows(), weight.cols()),
+            LinearWeight::Packed { weight, .. } => return (weight.rows(), weight.cols()),
         };
         match dims {
             [out, inp] => (*out, *inp),
@@ -213,6 +239,7 @@ impl LinearWeight {
                 }
             },
             LinearWeight::Q8 { weight, .. } => weight.storage_bytes(),
+            LinearWeight::Packed { weight, .. } => 4 * weight.rows() * weight.cols(),
         }
     }
 }
@@ -261,6 +288,30 @@ fn dense_forward(weight: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
         }
         None => x.matmul(&weight.t()?),
     }
+}
+
+/// `x @ W^T` for x `[.., in]` through the panel kernel, 64 rows of `x` at a time (the
+/// panels are read once per 64 rows; more rows at once would evict each other's
+/// activations from the cache).
+fn packed_forward(weight: &PackedF32, x: &Tensor) -> candle_core::Result<Tensor> {
+    let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let mut out_shape = x.dims().to_vec();
+    let k = out_shape.pop().unwrap_or(0);
+    if k != weight.cols() {
+        candle_core::bail!("matmul: input width {k}, weight {:?}", weight.cols());
+    }
+    let m = x.elem_count() / k.max(1);
+    let Some(y) = with_f32_slice(&x, |data| {
+        let mut y = Vec::with_capacity(m * weight.rows());
+        for chunk in data.chunks(DENSE_KERNEL_MAX_ROWS * k.max(1)) {
+            y.extend(weight.matmul(chunk, chunk.len() / k.max(1)));
+        }
+        y
+    }) else {
+        candle_core::bail!("the f32 kernel runs on the CPU");
+    };
+    out_shape.push(weight.rows());
+    Tensor::from_vec(y, out_shape, x.device())
 }
 
 /// `x @ W^T` for x `[.., in]` through the q8_0 kernel, reading x's f32 data in place.
