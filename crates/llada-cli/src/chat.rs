@@ -6,7 +6,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{bail, Result};
 use clap::Args;
 use llada::decode::DecoderSettings;
-use llada::{generate_observed, BlockView, GenerateParams, Message, Observer, Tokenizer};
+use llada::{
+    generate_observed, BlockCache, BlockView, GenerateParams, Message, Observer, Tokenizer,
+};
 
 use crate::args::{DecodeArgs, ModelArgs};
 
@@ -30,7 +32,8 @@ const HELP: &str = "commands:
   /set KEY VALUE         change decoding: decoder (threshold, joint, credit, hierarchy),
                          threshold, editing-threshold, max-post-steps, credit-alpha,
                          credit-gamma, credit-beta, low-threshold, block-length, steps,
-                         gen-length, temperature, top-k, top-p, seed
+                         gen-length, temperature, top-k, top-p, seed, block-cache
+                         (exact, dual), block-cache-refresh
                          (top-k/top-p: 'off' clears)
   /show                  show the decoding settings
   /unmask on|off         draw the unmasking of each block
@@ -212,7 +215,7 @@ where
 fn describe(p: &GenerateParams) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "off".into());
     format!(
-        "decoder {}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}",
+        "decoder {}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}, block cache {}",
         p.decoder.describe(),
         p.block_length,
         p.steps,
@@ -220,7 +223,12 @@ fn describe(p: &GenerateParams) -> String {
         p.sampling.temperature,
         opt(p.sampling.top_k.map(|k| k.to_string())),
         opt(p.sampling.top_p.map(|v| v.to_string())),
-        p.seed
+        p.seed,
+        match p.block_cache {
+            BlockCache::Exact => "exact".to_string(),
+            BlockCache::Dual { refresh: 0 } => "dual".to_string(),
+            BlockCache::Dual { refresh } => format!("dual, refresh every {refresh} steps"),
+        }
     )
 }
 
@@ -299,6 +307,19 @@ fn set(p: &mut GenerateParams, rest: &str, vocab: usize) -> Result<()> {
             candidate.sampling.top_p = if off { None } else { Some(number(key, value)?) }
         }
         "seed" => candidate.seed = number(key, value)?,
+        "block-cache" | "block_cache" => {
+            let refresh = match candidate.block_cache {
+                BlockCache::Dual { refresh } => refresh,
+                BlockCache::Exact => 0,
+            };
+            candidate.block_cache = BlockCache::named(value, refresh)?
+        }
+        "block-cache-refresh" | "block_cache_refresh" => {
+            let BlockCache::Dual { refresh } = &mut candidate.block_cache else {
+                bail!("block-cache-refresh needs /set block-cache dual first");
+            };
+            *refresh = number(key, value)?
+        }
         other => bail!("unknown setting {other} (see /help)"),
     }
     candidate.validate(vocab)?;

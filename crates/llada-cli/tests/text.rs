@@ -99,7 +99,7 @@ fn text_prompt_uses_the_chat_template_and_reports_text() {
 fn chat_repl_keeps_history_and_takes_commands() {
     let tmp = tempfile::tempdir().unwrap();
     chat_model(tmp.path());
-    let script = "/help\nhello there\n/set threshold 0.5\n/set nonsense 1\n/show\nand again\n/unmask on\nthird\n/reset\n/quit\n";
+    let script = "/help\nhello there\n/set threshold 0.5\n/set nonsense 1\n/set block-cache-refresh 2\n/set block-cache dual\n/set block-cache-refresh 2\n/set block-cache fast\n/show\nand again\n/unmask on\nthird\n/reset\n/quit\n";
     let out = llada(
         &[
             "chat",
@@ -120,6 +120,12 @@ fn chat_repl_keeps_history_and_takes_commands() {
     assert_eq!(err.matches("tokens/forward]").count(), 3, "{err}");
     assert!(err.contains("threshold 0.5"), "{err}");
     assert!(err.contains("unknown setting nonsense"), "{err}");
+    assert!(err.contains("needs /set block-cache dual first"), "{err}");
+    assert!(
+        err.contains("block cache dual, refresh every 2 steps"),
+        "{err}"
+    );
+    assert!(err.contains("unknown block cache \"fast\""), "{err}");
     assert!(err.contains("[block "), "unmasking display: {err}");
     assert!(err.contains("conversation reset"), "{err}");
 }
