@@ -294,39 +294,42 @@ fn dense_forward(weight: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
 /// panels are read once per 64 rows; more rows at once would evict each other's
 /// activations from the cache).
 fn packed_forward(weight: &PackedF32, x: &Tensor) -> candle_core::Result<Tensor> {
-    let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
-    let mut out_shape = x.dims().to_vec();
-    let k = out_shape.pop().unwrap_or(0);
-    if k != weight.cols() {
-        candle_core::bail!("matmul: input width {k}, weight {:?}", weight.cols());
-    }
-    let m = x.elem_count() / k.max(1);
-    let Some(y) = with_f32_slice(&x, |data| {
+    kernel_forward(x, weight.rows(), weight.cols(), |data, m| {
+        let k = weight.cols().max(1);
         let mut y = Vec::with_capacity(m * weight.rows());
-        for chunk in data.chunks(DENSE_KERNEL_MAX_ROWS * k.max(1)) {
-            y.extend(weight.matmul(chunk, chunk.len() / k.max(1)));
+        for chunk in data.chunks(DENSE_KERNEL_MAX_ROWS * k) {
+            y.extend(weight.matmul(chunk, chunk.len() / k));
         }
         y
-    }) else {
-        candle_core::bail!("the f32 kernel runs on the CPU");
-    };
-    out_shape.push(weight.rows());
-    Tensor::from_vec(y, out_shape, x.device())
+    })
 }
 
-/// `x @ W^T` for x `[.., in]` through the q8_0 kernel, reading x's f32 data in place.
+/// `x @ W^T` for x `[.., in]` through the q8_0 kernel.
 fn q8_forward(weight: &Q8Matrix, x: &Tensor) -> candle_core::Result<Tensor> {
+    kernel_forward(x, weight.rows(), weight.cols(), |data, m| {
+        weight.matmul(data, m)
+    })
+}
+
+/// A product by one of llada's kernels on x's f32 rows, read in place: `product(rows of
+/// x, their number)` returns `[m, out]`.
+fn kernel_forward(
+    x: &Tensor,
+    out: usize,
+    inp: usize,
+    product: impl FnOnce(&[f32], usize) -> Vec<f32>,
+) -> candle_core::Result<Tensor> {
     let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
     let mut out_shape = x.dims().to_vec();
     let k = out_shape.pop().unwrap_or(0);
-    if k != weight.cols() {
-        candle_core::bail!("q8_0 matmul: input width {k}, weight {:?}", weight.cols());
+    if k != inp {
+        candle_core::bail!("matmul: input width {k}, weight {inp}");
     }
     let m = x.elem_count() / k.max(1);
-    let Some(y) = with_f32_slice(&x, |data| weight.matmul(data, m)) else {
-        candle_core::bail!("the q8_0 kernel runs on the CPU");
+    let Some(y) = with_f32_slice(&x, |data| product(data, m)) else {
+        candle_core::bail!("llada's kernels run on the CPU");
     };
-    out_shape.push(weight.rows());
+    out_shape.push(out);
     Tensor::from_vec(y, out_shape, x.device())
 }
 
