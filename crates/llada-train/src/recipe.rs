@@ -277,4 +277,14 @@ impl Recipe {
         cfg["model_type"] = serde_json::json!("llada2_moe");
         cfg
     }
+
+    /// `config.json` of a checkpoint: the model's config with the special ids the official
+    /// `LLaDA2MoeConfig` reads (its default `pad_token_id`, 156892, lies outside a small
+    /// vocabulary, and the official code then refuses to build the embedding).
+    pub fn checkpoint_config_json(&self, eos: u32) -> serde_json::Value {
+        let mut cfg = self.config_json();
+        cfg["pad_token_id"] = eos.into();
+        cfg["eos_token_id"] = eos.into();
+        cfg
+    }
 }

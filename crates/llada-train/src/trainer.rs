@@ -306,7 +306,7 @@ impl StageRun<'_> {
             "eos_token_id": self.eos, "pad_token_id": self.eos, "mask_token_id": self.mask_id,
         });
         let files = CheckpointFiles {
-            config: &self.recipe.config_json(),
+            config: &self.recipe.checkpoint_config_json(self.eos),
             generation_config: &generation,
             tokenizer: &self.recipe.tokenizer,
         };

@@ -161,6 +161,22 @@ fn every_stage_learns_and_the_result_decodes() {
     let f32_bytes = llada_train::params::export(&final_dir, &exported, false).unwrap();
     assert!(!exported.join("optimizer.safetensors").exists());
     let same = llada::load_model(&exported, &Device::Cpu).unwrap();
+    // The official LLaDA2MoeConfig's default pad id (156892) is outside this vocabulary:
+    // the exported config names the model's own, as the official code needs to load it.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+            .unwrap();
+    let vocab = config["vocab_size"].as_u64().unwrap();
+    for field in ["pad_token_id", "eos_token_id"] {
+        let id = config[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} missing"));
+        assert!(id < vocab, "{field} {id} outside the vocabulary {vocab}");
+    }
+    assert_eq!(
+        config["eos_token_id"].as_u64(),
+        Some(same.default_params().eos_id as u64)
+    );
     let ids = [5u32, 6, 7, 8];
     let a = loaded.model.forward_full(&ids, 2).unwrap();
     let b = same.model.forward_full(&ids, 2).unwrap();
