@@ -880,50 +880,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn f32_matmul_equals_the_plain_product() {
-        // Shapes with remainders in every dimension (rows % 4, m % 3, cols % 8).
-        for &(m, k, n) in &[
-            (1, 512, 256),
-            (8, 64, 12),
-            (7, 37, 9),
-            (2, 8, 1),
-            (32, 256, 70),
-            (5, 72, 333),
-        ] {
+    /// Runs `products(w, x, m, k, n)` on random matrices of each shape and checks every
+    /// product it returns against the plain one.
+    fn check_f32_products(
+        shapes: &[(usize, usize, usize)],
+        products: impl Fn(&[f32], &[f32], usize, usize, usize) -> Vec<Vec<f32>>,
+    ) {
+        for &(m, k, n) in shapes {
             let w = random(n * k, 7);
             let x = random(m * k, 8);
             let mut want = vec![0f32; m * n];
             matmul_f32_scalar(&w, n, k, &x, m, &mut want);
-            let got = matmul_f32(&w, n, k, &x, m);
-            for (a, b) in got.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                    "{a} vs {b} ({m}x{k}x{n})"
-                );
-            }
-            assert_eq!(matmul_f32_parallel(&w, n, k, &x, m), got);
-        }
-    }
-
-    #[test]
-    fn packed_products_equal_the_plain_product() {
-        // Rows that do not fill the last panel, every remainder of m by 3, enough panels
-        // to be shared out over threads.
-        for &(m, k, n) in &[
-            (1, 64, 6),
-            (2, 512, 256),
-            (3, 16, 1),
-            (8, 256, 70),
-            (33, 40, 130),
-        ] {
-            let w = random(n * k, 12);
-            let x = random(m * k, 13);
-            let packed = PackedF32::pack(&w, n, k).unwrap();
-            assert_eq!(packed.unpack(), w);
-            let mut want = vec![0f32; m * n];
-            matmul_f32_scalar(&w, n, k, &x, m, &mut want);
-            for got in [packed.matmul_serial(&x, m), packed.matmul(&x, m)] {
+            for got in products(&w, &x, m, k, n) {
                 for (a, b) in got.iter().zip(&want) {
                     assert!(
                         (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
@@ -932,6 +900,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn f32_matmul_equals_the_plain_product() {
+        // Shapes with remainders in every dimension (rows % 4, m % 3, cols % 8).
+        let shapes = [
+            (1, 512, 256),
+            (8, 64, 12),
+            (7, 37, 9),
+            (2, 8, 1),
+            (32, 256, 70),
+            (5, 72, 333),
+        ];
+        check_f32_products(&shapes, |w, x, m, k, n| {
+            let got = matmul_f32(w, n, k, x, m);
+            assert_eq!(matmul_f32_parallel(w, n, k, x, m), got);
+            vec![got]
+        });
+    }
+
+    #[test]
+    fn packed_products_equal_the_plain_product() {
+        // Rows that do not fill the last panel, every remainder of m by 3, enough panels
+        // to be shared out over threads.
+        let shapes = [
+            (1, 64, 6),
+            (2, 512, 256),
+            (3, 16, 1),
+            (8, 256, 70),
+            (33, 40, 130),
+        ];
+        check_f32_products(&shapes, |w, x, m, k, n| {
+            let packed = PackedF32::pack(w, n, k).unwrap();
+            assert_eq!(packed.unpack(), w);
+            vec![packed.matmul_serial(x, m), packed.matmul(x, m)]
+        });
         assert!(PackedF32::pack(&[0.0; 12], 2, 6).is_none());
     }
 
