@@ -73,3 +73,30 @@ fn members_may_join_late_and_leave_early() {
     assert_eq!(a.finish().ids, first.output_ids);
     assert_eq!(b.finish().ids, second.output_ids);
 }
+
+#[test]
+fn approximate_block_caching_decodes_the_same_in_a_batch_as_alone() {
+    // Partial passes (a subset of a block's rows) and full passes of other members share
+    // forward passes; each member must get what it gets alone.
+    let loaded = load_fixture();
+    let cases = generate_cases(&loaded);
+    let params = |i: usize| {
+        let mut p = cases[i].params.clone();
+        p.block_cache = llada::BlockCache::Dual { refresh: 0 };
+        p
+    };
+    let alone: Vec<Vec<u32>> = (0..cases.len())
+        .map(|i| {
+            llada::generate(&loaded.model, &cases[i].prompt, &params(i), &mut |_| {})
+                .unwrap()
+                .ids
+        })
+        .collect();
+    let mut gens: Vec<Generation> = (0..cases.len())
+        .map(|i| Generation::new(&loaded.model, &cases[i].prompt, params(i)).unwrap())
+        .collect();
+    run_batch(&loaded.model, &mut gens, &mut |_, _| {}).unwrap();
+    for (i, (g, want)) in gens.into_iter().zip(&alone).enumerate() {
+        assert_eq!(&g.finish().ids, want, "case {i}");
+    }
+}
