@@ -12,6 +12,15 @@
 //! scales are kept in f32 (converted once, exactly), the activations are quantized once
 //! per row, and the 32-element int8 dot products use AVX2 (`maddubs`/`madd`), detected at
 //! run time.
+//!
+//! f32 products at inference: candle's gemm repacks the whole weight on every call and
+//! hands each small product to its thread pool (a MoE expert gets ~8 rows of a 32-token
+//! block). Weights are packed once at load in panels of four rows ([`PackedF32`]) and
+//! multiplied four rows by three activation rows at a time. llada2-63m f32 block forward:
+//! 74.7 ms through candle, 26.1 ms on the panels with the experts side by side (measured
+//! step by step, each build against the previous one).
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -174,47 +183,64 @@ impl Q8Matrix {
         row(wq, ws, xq, xs, out, stride);
     }
 
+    /// Weight rows `rows` times every activation row, into `part` (`[m, rows.len()]`).
+    fn rows_into(&self, rows: Range<usize>, xq: &[i8], xs: &[f32], part: &mut [f32]) {
+        let (row, stride) = (row_fn(), rows.len());
+        for (jj, j) in rows.enumerate() {
+            self.row_products(j, xq, xs, row, &mut part[jj..], stride);
+        }
+    }
+
     /// `x @ self^T` for `x` row-major `[m, cols]`: returns `[m, rows]`. Weight rows are
     /// shared out over threads.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (xq, xs) = self.quantize_activations(x, m);
-        let row = row_fn();
-        // Chunks of weight rows; each chunk's results for every x row, then scattered.
         let chunk = (self.rows / (4 * rayon::current_num_threads())).clamp(8, 256);
-        let parts: Vec<(usize, Vec<f32>)> = (0..self.rows)
-            .into_par_iter()
-            .step_by(chunk)
-            .map(|start| {
-                let end = (start + chunk).min(self.rows);
-                let mut part = vec![0f32; (end - start) * m];
-                for (jj, j) in (start..end).enumerate() {
-                    self.row_products(j, &xq, &xs, row, &mut part[jj * m..], 1);
-                }
-                (start, part)
-            })
-            .collect();
-        let mut out = vec![0f32; m * self.rows];
-        for (start, part) in parts {
-            for (jj, values) in part.chunks_exact(m).enumerate() {
-                for (i, &v) in values.iter().enumerate() {
-                    out[i * self.rows + start + jj] = v;
-                }
-            }
-        }
-        out
+        split_rows(self.rows, m, chunk, |rows, part| {
+            self.rows_into(rows, &xq, &xs, part)
+        })
     }
 
     /// [`Q8Matrix::matmul`] in the calling thread, for callers that run many small
     /// products side by side.
     pub fn matmul_serial(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (xq, xs) = self.quantize_activations(x, m);
-        let row = row_fn();
         let mut out = vec![0f32; m * self.rows];
-        for j in 0..self.rows {
-            self.row_products(j, &xq, &xs, row, &mut out[j..], self.rows);
-        }
+        self.rows_into(0..self.rows, &xq, &xs, &mut out);
         out
     }
+}
+
+/// The `[m, rows]` result of a product whose weight rows are computed in chunks of
+/// `chunk` side by side on the thread pool: `fill(rows, part)` writes the columns `rows`
+/// of every output row into `part` (`[m, rows.len()]`); the parts are then put in place.
+fn split_rows(
+    rows: usize,
+    m: usize,
+    chunk: usize,
+    fill: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * rows];
+    if chunk >= rows {
+        fill(0..rows, &mut out);
+        return out;
+    }
+    let parts: Vec<(Range<usize>, Vec<f32>)> = (0..rows)
+        .into_par_iter()
+        .step_by(chunk.max(1))
+        .map(|start| {
+            let range = start..(start + chunk).min(rows);
+            let mut part = vec![0f32; m * range.len()];
+            fill(range.clone(), &mut part);
+            (range, part)
+        })
+        .collect();
+    for (range, part) in parts {
+        for (i, values) in part.chunks_exact(range.len()).enumerate() {
+            out[i * rows + range.start..i * rows + range.end].copy_from_slice(values);
+        }
+    }
+    out
 }
 
 /// Rows per panel of a [`PackedF32`] matrix.
@@ -271,40 +297,27 @@ impl PackedF32 {
         w
     }
 
-    /// Panels `panels` times every row of `x` (`[m, cols]`), into `out` (`[m, stride]`,
-    /// this range's first row at column 0).
-    fn panels_into(
-        &self,
-        panels: std::ops::Range<usize>,
-        x: &[f32],
-        m: usize,
-        out: &mut [f32],
-        stride: usize,
-    ) {
+    /// Rows `rows` (starting on a panel) times every row of `x` (`[m, cols]`), into `out`
+    /// (`[m, rows.len()]`).
+    fn rows_into(&self, rows: Range<usize>, x: &[f32], m: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the features were just detected; the shapes are the matrix's.
-                return unsafe { avx2::panels(self, panels, x, m, out, stride) };
+                return unsafe { avx2::panels(self, rows, x, m, out) };
             }
         }
-        let first = panels.start * PANEL;
-        for panel in panels {
-            for r in 0..PANEL {
-                let j = panel * PANEL + r;
-                if j >= self.rows {
-                    break;
-                }
-                for i in 0..m {
-                    let xr = &x[i * self.cols..(i + 1) * self.cols];
-                    out[i * stride + j - first] = (0..self.cols)
-                        .map(|k| {
-                            xr[k]
-                                * self.data
-                                    [(panel * self.cols / 8 + k / 8) * PANEL * 8 + r * 8 + k % 8]
-                        })
-                        .sum();
-                }
+        let stride = rows.len();
+        for (jj, j) in rows.enumerate() {
+            let (panel, r) = (j / PANEL, j % PANEL);
+            for i in 0..m {
+                let xr = &x[i * self.cols..(i + 1) * self.cols];
+                out[i * stride + jj] = (0..self.cols)
+                    .map(|k| {
+                        xr[k]
+                            * self.data[(panel * self.cols / 8 + k / 8) * PANEL * 8 + r * 8 + k % 8]
+                    })
+                    .sum();
             }
         }
     }
@@ -313,7 +326,7 @@ impl PackedF32 {
     pub fn matmul_serial(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "matmul: x is not [m, cols]");
         let mut out = vec![0f32; m * self.rows];
-        self.panels_into(0..self.rows.div_ceil(PANEL), x, m, &mut out, self.rows);
+        self.rows_into(0..self.rows, x, m, &mut out);
         out
     }
 
@@ -322,79 +335,15 @@ impl PackedF32 {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "matmul: x is not [m, cols]");
         let panels = self.rows.div_ceil(PANEL);
-        let chunk = panels.div_ceil(2 * rayon::current_num_threads()).max(16);
-        if chunk >= panels {
-            return self.matmul_serial(x, m);
-        }
-        let parts: Vec<(usize, usize, Vec<f32>)> = (0..panels)
-            .into_par_iter()
-            .step_by(chunk)
-            .map(|p0| {
-                let p1 = (p0 + chunk).min(panels);
-                let n = (p1 * PANEL).min(self.rows) - p0 * PANEL;
-                let mut part = vec![0f32; m * n];
-                self.panels_into(p0..p1, x, m, &mut part, n);
-                (p0 * PANEL, n, part)
-            })
-            .collect();
-        let mut out = vec![0f32; m * self.rows];
-        for (first, n, part) in parts {
-            for (i, values) in part.chunks_exact(n).enumerate() {
-                out[i * self.rows + first..i * self.rows + first + n].copy_from_slice(values);
-            }
-        }
-        out
+        let chunk = panels.div_ceil(2 * rayon::current_num_threads()).max(16) * PANEL;
+        split_rows(self.rows, m, chunk, |rows, part| {
+            self.rows_into(rows, x, m, part)
+        })
     }
 }
 
-/// `x @ w^T` for a row-major f32 weight `w` `[rows, cols]` and `x` `[m, cols]`: returns
-/// `[m, rows]`, computed in the calling thread. For the few-row products of MoE experts
-/// (a 32-token block gives each of 16 experts ~8 rows): candle's gemm packs the whole
-/// weight for every such call and hands it to its thread pool; here each weight row is
-/// read once per three activation rows, straight from its layout.
-pub fn matmul_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
-    assert!(
-        w.len() == rows * cols && x.len() == m * cols,
-        "matmul_f32: shapes"
-    );
-    let mut out = vec![0f32; m * rows];
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected; the shapes were checked.
-            unsafe { avx2::matmul_f32(w, rows, cols, x, m, &mut out) };
-            return out;
-        }
-    }
-    matmul_f32_scalar(w, rows, cols, x, m, &mut out);
-    out
-}
-
-/// [`matmul_f32`] with the weight's rows shared out over the thread pool in blocks of at
-/// least 64 rows: the dense layers of a forward over few tokens.
-pub fn matmul_f32_parallel(w: &[f32], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
-    let chunk = rows
-        .div_ceil(2 * rayon::current_num_threads())
-        .next_multiple_of(4)
-        .max(64);
-    if chunk >= rows || cols == 0 {
-        return matmul_f32(w, rows, cols, x, m);
-    }
-    let parts: Vec<Vec<f32>> = w
-        .par_chunks(chunk * cols)
-        .map(|block| matmul_f32(block, block.len() / cols, cols, x, m))
-        .collect();
-    let mut out = vec![0f32; m * rows];
-    for (b, part) in parts.iter().enumerate() {
-        let n = part.len() / m.max(1);
-        for (i, values) in part.chunks_exact(n.max(1)).enumerate() {
-            out[i * rows + b * chunk..i * rows + b * chunk + n].copy_from_slice(values);
-        }
-    }
-    out
-}
-
-/// The plain product the fast one is tested against.
+/// The plain product `x @ w^T` (`w` row-major `[rows, cols]`) the panel product is
+/// tested against.
 pub fn matmul_f32_scalar(
     w: &[f32],
     rows: usize,
@@ -581,132 +530,23 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
-    /// Where the next row block's cache lines are fetched from memory: spread evenly over
-    /// all passes of the current block, so the memory stream keeps flowing while the
-    /// current block is multiplied from L1. Fetching in the first pass only, or leaving
-    /// it to the hardware prefetcher, read 8 x 512 x 256 products' weights at 6 GB/s on
-    /// this VM's core; spread out, 8 GB/s (a plain read: 20 GB/s).
-    #[derive(Clone, Copy)]
-    struct Prefetch {
-        /// Cache lines (16 floats) to fetch per 8-column step.
-        per_step: usize,
-        lines_per_row: usize,
-        steps_per_pass: usize,
-    }
-
-    impl Prefetch {
-        fn new(cols: usize, m: usize) -> Self {
-            let passes = m.div_ceil(3).max(1);
-            let steps_per_pass = (cols / 8).max(1);
-            let lines_per_row = cols.div_ceil(16);
-            let per_step = (4 * lines_per_row).div_ceil(passes * steps_per_pass);
-            Self {
-                per_step,
-                lines_per_row,
-                steps_per_pass,
-            }
-        }
-
-        /// Fetches this step's lines of rows `next..next + 4` (past the end of `w` the
-        /// addresses are only hints: a prefetch never faults).
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn step(self, w: *const f32, next: usize, cols: usize, pass: usize, k: usize) {
-            let first = (pass * self.steps_per_pass + k / 8) * self.per_step;
-            for line in first..first + self.per_step {
-                let r = line / self.lines_per_row;
-                if r < 4 {
-                    let at = (next + r) * cols + (line % self.lines_per_row) * 16;
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at) as *const i8);
-                }
-            }
-        }
-    }
-
-    /// `R` weight rows from `j` times `C` activation rows from `i`: R x C accumulators of
-    /// 8 lanes (4 x 3 = 12 of the 16 registers), one pass over the columns.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize, const C: usize>(
-        w: &[f32],
-        j: usize,
-        x: &[f32],
-        i: usize,
-        cols: usize,
-        out: &mut [f32],
-        rows: usize,
-        prefetch: (Prefetch, usize),
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let full = cols - cols % 8;
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut k = 0;
-        while k < full {
-            prefetch.0.step(wp, j + R, cols, prefetch.1, k);
-            let mut xv = [_mm256_setzero_ps(); C];
-            for (c, v) in xv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(xp.add((i + c) * cols + k));
-            }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let wv = _mm256_loadu_ps(wp.add((j + r) * cols + k));
-                for (a, &v) in acc.iter_mut().zip(&xv) {
-                    *a = _mm256_fmadd_ps(wv, v, *a);
-                }
-            }
-            k += 8;
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (c, &a) in acc.iter().enumerate() {
-                let mut s = hsum(a);
-                for kk in full..cols {
-                    s += w[(j + r) * cols + kk] * x[(i + c) * cols + kk];
-                }
-                out[(i + c) * rows + j + r] = s;
-            }
-        }
-    }
-
-    /// Row block `j..j + R` against every activation row, three at a time (one pass each).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn rows_block<const R: usize>(
-        w: &[f32],
-        j: usize,
-        x: &[f32],
-        m: usize,
-        cols: usize,
-        out: &mut [f32],
-        rows: usize,
-        prefetch: Prefetch,
-    ) {
-        let (mut i, mut pass) = (0, 0);
-        while i + 3 <= m {
-            tile::<R, 3>(w, j, x, i, cols, out, rows, (prefetch, pass));
-            i += 3;
-            pass += 1;
-        }
-        match m - i {
-            2 => tile::<R, 2>(w, j, x, i, cols, out, rows, (prefetch, pass)),
-            1 => tile::<R, 1>(w, j, x, i, cols, out, rows, (prefetch, pass)),
-            _ => {}
-        }
-    }
-
-    /// One panel (four rows) times activation rows `i..i + C`, reading the panel as one
-    /// stream; the next panel's lines are prefetched evenly over all passes.
+    /// One panel (its first `rows` of four rows valid) times activation rows `i..i + C`,
+    /// into `out[(i + c) * stride + col + r]`. The panel is read as one stream; the next
+    /// panel's cache lines are prefetched evenly over all passes (`per_step` lines per
+    /// 8-column step of pass `pass`), so that memory keeps streaming while the later passes
+    /// run from L1.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn panel_tile<const C: usize>(
         panel: *const f32,
+        rows: usize,
         cols: usize,
         x: &[f32],
         i: usize,
-        pass: usize,
-        per_step: usize,
-        acc_out: &mut [[f32; C]; 4],
+        (pass, per_step): (usize, usize),
+        out: &mut [f32],
+        (stride, col): (usize, usize),
     ) {
         let mut acc = [[_mm256_setzero_ps(); C]; 4];
         let xp = x.as_ptr();
@@ -730,91 +570,43 @@ mod avx2 {
             }
             k += 8;
         }
-        for (r, acc) in acc.iter().enumerate() {
+        for (r, acc) in acc.iter().enumerate().take(rows) {
             for (c, &a) in acc.iter().enumerate() {
-                acc_out[r][c] = hsum(a);
+                out[(i + c) * stride + col + r] = hsum(a);
             }
         }
     }
 
     /// # Safety
-    /// The CPU must have AVX2 and FMA; `x` is `[m, w.cols()]`, `out` `[m, stride]` with
-    /// room for the rows of `panels`.
+    /// The CPU must have AVX2 and FMA; `rows` starts on a panel and lies in `w`; `x` is
+    /// `[m, w.cols()]`, `out` `[m, rows.len()]`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn panels(
         w: &super::PackedF32,
-        panels: std::ops::Range<usize>,
+        rows: std::ops::Range<usize>,
         x: &[f32],
         m: usize,
         out: &mut [f32],
-        stride: usize,
     ) {
         let cols = w.cols;
         let passes = m.div_ceil(3).max(1);
         let per_step = (cols / 4).div_ceil(passes * (cols / 8).max(1)).max(1);
-        let first_row = panels.start * 4;
-        for panel in panels {
-            let base = w.data.as_ptr().add(panel * 4 * cols);
-            let rows = (w.rows - panel * 4).min(4);
-            let mut put = |i: usize, vals: &[[f32; 3]; 4], n: usize| {
-                for (r, row) in vals.iter().enumerate().take(rows) {
-                    for (c, &v) in row.iter().enumerate().take(n) {
-                        out[(i + c) * stride + panel * 4 + r - first_row] = v;
-                    }
-                }
-            };
+        let stride = rows.len();
+        for j in rows.clone().step_by(4) {
+            let panel = w.data.as_ptr().add(j * cols);
+            let valid = (rows.end - j).min(4);
+            let place = (stride, j - rows.start);
             let (mut i, mut pass) = (0, 0);
             while i + 3 <= m {
-                let mut vals = [[0f32; 3]; 4];
-                panel_tile::<3>(base, cols, x, i, pass, per_step, &mut vals);
-                put(i, &vals, 3);
+                panel_tile::<3>(panel, valid, cols, x, i, (pass, per_step), out, place);
                 i += 3;
                 pass += 1;
             }
-            let mut vals = [[0f32; 3]; 4];
             match m - i {
-                2 => {
-                    let mut two = [[0f32; 2]; 4];
-                    panel_tile::<2>(base, cols, x, i, pass, per_step, &mut two);
-                    for (v, t) in vals.iter_mut().zip(&two) {
-                        v[..2].copy_from_slice(t);
-                    }
-                    put(i, &vals, 2);
-                }
-                1 => {
-                    let mut one = [[0f32; 1]; 4];
-                    panel_tile::<1>(base, cols, x, i, pass, per_step, &mut one);
-                    for (v, t) in vals.iter_mut().zip(&one) {
-                        v[0] = t[0];
-                    }
-                    put(i, &vals, 1);
-                }
+                2 => panel_tile::<2>(panel, valid, cols, x, i, (pass, per_step), out, place),
+                1 => panel_tile::<1>(panel, valid, cols, x, i, (pass, per_step), out, place),
                 _ => {}
             }
-        }
-    }
-
-    /// # Safety
-    /// The CPU must have AVX2 and FMA; `w` is `[rows, cols]`, `x` `[m, cols]`, `out`
-    /// `[m, rows]`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn matmul_f32(
-        w: &[f32],
-        rows: usize,
-        cols: usize,
-        x: &[f32],
-        m: usize,
-        out: &mut [f32],
-    ) {
-        let prefetch = Prefetch::new(cols, m);
-        let mut j = 0;
-        while j + 4 <= rows {
-            rows_block::<4>(w, j, x, m, cols, out, rows, prefetch);
-            j += 4;
-        }
-        while j < rows {
-            rows_block::<1>(w, j, x, m, cols, out, rows, prefetch);
-            j += 1;
         }
     }
 }
@@ -880,18 +672,24 @@ mod tests {
         }
     }
 
-    /// Runs `products(w, x, m, k, n)` on random matrices of each shape and checks every
-    /// product it returns against the plain one.
-    fn check_f32_products(
-        shapes: &[(usize, usize, usize)],
-        products: impl Fn(&[f32], &[f32], usize, usize, usize) -> Vec<Vec<f32>>,
-    ) {
-        for &(m, k, n) in shapes {
+    #[test]
+    fn packed_products_equal_the_plain_product() {
+        // Rows that do not fill the last panel, every remainder of m by 3, enough panels
+        // to be shared out over threads.
+        for &(m, k, n) in &[
+            (1, 64, 6),
+            (2, 512, 256),
+            (3, 16, 1),
+            (8, 256, 70),
+            (33, 40, 130),
+        ] {
             let w = random(n * k, 7);
             let x = random(m * k, 8);
             let mut want = vec![0f32; m * n];
             matmul_f32_scalar(&w, n, k, &x, m, &mut want);
-            for got in products(&w, &x, m, k, n) {
+            let packed = PackedF32::pack(&w, n, k).unwrap();
+            assert_eq!(packed.unpack(), w);
+            for got in [packed.matmul_serial(&x, m), packed.matmul(&x, m)] {
                 for (a, b) in got.iter().zip(&want) {
                     assert!(
                         (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
@@ -900,42 +698,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn f32_matmul_equals_the_plain_product() {
-        // Shapes with remainders in every dimension (rows % 4, m % 3, cols % 8).
-        let shapes = [
-            (1, 512, 256),
-            (8, 64, 12),
-            (7, 37, 9),
-            (2, 8, 1),
-            (32, 256, 70),
-            (5, 72, 333),
-        ];
-        check_f32_products(&shapes, |w, x, m, k, n| {
-            let got = matmul_f32(w, n, k, x, m);
-            assert_eq!(matmul_f32_parallel(w, n, k, x, m), got);
-            vec![got]
-        });
-    }
-
-    #[test]
-    fn packed_products_equal_the_plain_product() {
-        // Rows that do not fill the last panel, every remainder of m by 3, enough panels
-        // to be shared out over threads.
-        let shapes = [
-            (1, 64, 6),
-            (2, 512, 256),
-            (3, 16, 1),
-            (8, 256, 70),
-            (33, 40, 130),
-        ];
-        check_f32_products(&shapes, |w, x, m, k, n| {
-            let packed = PackedF32::pack(w, n, k).unwrap();
-            assert_eq!(packed.unpack(), w);
-            vec![packed.matmul_serial(x, m), packed.matmul(x, m)]
-        });
         assert!(PackedF32::pack(&[0.0; 12], 2, 6).is_none());
     }
 

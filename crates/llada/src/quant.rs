@@ -11,7 +11,7 @@ use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, PackedF32, Q8Matrix};
+use crate::kernels::{PackedF32, Q8Matrix};
 
 /// The quantization a user can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +153,7 @@ impl LinearWeight {
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (y, bias) = match self {
-            LinearWeight::Dense { weight, bias } => (dense_forward(weight, x)?, bias),
+            LinearWeight::Dense { weight, bias } => (x.matmul(&weight.t()?)?, bias),
             LinearWeight::Quantized { weight, bias } => (weight.forward(x)?, bias),
             LinearWeight::Q8 { weight, bias } => (q8_forward(weight, x)?, bias),
             LinearWeight::Packed { weight, bias } => (packed_forward(weight, x)?, bias),
@@ -164,32 +164,23 @@ impl LinearWeight {
         }
     }
 
-    /// Whether [`LinearWeight::apply_rows`] runs on llada's own kernels (dense f32 and
-    /// q8_0) rather than round-tripping through candle (q4k), which is slower there.
+    /// Whether [`LinearWeight::apply_rows`] runs on llada's own kernels (f32 panels and
+    /// q8_0) rather than round-tripping through candle (q4k, trained or unpackable dense
+    /// matrices), which is slower there.
     pub fn runs_in_place(&self) -> bool {
-        match self {
-            LinearWeight::Dense { weight, .. } => {
-                weight.dtype() == candle_core::DType::F32 && weight.is_contiguous()
-            }
-            LinearWeight::Q8 { .. } | LinearWeight::Packed { .. } => true,
-            LinearWeight::Quantized { .. } => false,
-        }
+        matches!(self, LinearWeight::Q8 { .. } | LinearWeight::Packed { .. })
     }
 
     /// `x @ W^T (+ b)` for `m` row-major f32 rows, computed in the calling thread: for
     /// callers that run many small products side by side (the experts of a MoE layer).
     pub fn apply_rows(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
-        let (out, inp) = self.dims();
+        let (out, _) = self.dims();
         let (mut y, bias) = match self {
-            LinearWeight::Dense { weight, bias } => {
-                match with_f32_slice(weight, |w| kernels::matmul_f32(w, out, inp, x, m)) {
-                    Some(y) => (y, bias),
-                    None => return self.apply_rows_with_candle(x, m),
-                }
-            }
             LinearWeight::Q8 { weight, bias } => (weight.matmul_serial(x, m), bias),
             LinearWeight::Packed { weight, bias } => (weight.matmul_serial(x, m), bias),
-            LinearWeight::Quantized { .. } => return self.apply_rows_with_candle(x, m),
+            LinearWeight::Dense { .. } | LinearWeight::Quantized { .. } => {
+                return self.apply_rows_with_candle(x, m)
+            }
         };
         if let Some(b) = bias {
             let b = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
@@ -261,43 +252,17 @@ pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Opti
     Some(f(data))
 }
 
-/// Up to this many rows, inference products with a dense f32 weight run through
-/// [`kernels::matmul_f32_parallel`]: for a 32-token block candle's gemm packs the whole
-/// weight per call (f32 block forward of llada2-63m: 79 ms through candle, 36 ms with
-/// the MoE experts on the kernel, see docs/performance.md).
-const DENSE_KERNEL_MAX_ROWS: usize = 64;
+/// Rows of `x` per pass over a packed weight's panels: each pass reads them again for
+/// every panel, so that many stay in the cache.
+const PACKED_CHUNK_ROWS: usize = 64;
 
-/// `x @ W^T` for a dense weight: the f32 kernel for few rows at inference (no gradient
-/// tracked), candle otherwise.
-fn dense_forward(weight: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
-    let (out, inp) = weight.dims2()?;
-    let m = x.elem_count() / inp.max(1);
-    if m == 0 || m > DENSE_KERNEL_MAX_ROWS || x.track_op() || weight.track_op() {
-        return x.matmul(&weight.t()?);
-    }
-    let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
-    let y = with_f32_slice(weight, |w| {
-        with_f32_slice(&x, |xs| kernels::matmul_f32_parallel(w, out, inp, xs, m))
-    });
-    match y.flatten() {
-        Some(y) => {
-            let mut shape = x.dims().to_vec();
-            shape.pop();
-            shape.push(out);
-            Tensor::from_vec(y, shape, x.device())
-        }
-        None => x.matmul(&weight.t()?),
-    }
-}
-
-/// `x @ W^T` for x `[.., in]` through the panel kernel, 64 rows of `x` at a time (the
-/// panels are read once per 64 rows; more rows at once would evict each other's
-/// activations from the cache).
+/// `x @ W^T` for x `[.., in]` through the panel kernel, [`PACKED_CHUNK_ROWS`] rows of `x`
+/// at a time.
 fn packed_forward(weight: &PackedF32, x: &Tensor) -> candle_core::Result<Tensor> {
     kernel_forward(x, weight.rows(), weight.cols(), |data, m| {
         let k = weight.cols().max(1);
         let mut y = Vec::with_capacity(m * weight.rows());
-        for chunk in data.chunks(DENSE_KERNEL_MAX_ROWS * k) {
+        for chunk in data.chunks(PACKED_CHUNK_ROWS * k) {
             y.extend(weight.matmul(chunk, chunk.len() / k));
         }
         y
