@@ -216,7 +216,8 @@ impl Mlp {
             .all(|w| w.runs_in_place())
     }
 
-    /// The same MLP on `m` row-major f32 rows in the calling thread (no candle ops).
+    /// The same MLP on `m` row-major f32 rows in the calling thread: no candle ops when
+    /// its matrices run in place ([`Mlp::runs_in_place`]).
     fn forward_rows(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         let gate = self.gate_proj.apply_rows(x, m)?;
         let mut up = self.up_proj.apply_rows(x, m)?;
