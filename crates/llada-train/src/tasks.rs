@@ -1,6 +1,10 @@
-//! A generated task set whose answers can be checked: addition, copying, reversing,
-//! sorting and comparing, as chat examples (`{"messages": [...]}` lines). Used for SFT
-//! of the default model and for `llada eval`'s accuracy.
+//! A generated task set whose answers can be checked, as chat examples (`{"messages":
+//! [...]}` lines). Used for SFT of the default model and for `llada eval`'s accuracy.
+//!
+//! Two families: the five short kinds (addition, copying, reversing, sorting, comparing;
+//! answers of 1-10 tokens) and kinds whose answers run 10-40 tokens, where filling many
+//! tokens per forward pays (long lists, counting, spelling, multi-digit arithmetic with
+//! carries, repetition).
 //!
 //! Held-out items are disjoint from training items by construction, whatever the seeds:
 //! every question belongs to exactly one [`Split`], decided by a fixed hash of its text,
@@ -19,6 +23,32 @@ const WORDS: &[&str] = &[
     "red", "blue", "green", "king", "queen", "love", "night", "day", "sword", "rose", "moon",
     "sun", "lord", "lady", "fool", "ghost", "crown", "heart", "sea", "star",
 ];
+
+/// Words to spell: [`WORDS`] and some longer ones.
+const SPELL_WORDS: &[&str] = &[
+    "red", "blue", "green", "king", "queen", "love", "night", "day", "sword", "rose", "moon",
+    "sun", "lord", "lady", "fool", "ghost", "crown", "heart", "sea", "star", "castle", "winter",
+    "summer", "forest", "honour", "battle", "father", "mother", "prince", "silver", "golden",
+    "shadow", "letter", "garden", "tempest", "dream", "bright", "storm", "river", "stone",
+];
+
+/// The five short kinds, answers of 1-10 tokens.
+pub const SHORT_KINDS: &[&str] = &["add", "copy", "reverse", "sort", "compare"];
+
+/// The kinds with 10-40-token answers (multi-digit arithmetic: 3-5 digits).
+pub const LONG_KINDS: &[&str] = &[
+    "copy-long",
+    "reverse-long",
+    "sort-long",
+    "count",
+    "spell",
+    "add-long",
+    "sub-long",
+    "repeat",
+];
+
+/// Share of generated tasks drawn from [`SHORT_KINDS`].
+const SHORT_SHARE: f64 = 0.4;
 
 /// One task: a question and its one correct answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +78,94 @@ fn join<T: ToString>(v: &[T]) -> String {
         .join(" ")
 }
 
-/// A random task of a random kind.
+/// A random task: a short kind with probability [`SHORT_SHARE`], else a long one.
 pub fn sample(rng: &mut impl Rng) -> Task {
+    if rng.random_bool(SHORT_SHARE) {
+        sample_short(rng)
+    } else {
+        sample_long(rng)
+    }
+}
+
+fn pick_words<'a>(rng: &mut impl Rng, from: &[&'a str], n: usize) -> Vec<&'a str> {
+    (0..n).map(|_| *from.choose(rng).expect("words")).collect()
+}
+
+/// A list of `n` words or of `n` digits, as strings.
+fn words_or_digits(rng: &mut impl Rng, n: usize) -> Vec<String> {
+    if rng.random_bool(0.5) {
+        pick_words(rng, WORDS, n)
+            .iter()
+            .map(|w| w.to_string())
+            .collect()
+    } else {
+        digits(rng, n).iter().map(|d| d.to_string()).collect()
+    }
+}
+
+fn sample_long(rng: &mut impl Rng) -> Task {
+    let kind = LONG_KINDS[rng.random_range(0..LONG_KINDS.len())];
+    let (question, answer) = match kind {
+        "copy-long" => {
+            let n = rng.random_range(8..=24);
+            let items = words_or_digits(rng, n);
+            (format!("Copy: {}", items.join(" ")), items.join(" "))
+        }
+        "reverse-long" => {
+            let n = rng.random_range(8..=24);
+            let items = words_or_digits(rng, n);
+            let reversed: Vec<&String> = items.iter().rev().collect();
+            (format!("Reverse: {}", items.join(" ")), join(&reversed))
+        }
+        "sort-long" => {
+            let n = rng.random_range(8..=24);
+            let d = digits(rng, n);
+            let mut s = d.clone();
+            s.sort();
+            (format!("Sort: {}", join(&d)), join(&s))
+        }
+        "count" => {
+            let from = rng.random_range(0..90u32);
+            let to = from + rng.random_range(4..=11);
+            let range: Vec<u32> = (from..=to).collect();
+            (format!("Count from {from} to {to}."), join(&range))
+        }
+        "spell" => {
+            let n = rng.random_range(2..=3);
+            let words = pick_words(rng, SPELL_WORDS, n);
+            let spelled: Vec<String> = words
+                .iter()
+                .map(|w| w.chars().map(String::from).collect::<Vec<_>>().join(" "))
+                .collect();
+            (format!("Spell: {}", words.join(" ")), spelled.join(" / "))
+        }
+        "add-long" => {
+            let a = rng.random_range(100..100_000u32);
+            let b = rng.random_range(100..100_000u32);
+            (format!("What is {a} plus {b}?"), (a + b).to_string())
+        }
+        "sub-long" => {
+            let a = rng.random_range(100..100_000u32);
+            let b = rng.random_range(100..100_000u32);
+            let (a, b) = (a.max(b), a.min(b));
+            (format!("What is {a} minus {b}?"), (a - b).to_string())
+        }
+        _ => {
+            let n = rng.random_range(2..=3);
+            let phrase = pick_words(rng, WORDS, n).join(" ");
+            let times = rng.random_range(4..=8usize);
+            let answer = vec![phrase.as_str(); times].join(" ");
+            (format!("Repeat \"{phrase}\" {times} times."), answer)
+        }
+    };
+    Task {
+        kind,
+        question,
+        answer,
+    }
+}
+
+fn sample_short(rng: &mut impl Rng) -> Task {
     match rng.random_range(0..5) {
         0 => {
             let (a, b) = (rng.random_range(0..50u32), rng.random_range(0..50u32));
@@ -119,10 +235,7 @@ impl Split {
     /// The split `question` belongs to: FNV-1a of its text, so the partition is the same
     /// on every machine and for every seed.
     pub fn of(question: &str) -> Split {
-        let hash = question.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        if hash % HELD_OUT_ONE_IN == 0 {
+        if llada::synthetic::stable_hash(question) % HELD_OUT_ONE_IN == 0 {
             Split::HeldOut
         } else {
             Split::Train
@@ -178,28 +291,88 @@ pub fn write_jsonl(tasks: &[Task], path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The answer to a question, worked out from its text alone.
+    fn solve(kind: &str, question: &str) -> String {
+        let numbers: Vec<u64> = question
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let list = |prefix: &str| -> Vec<String> {
+            let rest = question.strip_prefix(prefix).expect("prefix");
+            rest.split(' ').map(String::from).collect()
+        };
+        match kind {
+            "add" | "add-long" => (numbers[0] + numbers[1]).to_string(),
+            "sub-long" => (numbers[0] - numbers[1]).to_string(),
+            "compare" => numbers[0].max(numbers[1]).to_string(),
+            "copy" | "copy-long" => list("Copy: ").join(" "),
+            "reverse" | "reverse-long" => {
+                let mut l = list("Reverse: ");
+                l.reverse();
+                l.join(" ")
+            }
+            "sort" | "sort-long" => {
+                let mut l = list("Sort: ");
+                l.sort();
+                l.join(" ")
+            }
+            "count" => (numbers[0]..=numbers[1])
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            "spell" => list("Spell: ")
+                .iter()
+                .map(|w| w.chars().map(String::from).collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            "repeat" => {
+                let phrase = question.split('"').nth(1).expect("quoted phrase");
+                vec![phrase; numbers[0] as usize].join(" ")
+            }
+            other => panic!("unknown kind {other}"),
+        }
+    }
+
     #[test]
     fn tasks_are_deterministic_varied_and_correct() {
-        let a = generate(200, 1, Split::Train).unwrap();
-        assert_eq!(a, generate(200, 1, Split::Train).unwrap());
-        for kind in ["add", "copy", "reverse", "sort", "compare"] {
-            assert!(a.iter().any(|t| t.kind == kind), "{kind}");
+        let a = generate(2000, 1, Split::Train).unwrap();
+        assert_eq!(a, generate(2000, 1, Split::Train).unwrap());
+        for kind in SHORT_KINDS.iter().chain(LONG_KINDS) {
+            assert!(a.iter().any(|t| t.kind == *kind), "{kind}");
         }
         for t in &a {
+            assert_eq!(t.answer, solve(t.kind, &t.question), "{t:?}");
+        }
+        let short = a.iter().filter(|t| SHORT_KINDS.contains(&t.kind)).count();
+        assert!((700..900).contains(&short), "{short} of 2000 short");
+    }
+
+    #[test]
+    fn long_kinds_have_long_answers_with_carries() {
+        let a = generate(4000, 2, Split::Train).unwrap();
+        for t in a.iter().filter(|t| LONG_KINDS.contains(&t.kind)) {
+            let words = t.answer.split(' ').count();
             match t.kind {
-                "add" => {
-                    let nums: Vec<u32> = t
-                        .question
-                        .trim_end_matches('?')
-                        .split(' ')
-                        .filter_map(|w| w.parse().ok())
-                        .collect();
-                    assert_eq!(t.answer, (nums[0] + nums[1]).to_string());
-                }
-                "copy" => assert_eq!(t.question.strip_prefix("Copy: ").unwrap(), t.answer),
-                _ => {}
+                "add-long" | "sub-long" => assert!((1..=6).contains(&t.answer.len()), "{t:?}"),
+                _ => assert!((5..=40).contains(&words), "{t:?}"),
             }
         }
+        // Additions whose columns carry are common, not rare.
+        let carries = a
+            .iter()
+            .filter(|t| t.kind == "add-long")
+            .filter(|t| {
+                let n: Vec<u32> = t
+                    .question
+                    .trim_end_matches('?')
+                    .split(' ')
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                (n[0] % 10 + n[1] % 10) >= 10
+            })
+            .count();
+        let adds = a.iter().filter(|t| t.kind == "add-long").count();
+        assert!(carries * 3 > adds, "{carries} of {adds} carry");
     }
 
     #[test]
@@ -217,8 +390,8 @@ mod tests {
             assert_eq!(leaked, 0, "seed {seed}");
         }
         // Every kind has held-out items, and about one question in eight is held out.
-        for kind in ["add", "copy", "reverse", "sort", "compare"] {
-            assert!(held_out.iter().any(|t| t.kind == kind), "{kind}");
+        for kind in SHORT_KINDS.iter().chain(LONG_KINDS) {
+            assert!(held_out.iter().any(|t| t.kind == *kind), "{kind}");
         }
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let share = (0..8000)

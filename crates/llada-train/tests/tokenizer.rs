@@ -47,6 +47,15 @@ fn trained_tokenizer_round_trips_and_knows_the_special_tokens() {
     // Special tokens in the rendered prompt are single ids.
     let ids = tok.encode(&prompt).unwrap();
     assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 2);
+    // Numbers are split into digits even where the corpus repeats them ("12", "42"):
+    // a space stays with the digit after it.
+    let ids = tok.encode(" 12 plus 30 is 42").unwrap();
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&i| tok.decode(&[i], false).unwrap())
+        .filter(|p| p.chars().any(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(pieces, [" 1", "2", " 3", "0", " 4", "2"]);
 }
 
 #[test]
@@ -63,7 +72,10 @@ fn transformers_loads_the_trained_tokenizer_identically() {
         &out,
     )
     .unwrap();
-    let convs = vec![vec![Message::new("user", "To be, or not to be?")]];
+    let convs = vec![vec![Message::new(
+        "user",
+        "To be, or not to be? 12 plus 30 is 42.",
+    )]];
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../llada/tests/data/chat_ids.py");
     let request = serde_json::json!({ "dir": out, "conversations": convs });
     let want: Vec<Vec<u32>> = serde_json::from_value(python::run_json(&script, &request)).unwrap();

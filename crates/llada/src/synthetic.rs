@@ -87,6 +87,14 @@ pub enum Init {
     Normal { std: f32 },
 }
 
+/// FNV-1a of a text: the same on every run and platform (seeds derived from names,
+/// partitions of questions).
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// A weight source that invents every tensor, deterministic for a seed and tensor name.
 pub struct SyntheticSource {
     device: Device,
@@ -127,11 +135,7 @@ impl SyntheticSource {
     }
 
     fn rng(&self, name: &str) -> ChaCha8Rng {
-        // FNV-1a of the name: stable across runs and platforms.
-        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        ChaCha8Rng::seed_from_u64(hash ^ self.seed)
+        ChaCha8Rng::seed_from_u64(stable_hash(name) ^ self.seed)
     }
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
