@@ -1,7 +1,7 @@
 //! Training losses on the shared LLaDA2 model.
 
 use candle_core::{Device, Tensor, D};
-use llada::Llada2Model;
+use llada::{Llada2Model, TrainRow};
 
 use crate::noise::{block_diffusion_mask, Noised};
 use crate::Result;
@@ -25,13 +25,185 @@ pub struct LossOutput {
     pub masked_tokens: usize,
 }
 
-/// Block-diffusion loss of one sequence: input `[noised | clean]` with positions
-/// `0..L` twice, cross-entropy of the clean tokens at the masked positions of the noisy
-/// half (position i predicts token i, no shift). `cap_weight > 0` adds the CAP term:
-/// the mean entropy at masked positions the model already predicts correctly.
-/// `embed_noise = Some((std, seed))` adds Gaussian noise to the masked tokens'
-/// embeddings (an AR model's mask embedding is untrained; the noise keeps early
-/// conversion stable).
+/// One row of a training step, ready for the batched forward ([`losses`]): the model's
+/// input and what the row's loss reads from its logits.
+pub struct LossRow {
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    mask: Tensor,
+    noise: Option<Tensor>,
+    target: Target,
+}
+
+enum Target {
+    /// The clean tokens at the noisy half's supervised positions (no shift).
+    Masked {
+        clean: Vec<u32>,
+        rows: Vec<u32>,
+        t: f32,
+        weighting: Weighting,
+        cap_weight: f64,
+    },
+    /// Each position predicts the next token (causal attention).
+    NextToken,
+}
+
+impl LossRow {
+    /// Block-diffusion row: input `[noised | clean]` with positions `0..L` twice;
+    /// cross-entropy of the clean tokens at the supervised positions of the noisy half
+    /// (position i predicts token i, no shift). `cap_weight > 0` adds the CAP term: the
+    /// mean entropy at supervised positions the model already predicts correctly.
+    /// `embed_noise = Some((std, seed))` adds Gaussian noise to the masked tokens'
+    /// embeddings (an AR model's mask embedding is untrained; the noise keeps early
+    /// conversion stable).
+    #[allow(clippy::too_many_arguments)]
+    pub fn block_diffusion(
+        model: &Llada2Model,
+        clean: &[u32],
+        noised: &Noised,
+        block: usize,
+        doc_ids: Option<&[u32]>,
+        weighting: Weighting,
+        cap_weight: f64,
+        embed_noise: Option<(f32, u64)>,
+    ) -> Result<LossRow> {
+        let len = clean.len();
+        if block == 0 || len == 0 || noised.tokens.len() != len {
+            return Err(crate::TrainError::Invalid(format!(
+                "block-diffusion loss needs a block of at least 1 and a noised copy of the {len} tokens (block {block}, {} noised)",
+                noised.tokens.len()
+            )));
+        }
+        let device = model.device();
+        let mut tokens = noised.tokens.clone();
+        tokens.extend_from_slice(clean);
+        let positions: Vec<u32> = (0..2 * len as u32).map(|i| i % len as u32).collect();
+        let mask = Tensor::from_vec(
+            block_diffusion_mask(len, block, doc_ids),
+            (2 * len, 2 * len),
+            device,
+        )?;
+        let noise = if let Some((std, seed)) = embed_noise.filter(|(std, _)| *std > 0.0) {
+            let hidden = model.config().hidden_size;
+            let gauss = llada::synthetic::gaussian(2 * len * hidden, std, seed);
+            let gauss = Tensor::from_vec(gauss, (2 * len, hidden), device)?;
+            let keep: Vec<f32> = (0..2 * len)
+                .map(|i| f32::from(u8::from(i < len && noised.masked[i])))
+                .collect();
+            let keep = Tensor::from_vec(keep, (2 * len, 1), device)?;
+            Some(gauss.broadcast_mul(&keep)?)
+        } else {
+            None
+        };
+        let rows = (0..len as u32)
+            .filter(|&i| noised.masked[i as usize])
+            .collect();
+        Ok(LossRow {
+            tokens,
+            positions,
+            mask,
+            noise,
+            target: Target::Masked {
+                clean: clean.to_vec(),
+                rows,
+                t: noised.t,
+                weighting,
+                cap_weight,
+            },
+        })
+    }
+
+    /// Autoregressive row (the `ar` stage): causal attention (within each document when
+    /// `doc_ids` is given), position i predicts token i + 1.
+    pub fn autoregressive(
+        model: &Llada2Model,
+        tokens: &[u32],
+        doc_ids: Option<&[u32]>,
+    ) -> Result<LossRow> {
+        let len = tokens.len();
+        if len < 2 {
+            return Err(crate::TrainError::Invalid(format!(
+                "next-token loss needs at least 2 tokens, got {len}"
+            )));
+        }
+        let mask: Vec<f32> = (0..len * len)
+            .map(|i| {
+                let (q, k) = (i / len, i % len);
+                let same_doc = doc_ids.is_none_or(|d| d[q] == d[k]);
+                if k <= q && same_doc {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        Ok(LossRow {
+            tokens: tokens.to_vec(),
+            positions: (0..len as u32).collect(),
+            mask: Tensor::from_vec(mask, (len, len), model.device())?,
+            noise: None,
+            target: Target::NextToken,
+        })
+    }
+}
+
+/// The loss of every row, from one forward pass of all of them together.
+pub fn losses(model: &Llada2Model, rows: &[LossRow]) -> Result<Vec<LossOutput>> {
+    let inputs: Vec<TrainRow<'_>> = rows
+        .iter()
+        .map(|r| TrainRow {
+            tokens: &r.tokens,
+            positions: &r.positions,
+            mask: &r.mask,
+            embed_noise: r.noise.as_ref(),
+        })
+        .collect();
+    let logits = model.forward_train_batch(&inputs)?;
+    let device = model.device();
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let n = row.tokens.len();
+        let logits = logits.narrow(0, offset, n)?;
+        offset += n;
+        out.push(match &row.target {
+            Target::Masked {
+                clean,
+                rows,
+                t,
+                weighting,
+                cap_weight,
+            } => masked_loss(
+                &logits,
+                clean,
+                rows,
+                *t,
+                clean.len(),
+                *weighting,
+                *cap_weight,
+                device,
+            )?,
+            Target::NextToken => {
+                let inputs = logits.narrow(0, 0, n - 1)?;
+                let targets = Tensor::new(&row.tokens[1..], device)?;
+                let loss = candle_nn::loss::cross_entropy(&inputs, &targets)?;
+                let masked_ce = loss.to_scalar::<f32>()?;
+                LossOutput {
+                    loss,
+                    masked_ce,
+                    masked_tokens: n - 1,
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+fn only(model: &Llada2Model, row: LossRow) -> Result<LossOutput> {
+    Ok(losses(model, &[row])?.pop().expect("one row, one loss"))
+}
+
+/// Block-diffusion loss of one sequence (see [`LossRow::block_diffusion`]).
 #[allow(clippy::too_many_arguments)]
 pub fn block_diffusion_loss(
     model: &Llada2Model,
@@ -43,74 +215,26 @@ pub fn block_diffusion_loss(
     cap_weight: f64,
     embed_noise: Option<(f32, u64)>,
 ) -> Result<LossOutput> {
-    let len = clean.len();
-    if block == 0 || len == 0 || noised.tokens.len() != len {
-        return Err(crate::TrainError::Invalid(format!(
-            "block-diffusion loss needs a block of at least 1 and a noised copy of the {len} tokens (block {block}, {} noised)",
-            noised.tokens.len()
-        )));
-    }
-    let device = model.device();
-    let mut tokens = noised.tokens.clone();
-    tokens.extend_from_slice(clean);
-    let positions: Vec<u32> = (0..2 * len as u32).map(|i| i % len as u32).collect();
-    let mask = Tensor::from_vec(
-        block_diffusion_mask(len, block, doc_ids),
-        (2 * len, 2 * len),
-        device,
+    let row = LossRow::block_diffusion(
+        model,
+        clean,
+        noised,
+        block,
+        doc_ids,
+        weighting,
+        cap_weight,
+        embed_noise,
     )?;
-    let noise = if let Some((std, seed)) = embed_noise.filter(|(std, _)| *std > 0.0) {
-        let hidden = model.config().hidden_size;
-        let gauss = llada::synthetic::gaussian(2 * len * hidden, std, seed);
-        let gauss = Tensor::from_vec(gauss, (2 * len, hidden), device)?;
-        let keep: Vec<f32> = (0..2 * len)
-            .map(|i| f32::from(u8::from(i < len && noised.masked[i])))
-            .collect();
-        let keep = Tensor::from_vec(keep, (2 * len, 1), device)?;
-        Some(gauss.broadcast_mul(&keep)?)
-    } else {
-        None
-    };
-    let logits = model.forward_train(&tokens, &positions, &mask, noise.as_ref())?;
-    let rows: Vec<u32> = (0..len as u32)
-        .filter(|&i| noised.masked[i as usize])
-        .collect();
-    masked_loss(
-        &logits, clean, &rows, noised.t, len, weighting, cap_weight, device,
-    )
+    only(model, row)
 }
 
-/// Autoregressive loss (the `ar` stage): causal attention, position i predicts i + 1.
+/// Autoregressive loss of one sequence (see [`LossRow::autoregressive`]).
 pub fn autoregressive_loss(
     model: &Llada2Model,
     tokens: &[u32],
     doc_ids: Option<&[u32]>,
 ) -> Result<LossOutput> {
-    let len = tokens.len();
-    let device = model.device();
-    let mask: Vec<f32> = (0..len * len)
-        .map(|i| {
-            let (q, k) = (i / len, i % len);
-            let same_doc = doc_ids.is_none_or(|d| d[q] == d[k]);
-            if k <= q && same_doc {
-                0.0
-            } else {
-                f32::NEG_INFINITY
-            }
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, (len, len), device)?;
-    let positions: Vec<u32> = (0..len as u32).collect();
-    let logits = model.forward_train(tokens, &positions, &mask, None)?;
-    let inputs = logits.narrow(0, 0, len - 1)?;
-    let targets = Tensor::new(&tokens[1..], device)?;
-    let loss = candle_nn::loss::cross_entropy(&inputs, &targets)?;
-    let masked_ce = loss.to_scalar::<f32>()?;
-    Ok(LossOutput {
-        loss,
-        masked_ce,
-        masked_tokens: len - 1,
-    })
+    only(model, LossRow::autoregressive(model, tokens, doc_ids)?)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -41,10 +41,12 @@ pub fn block_diffusion_mask(len: usize, block: usize, doc_ids: Option<&[u32]>) -
     mask
 }
 
-/// A noised sequence: the noisy half's tokens and which positions were masked.
+/// A noised sequence: the noisy half's tokens and which positions the loss covers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Noised {
     pub tokens: Vec<u32>,
+    /// Positions whose clean token the loss asks for: the masked ones, and after
+    /// [`corrupt_visible`] the visible answer positions too.
     pub masked: Vec<bool>,
     /// The mask rate used.
     pub t: f32,
@@ -101,6 +103,36 @@ pub fn complement(
         tokens,
         masked,
         t: 1.0 - noised.t,
+    }
+}
+
+/// LLaDA2.1-style editing data: every visible (not masked, not protected) position of
+/// `noised` joins the loss, and with probability `rate` shows another token of the same
+/// sequence's unprotected part instead of its own (a plausible wrong token, as a
+/// decoder's mistakes are; a random vocabulary id would be trivially spotted). The
+/// model so learns to keep right tokens and to replace wrong ones.
+pub fn corrupt_visible(
+    noised: &mut Noised,
+    clean: &[u32],
+    protected: &[bool],
+    rate: f64,
+    rng: &mut impl Rng,
+) {
+    let pool: Vec<u32> = (0..clean.len())
+        .filter(|&i| !protected[i])
+        .map(|i| clean[i])
+        .collect();
+    for i in 0..clean.len() {
+        if protected[i] || noised.masked[i] {
+            continue;
+        }
+        noised.masked[i] = true;
+        if rng.random_bool(rate) {
+            let others: Vec<u32> = pool.iter().copied().filter(|&t| t != clean[i]).collect();
+            if let Some(&t) = others.get(rng.random_range(0..others.len().max(1))) {
+                noised.tokens[i] = t;
+            }
+        }
     }
 }
 
@@ -185,6 +217,34 @@ mod tests {
         // A tiny rate still masks one position.
         let n = mask_tokens(&[1, 2, 3], 0.0, 99, None, &mut rng);
         assert_eq!(n.masked.iter().filter(|&&m| m).count(), 1);
+    }
+
+    #[test]
+    fn editing_corrupts_visible_answer_tokens_and_supervises_them() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let clean: Vec<u32> = (0..400).map(|i| 10 + i % 7).collect();
+        let protected: Vec<bool> = (0..400).map(|i| i < 100).collect();
+        let noised = mask_tokens(&clean, 0.5, 99, Some(&protected), &mut rng);
+        let mut edited = noised.clone();
+        corrupt_visible(&mut edited, &clean, &protected, 0.2, &mut rng);
+        // The prompt is untouched and outside the loss; every answer position is in it.
+        assert_eq!(edited.tokens[..100], clean[..100]);
+        assert!(edited.masked[..100].iter().all(|&m| !m));
+        assert!(edited.masked[100..].iter().all(|&m| m));
+        // Masked positions stay masked; about a fifth of the visible ones changed, each
+        // to another token of the answer.
+        let visible: Vec<usize> = (100..400).filter(|&i| !noised.masked[i]).collect();
+        let changed: Vec<usize> = visible
+            .iter()
+            .copied()
+            .filter(|&i| edited.tokens[i] != clean[i])
+            .collect();
+        assert!((100..400).all(|i| !noised.masked[i] || edited.tokens[i] == 99));
+        let share = changed.len() as f64 / visible.len() as f64;
+        assert!((0.1..0.3).contains(&share), "{share}");
+        assert!(changed
+            .iter()
+            .all(|&i| (10..17).contains(&edited.tokens[i])));
     }
 
     #[test]

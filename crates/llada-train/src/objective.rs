@@ -1,17 +1,19 @@
-//! What one training row contributes to a step's loss, by stage kind: the causal loss of
-//! a text sequence (ar), the block-diffusion loss of a noised text sequence (wsd, and the
-//! text rows mixed into sft), and the SFT loss of a chat example (prompt kept, answer
-//! masked, optionally with the complementary mask as a second view).
+//! What one training example contributes to a step's loss, by stage kind: the causal loss
+//! of a text sequence (ar), the block-diffusion loss of a noised text sequence (wsd, and
+//! the text rows mixed into sft), and the SFT loss of a chat example (prompt kept, answer
+//! masked, optionally with the complementary mask as a second view). Each example becomes
+//! one or two model rows ([`LossRow`]); a step runs all its rows in one forward pass and
+//! [`combine`] folds each example's rows back into its loss.
 
 use candle_core::Tensor;
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{ChatExample, Packed};
-use crate::loss::{autoregressive_loss, block_diffusion_loss, LossOutput, Weighting};
-use crate::noise::{complement, mask_tokens, sample_t, sample_t_between};
+use crate::loss::{LossOutput, LossRow, Weighting};
+use crate::noise::{complement, corrupt_visible, mask_tokens, sample_t, sample_t_between};
 use crate::params::TrainableModel;
-use crate::recipe::Stage;
+use crate::recipe::{Stage, StageKind};
 use crate::{Result, TrainError};
 
 /// The fixed inputs of a stage's rows.
@@ -22,12 +24,17 @@ pub struct Objective<'a> {
 
 impl Objective<'_> {
     /// Next-token loss of a packed text sequence (same-document attention).
-    pub fn causal(&self, model: &TrainableModel, seq: &Packed) -> Result<LossOutput> {
-        autoregressive_loss(&model.model, &seq.tokens, Some(&seq.doc_ids))
+    pub fn causal(&self, model: &TrainableModel, seq: &Packed) -> Result<Vec<LossRow>> {
+        Ok(vec![LossRow::autoregressive(
+            &model.model,
+            &seq.tokens,
+            Some(&seq.doc_ids),
+        )?])
     }
 
     /// Block-diffusion loss of a packed text sequence at a random mask rate, 1/t
-    /// weighted, with embedding noise in the stage's first steps.
+    /// weighted, with embedding noise in the stage's first steps (sft_ar: every token
+    /// masked, so with block 1 each is predicted from the clean ones before it).
     pub fn text(
         &self,
         model: &TrainableModel,
@@ -35,13 +42,16 @@ impl Objective<'_> {
         block: usize,
         step: usize,
         rng: &mut ChaCha8Rng,
-    ) -> Result<LossOutput> {
+    ) -> Result<Vec<LossRow>> {
         let stage = self.stage;
-        let t = sample_t(rng, stage.eps);
+        let t = match stage.kind {
+            StageKind::SftAr => 1.0,
+            _ => sample_t(rng, stage.eps),
+        };
         let noised = mask_tokens(&seq.tokens, t, self.mask_id, None, rng);
         let noise = (step < stage.embed_noise_steps)
             .then(|| (stage.embed_noise_std as f32, rng.next_u64()));
-        block_diffusion_loss(
+        Ok(vec![LossRow::block_diffusion(
             &model.model,
             &seq.tokens,
             &noised,
@@ -50,25 +60,31 @@ impl Objective<'_> {
             Weighting::InverseT,
             0.0,
             noise,
-        )
+        )?])
     }
 
     /// SFT loss of a chat example: the answer masked at t ~ U(t_range), mean over
     /// masked tokens, plus CAP when asked; with `complementary`, the inverse mask is a
-    /// second view and the two losses add.
+    /// second view and the two losses add; with `edit_rate`, each view's visible answer
+    /// tokens are corrupted and supervised too. sft_ar masks the whole answer (one view).
     pub fn chat(
         &self,
         model: &TrainableModel,
         ex: &ChatExample,
         block: usize,
         rng: &mut ChaCha8Rng,
-    ) -> Result<LossOutput> {
+    ) -> Result<Vec<LossRow>> {
         let stage = self.stage;
+        let autoregressive = stage.kind == StageKind::SftAr;
         let (lo, hi) = stage.t_range;
-        let t = sample_t_between(rng, lo, hi);
+        let t = if autoregressive {
+            1.0
+        } else {
+            sample_t_between(rng, lo, hi)
+        };
         let noised = mask_tokens(&ex.tokens, t, self.mask_id, Some(&ex.prompt), rng);
         let mut views = vec![noised.clone()];
-        if stage.complementary {
+        if stage.complementary && !autoregressive {
             views.push(complement(
                 &ex.tokens,
                 &noised,
@@ -76,29 +92,57 @@ impl Objective<'_> {
                 Some(&ex.prompt),
             ));
         }
-        let mut total: Option<LossOutput> = None;
-        for v in views.iter().filter(|v| v.masked.contains(&true)) {
-            let o = block_diffusion_loss(
-                &model.model,
-                &ex.tokens,
-                v,
-                block,
-                None,
-                Weighting::MaskedMean,
-                stage.cap_weight,
-                None,
-            )?;
-            total = Some(match total {
-                None => o,
-                Some(prev) => LossOutput {
-                    loss: (prev.loss + o.loss)?,
-                    masked_ce: (prev.masked_ce + o.masked_ce) / 2.0,
-                    masked_tokens: prev.masked_tokens + o.masked_tokens,
-                },
-            });
+        if stage.edit_rate > 0.0 {
+            for v in &mut views {
+                corrupt_visible(v, &ex.tokens, &ex.prompt, stage.edit_rate, rng);
+            }
         }
-        total.ok_or_else(|| TrainError::Invalid("an SFT example has no answer tokens".into()))
+        let rows = views
+            .iter()
+            .filter(|v| v.masked.contains(&true))
+            .map(|v| {
+                LossRow::block_diffusion(
+                    &model.model,
+                    &ex.tokens,
+                    v,
+                    block,
+                    None,
+                    Weighting::MaskedMean,
+                    stage.cap_weight,
+                    None,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if rows.is_empty() {
+            return Err(TrainError::Invalid(
+                "an SFT example has no answer tokens".into(),
+            ));
+        }
+        Ok(rows)
     }
+}
+
+/// How an example's rows make its loss: the views of an SFT example add (their
+/// reported cross-entropy is the views' mean); a text row is its own loss.
+pub fn combine(outputs: Vec<LossOutput>) -> Result<LossOutput> {
+    let views = outputs.len() as f32;
+    let mut iter = outputs.into_iter();
+    let first = iter
+        .next()
+        .ok_or_else(|| TrainError::Invalid("an example made no rows".into()))?;
+    iter.try_fold(
+        LossOutput {
+            masked_ce: first.masked_ce / views,
+            ..first
+        },
+        |acc, o| {
+            Ok(LossOutput {
+                loss: (acc.loss + o.loss)?,
+                masked_ce: acc.masked_ce + o.masked_ce / views,
+                masked_tokens: acc.masked_tokens + o.masked_tokens,
+            })
+        },
+    )
 }
 
 /// Whether an SFT row is replaced by a text row this time (drawn only when mixing is on,

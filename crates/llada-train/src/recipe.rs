@@ -13,7 +13,7 @@
 //!
 //! [[stage]]
 //! name = "ar"
-//! kind = "ar"                  # ar | wsd | sft
+//! kind = "ar"                  # ar | wsd | sft | sft_ar
 //! data = ["corpus.txt"]        # text files (ar, wsd) or one JSONL file (sft)
 //! steps = 100
 //! batch_size = 4
@@ -41,6 +41,18 @@ pub enum StageKind {
     Wsd,
     /// Supervised fine-tuning on chat data.
     Sft,
+    /// Autoregressive supervised fine-tuning on chat data (the baseline a diffusion model
+    /// is compared with): every answer token is masked and predicted from the clean
+    /// tokens before it (block 1), the form llada decodes with `--block-length 1`.
+    /// Mixed-in text rows are trained the same way.
+    SftAr,
+}
+
+impl StageKind {
+    /// Whether the stage trains on chat examples (one JSONL file).
+    pub fn is_chat(&self) -> bool {
+        matches!(self, StageKind::Sft | StageKind::SftAr)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +60,10 @@ pub enum StageKind {
 pub struct Stage {
     pub name: String,
     pub kind: StageKind,
+    /// Start from the final checkpoint of this earlier stage instead of the previous
+    /// stage's (the AR baseline branches off the AR pre-training).
+    #[serde(default)]
+    pub from: Option<String>,
     pub data: Vec<PathBuf>,
     pub steps: usize,
     pub batch_size: usize,
@@ -80,6 +96,12 @@ pub struct Stage {
     /// sft: weight of the CAP confidence loss (0: off).
     #[serde(default)]
     pub cap_weight: f64,
+    /// sft: LLaDA2.1-style editing data. Each answer position left visible gets, with
+    /// this probability, another token of the same answer in place of its own, and the
+    /// loss covers every visible answer position (restore the corrupted ones, keep the
+    /// right ones), so that a decoder that edits committed tokens has a trained signal.
+    #[serde(default)]
+    pub edit_rate: f64,
     /// sft: plain-text corpora mixed into the batches (block-diffusion loss on packed
     /// text, as in wsd) so that fine-tuning does not erase language modelling.
     #[serde(default)]
@@ -130,6 +152,7 @@ impl Stage {
         for (field, v) in [
             ("embed_noise_std", self.embed_noise_std),
             ("cap_weight", self.cap_weight),
+            ("edit_rate", self.edit_rate),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("{field} must be a finite number >= 0, got {v}"));
@@ -146,8 +169,14 @@ impl Stage {
             (StageKind::Wsd, None) => return Err("wsd needs a block_schedule".into()),
             _ => {}
         }
-        if self.kind == StageKind::Sft && self.data.len() != 1 {
-            return Err("sft takes one JSONL file".into());
+        if self.kind.is_chat() && self.data.len() != 1 {
+            return Err("sft and sft_ar take one JSONL file".into());
+        }
+        if self.edit_rate > 1.0 || (self.edit_rate > 0.0 && self.kind != StageKind::Sft) {
+            return Err(format!(
+                "edit_rate is a probability for sft stages, got {}",
+                self.edit_rate
+            ));
         }
         if !(0.0..1.0).contains(&self.text_fraction) {
             return Err(format!(
@@ -156,10 +185,7 @@ impl Stage {
             ));
         }
         let mixes = self.text_fraction > 0.0 || !self.text_data.is_empty();
-        if mixes
-            && (self.kind != StageKind::Sft
-                || self.text_data.is_empty()
-                || self.text_fraction == 0.0)
+        if mixes && (!self.kind.is_chat() || self.text_data.is_empty() || self.text_fraction == 0.0)
         {
             return Err(
                 "text mixing is for sft stages and needs both text_data and text_fraction > 0"
@@ -259,6 +285,14 @@ impl Recipe {
                     "stage name {:?} must be letters, digits, '-', '_' or '.' (it names a folder)",
                     s.name
                 ));
+            }
+            if let Some(from) = &s.from {
+                if !names.contains(from.as_str()) {
+                    return bad(format!(
+                        "stage {}: from = {from:?} names no earlier stage",
+                        s.name
+                    ));
+                }
             }
             if !names.insert(s.name.as_str()) {
                 return bad(format!("two stages are named {}", s.name));

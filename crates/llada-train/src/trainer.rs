@@ -18,7 +18,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{self, CheckpointFiles, MetricsLog, StepMetrics, TrainerState};
 use crate::data::{load_chat, pack_text, ChatExample, Packed};
-use crate::objective::{draws_text_row, mean_loss, Objective};
+use crate::loss::losses;
+use crate::objective::{combine, draws_text_row, mean_loss, Objective};
 use crate::optim::AdamW;
 use crate::params::TrainableModel;
 use crate::recipe::{Recipe, Stage, StageKind};
@@ -78,9 +79,13 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunOutcome> {
     }
     let mut budget = opts.max_steps;
     let mut previous: Option<PathBuf> = recipe.init_from.clone();
-    for (index, stage) in recipe.stages.iter().enumerate() {
+    for stage in &recipe.stages {
         let dir = recipe.out.join(&stage.name);
         let final_dir = dir.join("final");
+        if let Some(from) = &stage.from {
+            // Checked at load: an earlier stage, so its final checkpoint exists by now.
+            previous = Some(recipe.out.join(from).join("final"));
+        }
         if final_dir.join("model.safetensors").is_file() {
             previous = Some(final_dir);
             continue;
@@ -88,7 +93,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunOutcome> {
         let ctx = StageRun {
             recipe,
             stage,
-            index,
+            stream: stage_stream(&stage.name),
             dir: &dir,
             cfg: &cfg,
             tok: &tok,
@@ -112,7 +117,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunOutcome> {
 struct StageRun<'a> {
     recipe: &'a Recipe,
     stage: &'a Stage,
-    index: usize,
+    /// The stage's random stream (from its name, so adding, removing or reordering other
+    /// stages, or running a branch in a recipe of its own, leaves its randomness as is).
+    stream: u64,
     dir: &'a Path,
     cfg: &'a Llada2Config,
     tok: &'a Tokenizer,
@@ -207,7 +214,7 @@ impl StageRun<'_> {
             StageKind::Ar | StageKind::Wsd => {
                 Examples::Text(pack_text(&stage.data, self.tok, self.eos, stage.seq_len)?)
             }
-            StageKind::Sft => Examples::Chat(load_chat(
+            StageKind::Sft | StageKind::SftAr => Examples::Chat(load_chat(
                 &stage.data[0],
                 self.tok,
                 self.eos,
@@ -237,29 +244,28 @@ impl StageRun<'_> {
     ) -> Result<StepMetrics> {
         let stage = self.stage;
         let mut rng = ChaCha8Rng::seed_from_u64(
-            self.recipe.seed
-                ^ ((self.index as u64 + 1) << 40)
-                ^ (step as u64).wrapping_mul(0x9E37_79B9),
+            self.recipe.seed ^ (self.stream << 40) ^ (step as u64).wrapping_mul(0x9E37_79B9),
         );
         let block = match (&stage.kind, &stage.block_schedule) {
             (StageKind::Wsd, Some(s)) => s.block_at(step),
-            (StageKind::Ar, _) => 1,
+            (StageKind::Ar | StageKind::SftAr, _) => 1,
             _ => stage.block,
         };
         let objective = Objective {
             stage,
             mask_id: self.mask_id,
         };
-        let mut losses = Vec::new();
-        let mut ce = 0f32;
-        let rows = batch_indices(
+        // Every example's rows (two views for an SFT example) go through one forward
+        // pass together; each example's loss is then folded back from its rows.
+        let mut rows = Vec::new();
+        let mut per_example = Vec::new();
+        for example in batch_indices(
             data.examples.len(),
             stage.batch_size,
             step,
-            self.recipe.seed ^ self.index as u64,
-        );
-        for example in rows {
-            let out = match (&data.text_mix, &data.examples) {
+            self.recipe.seed ^ self.stream,
+        ) {
+            let made = match (&data.text_mix, &data.examples) {
                 (Some(texts), _) if draws_text_row(&mut rng, stage.text_fraction) => {
                     let seq = &texts[rng.random_range(0..texts.len())];
                     objective.text(model, seq, block, step, &mut rng)?
@@ -274,6 +280,14 @@ impl StageRun<'_> {
                     objective.chat(model, &chats[example], block, &mut rng)?
                 }
             };
+            per_example.push(made.len());
+            rows.extend(made);
+        }
+        let mut outputs = losses(&model.model, &rows)?.into_iter();
+        let mut losses = Vec::with_capacity(per_example.len());
+        let mut ce = 0f32;
+        for n in per_example {
+            let out = combine(outputs.by_ref().take(n).collect())?;
             ce += out.masked_ce;
             losses.push(out.loss);
         }
@@ -340,6 +354,11 @@ fn expert_biases(cfg: &Llada2Config, source: &dyn WeightSource) -> Result<HashMa
         }
     }
     Ok(out)
+}
+
+/// A stage's random stream number: FNV-1a of its name (24 bits, shifted above the step).
+fn stage_stream(name: &str) -> u64 {
+    llada::synthetic::stable_hash(name) & 0xff_ffff
 }
 
 /// Example indices of `step`: epochs walk a seeded permutation of the data.

@@ -92,6 +92,7 @@ batch_size = 2
 seq_len = 96
 block = 8
 cap_weight = 1.0
+edit_rate = 0.2
 checkpoint_every = 6
 lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
 "#
@@ -336,6 +337,69 @@ fn text_mixed_into_sft_keeps_the_model_a_text_model() {
     assert!(err.contains("text_data"), "{err}");
 }
 
+/// The AR baseline's stage: `sft_ar` after a diffusion stage, branching off the AR
+/// stage with `from`, trains exactly as it does right after the AR stage (same start,
+/// same random stream, by name), with block 1, and its loss falls.
+#[test]
+fn the_autoregressive_baseline_branches_off_the_ar_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path(), "unused");
+    let text = std::fs::read_to_string(tmp.path().join("recipe.toml")).unwrap();
+    let (head, stages) = text.split_at(text.find("[[stage]]").unwrap());
+    let ar_stage = &stages[..stages[1..].find("[[stage]]").unwrap() + 1];
+    let baseline = |from: &str| {
+        format!(
+            r#"
+[[stage]]
+name = "sft-ar"
+kind = "sft_ar"
+{from}
+data = ["chat.jsonl"]
+text_data = ["corpus.txt"]
+text_fraction = 0.25
+steps = 12
+batch_size = 2
+seq_len = 96
+checkpoint_every = 12
+lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
+"#
+        )
+    };
+    let write = |name: &str, body: String| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            body.replace("out = \"unused\"", &format!("out = \"{name}\"")),
+        )
+        .unwrap();
+        Recipe::load(&path).unwrap()
+    };
+    let branched = write("branched", format!("{text}{}", baseline("from = \"ar\"")));
+    let direct = write("direct", format!("{head}{ar_stage}{}", baseline("")));
+    for recipe in [&branched, &direct] {
+        run(recipe, &quiet()).unwrap();
+    }
+    let a = metrics(&tmp.path().join("branched/sft-ar"));
+    let b = metrics(&tmp.path().join("direct/sft-ar"));
+    assert_eq!(a.len(), 12);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.loss, x.block), (y.loss, y.block), "step {}", x.step);
+        assert_eq!(x.block, 1);
+    }
+    let head_ce: f32 = a[..3].iter().map(|s| s.ce).sum::<f32>() / 3.0;
+    let tail_ce: f32 = a[9..].iter().map(|s| s.ce).sum::<f32>() / 3.0;
+    assert!(tail_ce < head_ce, "{head_ce} -> {tail_ce}");
+    // `from` must name an earlier stage.
+    let err = Recipe::parse(
+        &format!("{head}{}{ar_stage}", baseline("from = \"ar\"")),
+        &tmp.path().join("bad.toml"),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("names no earlier stage"), "{err}");
+}
+
 mod random_fields {
     use super::*;
     use proptest::prelude::*;
@@ -354,7 +418,9 @@ mod random_fields {
         ("embed_noise_std", &["-0.1", "0.0", "1e30", "nan"]),
         ("embed_noise_steps", &["0", "100"]),
         ("text_fraction", &["0.0", "0.5", "1.0", "-0.1"]),
-        ("kind", &["\"ar\"", "\"wsd\"", "\"sft\"", "\"other\""]),
+        ("kind", &["\"ar\"", "\"wsd\"", "\"sft\"", "\"sft_ar\"", "\"other\""]),
+        ("edit_rate", &["-0.1", "0.0", "0.3", "1.5", "nan"]),
+        ("from", &["\"ar\"", "\"nope\""]),
         ("data", &["[]", "[\"missing.txt\"]", "[\"corpus.txt\"]"]),
         ("name", &["\"\"", "\"..\"", "\"a/b\"", "\"ok-1\""]),
         ("lr", &[

@@ -37,7 +37,7 @@ pub use generate::{
     GenerateParams, GenerateStats, Generation, Observer,
 };
 pub use gguf::{quantize_checkpoint, QuantizeReport};
-pub use model::{ForwardCost, Llada2Model, SeqStep};
+pub use model::{ForwardCost, Llada2Model, SeqStep, TrainRow};
 pub use quant::{LinearWeight, Quant};
 pub use sampling::{Sampler, SamplingParams, MAX_TEMPERATURE};
 pub use tokenizer::{Message, TextStream, Tokenizer};

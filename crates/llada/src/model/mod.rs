@@ -2,4 +2,4 @@
 
 pub mod llada2;
 
-pub use llada2::{ForwardCost, Llada2Model, SeqStep};
+pub use llada2::{ForwardCost, Llada2Model, SeqStep, TrainRow};
