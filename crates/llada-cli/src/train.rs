@@ -18,14 +18,16 @@ pub struct TrainArgs {
 pub enum TrainCommand {
     /// Train a byte-level BPE tokenizer with LLaDA2's special tokens and chat template.
     Tokenizer(TokenizerArgs),
-    /// Run (or resume) the stages of a recipe: ar, wsd (conversion), sft.
+    /// Run (or resume) the stages of a recipe: ar, wsd (conversion), sft, sft_ar.
     Run(RunArgs),
     /// Copy a checkpoint's model files (no optimizer state) into a model folder,
     /// optionally storing the weights in bf16.
     Export(ExportArgs),
     /// Average the k checkpoints with the lowest validation NELBO into one model.
     Merge(MergeArgs),
-    /// Generate the checkable task set (add, copy, reverse, sort, compare) as chat JSONL.
+    /// Generate the checkable task set as chat JSONL (five short kinds: add, copy,
+    /// reverse, sort, compare; eight with 10-40-token answers: copy-long, reverse-long,
+    /// sort-long, count, spell, add-long, sub-long, repeat).
     Tasks(TasksArgs),
 }
 
@@ -70,6 +72,10 @@ pub struct TasksArgs {
     pub eval: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Which kinds: `short` (the five short kinds only, the shipped default model's
+    /// task set) or `all`.
+    #[arg(long, default_value = "all")]
+    pub kinds: llada_train::tasks::Mix,
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +104,10 @@ pub struct TokenizerArgs {
     /// Output folder (tokenizer.json, tokenizer_config.json).
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    /// Keep numbers whole (GPT-2's pre-tokenizer, as the shipped default model's
+    /// tokenizer) instead of one piece per digit.
+    #[arg(long)]
+    pub whole_numbers: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -106,6 +116,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let opts = TokenizerTraining {
                 vocab_size: a.vocab_size,
                 min_frequency: a.min_frequency,
+                split_digits: !a.whole_numbers,
             };
             train_tokenizer(&a.inputs, &opts, &a.out)?;
             println!("wrote {}", a.out.join("tokenizer.json").display());
@@ -141,8 +152,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             std::fs::create_dir_all(&a.out)?;
             use llada_train::tasks::{generate, Split};
             // The two splits partition all questions, so no eval item is ever trained on.
-            let train = generate(a.train, a.seed, Split::Train)?;
-            let eval = generate(a.eval, a.seed ^ 0xE7A1, Split::HeldOut)?;
+            let train = generate(a.train, a.seed, Split::Train, a.kinds)?;
+            let eval = generate(a.eval, a.seed ^ 0xE7A1, Split::HeldOut, a.kinds)?;
             llada_train::tasks::write_jsonl(&train, &a.out.join("tasks-train.jsonl"))?;
             llada_train::tasks::write_jsonl(&eval, &a.out.join("tasks-eval.jsonl"))?;
             println!(

@@ -47,8 +47,19 @@ pub const LONG_KINDS: &[&str] = &[
     "repeat",
 ];
 
-/// Share of generated tasks drawn from [`SHORT_KINDS`].
+/// Share of generated tasks drawn from [`SHORT_KINDS`] in the full mix.
 const SHORT_SHARE: f64 = 0.4;
+
+/// Which kinds a task set holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mix {
+    /// The five short kinds only (the task set of the shipped default model: the same
+    /// items, seed for seed, as before the long kinds existed).
+    Short,
+    /// Short kinds 40% of the time, long kinds otherwise.
+    #[default]
+    All,
+}
 
 /// One task: a question and its one correct answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,9 +89,22 @@ fn join<T: ToString>(v: &[T]) -> String {
         .join(" ")
 }
 
-/// A random task: a short kind with probability [`SHORT_SHARE`], else a long one.
-pub fn sample(rng: &mut impl Rng) -> Task {
-    if rng.random_bool(SHORT_SHARE) {
+impl std::str::FromStr for Mix {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "short" => Ok(Mix::Short),
+            "all" => Ok(Mix::All),
+            other => Err(format!("unknown task mix {other:?}: use short or all")),
+        }
+    }
+}
+
+/// A random task of the mix: for [`Mix::All`] a short kind with probability
+/// [`SHORT_SHARE`], else a long one.
+pub fn sample(rng: &mut impl Rng, mix: Mix) -> Task {
+    if mix == Mix::Short || rng.random_bool(SHORT_SHARE) {
         sample_short(rng)
     } else {
         sample_long(rng)
@@ -243,21 +267,28 @@ impl Split {
     }
 }
 
-/// `n` tasks of `split` from `seed`. Held-out sets hold each question at most once (an
-/// accuracy over repeats would count one item several times); training sets may repeat.
-/// Asking for more distinct held-out questions than the generator can make is an error.
-pub fn generate(n: usize, seed: u64, split: Split) -> Result<Vec<Task>> {
-    generate_within(n, seed, split, 100_000)
+/// `n` tasks of `mix` in `split` from `seed`. Held-out sets hold each question at most
+/// once (an accuracy over repeats would count one item several times); training sets may
+/// repeat. Asking for more distinct held-out questions than the generator can make is an
+/// error.
+pub fn generate(n: usize, seed: u64, split: Split, mix: Mix) -> Result<Vec<Task>> {
+    generate_within(n, seed, split, mix, 100_000)
 }
 
 /// [`generate`], giving up after `patience` draws in a row that add nothing.
-fn generate_within(n: usize, seed: u64, split: Split, patience: usize) -> Result<Vec<Task>> {
+fn generate_within(
+    n: usize,
+    seed: u64,
+    split: Split,
+    mix: Mix,
+    patience: usize,
+) -> Result<Vec<Task>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n.min(1 << 20));
     let mut idle = 0;
     while out.len() < n {
-        let task = sample(&mut rng);
+        let task = sample(&mut rng, mix);
         let fresh = Split::of(&task.question) == split
             && (split == Split::Train || seen.insert(task.question.clone()));
         if fresh {
@@ -335,8 +366,8 @@ mod tests {
 
     #[test]
     fn tasks_are_deterministic_varied_and_correct() {
-        let a = generate(2000, 1, Split::Train).unwrap();
-        assert_eq!(a, generate(2000, 1, Split::Train).unwrap());
+        let a = generate(2000, 1, Split::Train, Mix::All).unwrap();
+        assert_eq!(a, generate(2000, 1, Split::Train, Mix::All).unwrap());
         for kind in SHORT_KINDS.iter().chain(LONG_KINDS) {
             assert!(a.iter().any(|t| t.kind == *kind), "{kind}");
         }
@@ -345,11 +376,19 @@ mod tests {
         }
         let short = a.iter().filter(|t| SHORT_KINDS.contains(&t.kind)).count();
         assert!((700..900).contains(&short), "{short} of 2000 short");
+        // The short mix is the task set the shipped default model was trained on: its
+        // first items, seed 0, as `llada train tasks --seed 0` wrote them then.
+        let short = generate(3, 0, Split::Train, Mix::Short).unwrap();
+        let questions: Vec<&str> = short.iter().map(|t| t.question.as_str()).collect();
+        assert_eq!(
+            questions,
+            ["Sort: 7 4 5 6 5", "Reverse: 4 8 8 9", "Reverse: 9 1 4 8 9"]
+        );
     }
 
     #[test]
     fn long_kinds_have_long_answers_with_carries() {
-        let a = generate(4000, 2, Split::Train).unwrap();
+        let a = generate(4000, 2, Split::Train, Mix::All).unwrap();
         for t in a.iter().filter(|t| LONG_KINDS.contains(&t.kind)) {
             let words = t.answer.split(' ').count();
             match t.kind {
@@ -377,12 +416,12 @@ mod tests {
 
     #[test]
     fn held_out_items_never_appear_in_training_sets() {
-        let held_out = generate(400, 0xE7A1, Split::HeldOut).unwrap();
+        let held_out = generate(400, 0xE7A1, Split::HeldOut, Mix::All).unwrap();
         let questions: std::collections::HashSet<&str> =
             held_out.iter().map(|t| t.question.as_str()).collect();
         assert_eq!(questions.len(), held_out.len(), "held-out items repeat");
         for seed in [0, 1, 0xE7A1] {
-            let train = generate(20_000, seed, Split::Train).unwrap();
+            let train = generate(20_000, seed, Split::Train, Mix::All).unwrap();
             let leaked = train
                 .iter()
                 .filter(|t| questions.contains(t.question.as_str()))
@@ -395,9 +434,9 @@ mod tests {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let share = (0..8000)
-            .filter(|_| Split::of(&sample(&mut rng).question) == Split::HeldOut)
+            .filter(|_| Split::of(&sample(&mut rng, Mix::All).question) == Split::HeldOut)
             .count();
         assert!((700..1300).contains(&share), "{share} of 8000 held out");
-        assert!(generate_within(10_000, 0, Split::HeldOut, 20).is_err());
+        assert!(generate_within(10_000, 0, Split::HeldOut, Mix::Short, 20).is_err());
     }
 }

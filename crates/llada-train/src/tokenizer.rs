@@ -28,6 +28,9 @@ pub const SPECIAL_TOKENS: &[&str] = &[
 pub struct TokenizerTraining {
     pub vocab_size: usize,
     pub min_frequency: u64,
+    /// Every digit its own piece (see [`pre_tokenizer`]); false keeps GPT-2's whole
+    /// numbers (the shipped default model's tokenizer).
+    pub split_digits: bool,
 }
 
 impl Default for TokenizerTraining {
@@ -35,6 +38,7 @@ impl Default for TokenizerTraining {
         Self {
             vocab_size: 4096,
             min_frequency: 2,
+            split_digits: true,
         }
     }
 }
@@ -43,7 +47,11 @@ impl Default for TokenizerTraining {
 /// digit after it, " 47" -> " 4", "7"), as LLaMA and Qwen split numbers: with whole
 /// numbers as tokens ("Ġ47") the first default model learned addition as a lookup table
 /// and added 7 of 41 held-out pairs correctly; digit by digit, carries can be learned.
-fn pre_tokenizer() -> Result<PreTokenizerWrapper> {
+fn pre_tokenizer(split_digits: bool) -> Result<PreTokenizerWrapper> {
+    let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+    if !split_digits {
+        return Ok(byte_level);
+    }
     let digits = Split::new(
         SplitPattern::Regex(r" ?\p{N}".into()),
         SplitDelimiterBehavior::Isolated,
@@ -52,7 +60,7 @@ fn pre_tokenizer() -> Result<PreTokenizerWrapper> {
     .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
     Ok(PreTokenizerWrapper::Sequence(Sequence::new(vec![
         PreTokenizerWrapper::Split(digits),
-        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+        byte_level,
     ])))
 }
 
@@ -94,7 +102,7 @@ pub fn train_tokenizer(files: &[PathBuf], opts: &TokenizerTraining, out: &Path) 
         .build()
         .into();
     let mut tok = tokenizers::Tokenizer::new(BPE::default());
-    tok.with_pre_tokenizer(Some(pre_tokenizer()?));
+    tok.with_pre_tokenizer(Some(pre_tokenizer(opts.split_digits)?));
     tok.with_decoder(Some(ByteLevel::default()));
     let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     tok.train_from_files(&mut trainer, paths)

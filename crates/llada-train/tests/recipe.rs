@@ -31,6 +31,7 @@ fn setup(dir: &Path, out: &str) -> Recipe {
         let opts = TokenizerTraining {
             vocab_size: 300,
             min_frequency: 2,
+            ..TokenizerTraining::default()
         };
         train_tokenizer(&[dir.join("corpus.txt")], &opts, &dir.join("tokenizer")).unwrap();
     }

@@ -27,6 +27,7 @@ fn trained_tokenizer_round_trips_and_knows_the_special_tokens() {
     let opts = TokenizerTraining {
         vocab_size: 320,
         min_frequency: 2,
+        ..TokenizerTraining::default()
     };
     train_tokenizer(&[corpus(tmp.path())], &opts, &out).unwrap();
     let tok = Tokenizer::from_dir(&out).unwrap();
@@ -68,6 +69,7 @@ fn transformers_loads_the_trained_tokenizer_identically() {
         &TokenizerTraining {
             vocab_size: 300,
             min_frequency: 2,
+            ..TokenizerTraining::default()
         },
         &out,
     )
@@ -90,6 +92,7 @@ fn bad_inputs_are_named() {
     let small = TokenizerTraining {
         vocab_size: 100,
         min_frequency: 1,
+        ..TokenizerTraining::default()
     };
     let err = train_tokenizer(&[corpus(tmp.path())], &small, &out)
         .unwrap_err()
