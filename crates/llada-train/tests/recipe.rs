@@ -401,6 +401,36 @@ lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
     assert!(err.contains("names no earlier stage"), "{err}");
 }
 
+/// The recipes the repository carries load (every field checked), and the next model's
+/// AR baseline branches off its AR stage with the same data and rows as its diffusion SFT.
+#[test]
+fn the_committed_recipes_load() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    for path in [
+        "default/recipe.toml",
+        "default/cap.toml",
+        "default/scratch.toml",
+        "next/recipe.toml",
+    ] {
+        Recipe::load(&models.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    let next = Recipe::load(&models.join("next/recipe.toml")).unwrap();
+    let stage = |name: &str| next.stages.iter().find(|s| s.name == name).unwrap();
+    let baseline = stage("sft-ar");
+    assert_eq!(baseline.from.as_deref(), Some("ar"));
+    let diffusion_rows: usize = ["sft", "sft-edit"]
+        .iter()
+        .map(|n| stage(n).steps * stage(n).batch_size)
+        .sum();
+    assert_eq!(baseline.steps * baseline.batch_size, diffusion_rows);
+    for name in ["sft", "sft-edit"] {
+        assert_eq!(stage(name).data, baseline.data);
+        assert_eq!(stage(name).text_data, baseline.text_data);
+        assert_eq!(stage(name).text_fraction, baseline.text_fraction);
+        assert_eq!(stage(name).seq_len, baseline.seq_len);
+    }
+}
+
 mod random_fields {
     use super::*;
     use proptest::prelude::*;
