@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::pack_text;
-use crate::loss::{block_diffusion_loss, Weighting};
+use crate::loss::{loss_of, LossRow, Weighting};
 use crate::noise::Noised;
 use crate::{Result, TrainError};
 use rand::seq::SliceRandom;
@@ -81,15 +81,18 @@ pub fn nelbo(
                 masked,
                 t: l as f32 / seq_len as f32,
             };
-            let out = block_diffusion_loss(
+            let out = loss_of(
                 &m.model,
-                &seq.tokens,
-                &noised,
-                block,
-                Some(&seq.doc_ids),
-                Weighting::MaskedMean,
-                0.0,
-                None,
+                LossRow::block_diffusion(
+                    &m.model,
+                    &seq.tokens,
+                    &noised,
+                    block,
+                    Some(&seq.doc_ids),
+                    Weighting::MaskedMean,
+                    0.0,
+                    None,
+                )?,
             )?;
             total += out.loss.to_scalar::<f32>()? as f64;
             count += 1;

@@ -199,42 +199,9 @@ pub fn losses(model: &Llada2Model, rows: &[LossRow]) -> Result<Vec<LossOutput>> 
     Ok(out)
 }
 
-fn only(model: &Llada2Model, row: LossRow) -> Result<LossOutput> {
+/// The loss of one row alone.
+pub fn loss_of(model: &Llada2Model, row: LossRow) -> Result<LossOutput> {
     Ok(losses(model, &[row])?.pop().expect("one row, one loss"))
-}
-
-/// Block-diffusion loss of one sequence (see [`LossRow::block_diffusion`]).
-#[allow(clippy::too_many_arguments)]
-pub fn block_diffusion_loss(
-    model: &Llada2Model,
-    clean: &[u32],
-    noised: &Noised,
-    block: usize,
-    doc_ids: Option<&[u32]>,
-    weighting: Weighting,
-    cap_weight: f64,
-    embed_noise: Option<(f32, u64)>,
-) -> Result<LossOutput> {
-    let row = LossRow::block_diffusion(
-        model,
-        clean,
-        noised,
-        block,
-        doc_ids,
-        weighting,
-        cap_weight,
-        embed_noise,
-    )?;
-    only(model, row)
-}
-
-/// Autoregressive loss of one sequence (see [`LossRow::autoregressive`]).
-pub fn autoregressive_loss(
-    model: &Llada2Model,
-    tokens: &[u32],
-    doc_ids: Option<&[u32]>,
-) -> Result<LossOutput> {
-    only(model, LossRow::autoregressive(model, tokens, doc_ids)?)
 }
 
 #[allow(clippy::too_many_arguments)]

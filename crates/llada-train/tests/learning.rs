@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use llada::{Llada2Config, WeightStore};
-use llada_train::loss::{autoregressive_loss, block_diffusion_loss, Weighting};
+use llada_train::loss::{loss_of, losses, LossRow, Weighting};
 use llada_train::noise::mask_tokens;
 use llada_train::params::TrainableModel;
 use rand::SeedableRng;
@@ -29,15 +29,19 @@ fn gradients_reach_embeddings_attention_router_experts_and_head() {
     let clean: Vec<u32> = (0..16).map(|i| (i * 31 + 7) % 500).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let noised = mask_tokens(&clean, 0.5, 510, None, &mut rng);
-    let out = block_diffusion_loss(
+    let out = loss_of(
         &m.model,
-        &clean,
-        &noised,
-        4,
-        None,
-        Weighting::InverseT,
-        0.0,
-        None,
+        LossRow::block_diffusion(
+            &m.model,
+            &clean,
+            &noised,
+            4,
+            None,
+            Weighting::InverseT,
+            0.0,
+            None,
+        )
+        .unwrap(),
     )
     .unwrap();
     let grads = out.loss.backward().unwrap();
@@ -93,37 +97,124 @@ fn block_diffusion_and_ar_losses_fall() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let noised = mask_tokens(&clean, 0.5, 510, None, &mut rng);
     let (first, last) = train(15, |m| {
-        block_diffusion_loss(
+        loss_of(
             &m.model,
-            &clean,
-            &noised,
-            8,
-            None,
-            Weighting::InverseT,
-            0.0,
-            Some((0.1, 3)),
+            LossRow::block_diffusion(
+                &m.model,
+                &clean,
+                &noised,
+                8,
+                None,
+                Weighting::InverseT,
+                0.0,
+                Some((0.1, 3)),
+            )
+            .unwrap(),
         )
         .unwrap()
         .loss
     });
     assert!(last < 0.5 * first, "block diffusion: {first} -> {last}");
     let (first, last) = train(15, |m| {
-        autoregressive_loss(&m.model, &clean, None).unwrap().loss
+        loss_of(
+            &m.model,
+            LossRow::autoregressive(&m.model, &clean, None).unwrap(),
+        )
+        .unwrap()
+        .loss
     });
     assert!(last < 0.5 * first, "AR: {first} -> {last}");
     let (first, last) = train(15, |m| {
-        block_diffusion_loss(
+        loss_of(
             &m.model,
-            &clean,
-            &noised,
-            16,
-            None,
-            Weighting::MaskedMean,
-            2.0,
-            None,
+            LossRow::block_diffusion(
+                &m.model,
+                &clean,
+                &noised,
+                16,
+                None,
+                Weighting::MaskedMean,
+                2.0,
+                None,
+            )
+            .unwrap(),
         )
         .unwrap()
         .loss
     });
     assert!(last < 0.5 * first, "with CAP: {first} -> {last}");
+}
+
+/// A step's rows run in one forward pass: each row's loss and gradients equal those of
+/// the row alone (rows of different lengths and kinds, one with embedding noise).
+#[test]
+fn rows_in_one_forward_pass_equal_rows_alone() {
+    let m = tiny();
+    let a: Vec<u32> = (0..16).map(|i| (i * 17 + 3) % 500).collect();
+    let b: Vec<u32> = (0..12).map(|i| (i * 29 + 11) % 500).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let noised_a = mask_tokens(&a, 0.5, 510, None, &mut rng);
+    let noised_b = mask_tokens(&b, 0.7, 510, None, &mut rng);
+    let rows = || {
+        vec![
+            LossRow::block_diffusion(
+                &m.model,
+                &a,
+                &noised_a,
+                4,
+                None,
+                Weighting::InverseT,
+                0.0,
+                Some((0.1, 5)),
+            )
+            .unwrap(),
+            LossRow::autoregressive(&m.model, &b, None).unwrap(),
+            LossRow::block_diffusion(
+                &m.model,
+                &b,
+                &noised_b,
+                3,
+                None,
+                Weighting::MaskedMean,
+                1.0,
+                None,
+            )
+            .unwrap(),
+        ]
+    };
+    let together = losses(&m.model, &rows()).unwrap();
+    let alone: Vec<_> = rows()
+        .into_iter()
+        .map(|r| loss_of(&m.model, r).unwrap())
+        .collect();
+    let sum = |outs: &[llada_train::loss::LossOutput]| {
+        let parts: Vec<_> = outs.iter().map(|o| o.loss.clone()).collect();
+        candle_core::Tensor::stack(&parts, 0)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    for (x, y) in together.iter().zip(&alone) {
+        let (x, y) = (
+            x.loss.to_scalar::<f32>().unwrap(),
+            y.loss.to_scalar::<f32>().unwrap(),
+        );
+        assert!((x - y).abs() < 1e-5 * y.abs().max(1.0), "{x} vs {y}");
+    }
+    let (g_together, g_alone) = (
+        sum(&together).backward().unwrap(),
+        sum(&alone).backward().unwrap(),
+    );
+    for (name, var) in m.params.iter().take(6) {
+        let (x, y) = (g_together.get(var).unwrap(), g_alone.get(var).unwrap());
+        let diff = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{name}: gradients differ by {diff}");
+    }
 }
