@@ -157,7 +157,9 @@ for stage in ("ar", "wsd", "sft", "sft-edit", "sft-ar"):
 if rates:
     lines += ["", "## Trainer throughput (this run of the recipe)", "",
               "Median tokens/s of the optimizer steps (batch x seq_len per step; diffusion stages",
-              "compute `[noisy | clean]`, twice the length, and SFT two complementary views):", "",
+              "compute `[noisy | clean]`, twice the length, and SFT two complementary views). The",
+              "recipe's run may share the machine (the baseline branch, builds): for the trainer's",
+              "speed on a quiet machine run `scripts/train-throughput.sh`.", "",
               "| stage | steps | tokens/s |", "|---|---|---|"] + rates
 pathlib.Path("docs").mkdir(exist_ok=True)
 pathlib.Path("docs/next-model.md").write_text("\n".join(lines) + "\n")
