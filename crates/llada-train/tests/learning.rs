@@ -1,7 +1,9 @@
 //! The training path learns: gradients reach every kind of weight (router included),
 //! and a few optimizer steps lower each stage's loss.
 
-use std::path::PathBuf;
+// The helpers of llada's tests (tests of different crates share no module).
+#[path = "../../llada/tests/common/mod.rs"]
+mod common;
 
 use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -12,12 +14,8 @@ use llada_train::params::TrainableModel;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/llada2-tiny")
-}
-
 fn tiny() -> TrainableModel {
-    let dir = fixture();
+    let dir = common::fixture_dir();
     let cfg = Llada2Config::from_file(&dir.join("config.json")).unwrap();
     let store = WeightStore::open(&dir, &Device::Cpu, candle_core::DType::F32).unwrap();
     TrainableModel::new(&cfg, &store).unwrap()
@@ -207,14 +205,7 @@ fn rows_in_one_forward_pass_equal_rows_alone() {
     );
     for (name, var) in m.params.iter().take(6) {
         let (x, y) = (g_together.get(var).unwrap(), g_alone.get(var).unwrap());
-        let diff = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = common::max_abs_diff(x, y);
         assert!(diff < 1e-5, "{name}: gradients differ by {diff}");
     }
 }

@@ -4,6 +4,10 @@
 
 use std::path::Path;
 
+// The helpers of llada's tests (tests of different crates share no module).
+#[path = "../../llada/tests/common/mod.rs"]
+mod common;
+
 use candle_core::Device;
 use llada_train::checkpoint::StepMetrics;
 use llada_train::recipe::Recipe;
@@ -102,17 +106,6 @@ lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
     Recipe::load(&dir.join("recipe.toml")).unwrap()
 }
 
-fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn metrics(dir: &Path) -> Vec<StepMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -182,7 +175,7 @@ fn every_stage_learns_and_the_result_decodes() {
     let ids = [5u32, 6, 7, 8];
     let a = loaded.model.forward_full(&ids, 2).unwrap();
     let b = same.model.forward_full(&ids, 2).unwrap();
-    let d = max_abs_diff(&a, &b);
+    let d = common::max_abs_diff(&a, &b);
     assert_eq!(d, 0.0);
     let half = tmp.path().join("exported-bf16");
     let bf16_bytes = llada_train::params::export(&final_dir, &half, true).unwrap();
@@ -254,7 +247,7 @@ fn a_killed_run_resumes_where_it_left_off() {
     let b = candle_core::safetensors::load(got.join("model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(a.len(), b.len());
     for (name, x) in &a {
-        let d = max_abs_diff(x, &b[name]);
+        let d = common::max_abs_diff(x, &b[name]);
         assert!(d < 1e-5, "{name} differs by {d}");
     }
     // Every step is logged once, with the uninterrupted run's loss.
