@@ -120,6 +120,53 @@ pub fn save_weights(dir: &Path, tensors: &HashMap<String, Tensor>) -> Result<()>
     )?)
 }
 
+/// The special token ids a checkpoint's `config.json` names.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecialIds {
+    pub eos: u32,
+    pub mask: u32,
+}
+
+/// Adds to a model's `config.json` the fields whose defaults in the official
+/// `LLaDA2MoeConfig` would not describe the model llada trained, and that other readers
+/// require; fields already there are kept. Every architecture field is written with the
+/// value llada uses (the official defaults differ: `rope_theta` 10000, `use_bias` true,
+/// no shared expert, ...). Its default `pad_token_id` (156892) lies outside a small
+/// vocabulary, and the official code then refuses to build the embedding; its three
+/// dropouts default to 0.1 where llada trains without dropout; mlx-lm requires the
+/// router's fields. `origin` names the file in errors.
+pub fn complete_official_config(
+    cfg: &mut serde_json::Value,
+    ids: SpecialIds,
+    origin: &Path,
+) -> Result<()> {
+    let parsed = Llada2Config::from_json(cfg.clone(), origin)?;
+    let serde_json::Value::Object(resolved) =
+        serde_json::to_value(&parsed).expect("a config serializes")
+    else {
+        unreachable!("a config serializes to a JSON object");
+    };
+    let serde_json::Value::Object(fields) = cfg else {
+        unreachable!("a config that parsed is a JSON object");
+    };
+    let extra = [
+        ("pad_token_id", ids.eos.into()),
+        ("eos_token_id", ids.eos.into()),
+        ("mask_token_id", ids.mask.into()),
+        ("embedding_dropout", 0.0.into()),
+        ("attention_dropout", 0.0.into()),
+        ("output_dropout", 0.0.into()),
+        ("norm_topk_prob", true.into()),
+        ("router_dtype", "fp32".into()),
+        ("rotary_dim", parsed.rope_dim().into()),
+    ];
+    let resolved = resolved.into_iter().filter(|(_, v)| !v.is_null());
+    for (name, value) in resolved.chain(extra.map(|(k, v)| (k.to_string(), v))) {
+        fields.entry(name).or_insert(value);
+    }
+    Ok(())
+}
+
 /// Copies a checkpoint's model files into `out` (config, generation config, tokenizer,
 /// weights; not the optimizer or trainer state), weights optionally in bf16. Returns
 /// the size of the written weights.
@@ -137,8 +184,33 @@ pub fn export(checkpoint: &Path, out: &Path, bf16: bool) -> Result<u64> {
         .collect::<candle_core::Result<HashMap<_, _>>>()?;
     save_weights(out, &converted)?;
     llada::files::copy_companion_files(checkpoint, out)?;
+    complete_exported_config(out)?;
     let path = out.join("model.safetensors");
     Ok(std::fs::metadata(&path)
         .map_err(|source| TrainError::Read { path, source })?
         .len())
+}
+
+/// Completes an exported folder's `config.json` for the official code (checkpoints of
+/// earlier versions of the trainer lack some fields), with the special ids of its
+/// generation config.
+fn complete_exported_config(dir: &Path) -> Result<()> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let mut cfg: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let generation = llada::GenerationConfig::from_dir(dir)?;
+    let (Some(eos), Some(mask)) = (generation.eos_id(), generation.mask_token_id) else {
+        return Err(TrainError::Invalid(format!(
+            "{}: generation_config.json must name eos_token_id and mask_token_id",
+            dir.display()
+        )));
+    };
+    complete_official_config(&mut cfg, SpecialIds { eos, mask }, &path)?;
+    let json = serde_json::to_string_pretty(&cfg).expect("JSON values serialize");
+    llada::files::write_atomic(&path, json.as_bytes())?;
+    Ok(())
 }

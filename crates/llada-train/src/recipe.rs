@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use llada::Llada2Config;
 
 use crate::optim::AdamWConfig;
+use crate::params::SpecialIds;
 use crate::schedule::{LrSchedule, WsdBlockSchedule};
 use crate::{Result, TrainError};
 
@@ -312,13 +313,11 @@ impl Recipe {
         cfg
     }
 
-    /// `config.json` of a checkpoint: the model's config with the special ids the official
-    /// `LLaDA2MoeConfig` reads (its default `pad_token_id`, 156892, lies outside a small
-    /// vocabulary, and the official code then refuses to build the embedding).
-    pub fn checkpoint_config_json(&self, eos: u32) -> serde_json::Value {
+    /// `config.json` of a checkpoint: the model's config completed for the official code
+    /// (`params::complete_official_config`).
+    pub fn checkpoint_config_json(&self, ids: SpecialIds) -> Result<serde_json::Value> {
         let mut cfg = self.config_json();
-        cfg["pad_token_id"] = eos.into();
-        cfg["eos_token_id"] = eos.into();
-        cfg
+        crate::params::complete_official_config(&mut cfg, ids, &self.out.join("config.json"))?;
+        Ok(cfg)
     }
 }

@@ -21,7 +21,7 @@ use crate::data::{load_chat, pack_text, ChatExample, Packed};
 use crate::loss::losses;
 use crate::objective::{combine, draws_text_row, mean_loss, Objective};
 use crate::optim::AdamW;
-use crate::params::TrainableModel;
+use crate::params::{SpecialIds, TrainableModel};
 use crate::recipe::{Recipe, Stage, StageKind};
 use crate::{Result, TrainError};
 
@@ -320,7 +320,10 @@ impl StageRun<'_> {
             "eos_token_id": self.eos, "pad_token_id": self.eos, "mask_token_id": self.mask_id,
         });
         let files = CheckpointFiles {
-            config: &self.recipe.checkpoint_config_json(self.eos),
+            config: &self.recipe.checkpoint_config_json(SpecialIds {
+                eos: self.eos,
+                mask: self.mask_id,
+            })?,
             generation_config: &generation,
             tokenizer: &self.recipe.tokenizer,
         };

@@ -172,6 +172,32 @@ fn every_stage_learns_and_the_result_decodes() {
         config["eos_token_id"].as_u64(),
         Some(same.default_params().eos_id as u64)
     );
+    // Every field of the golden fixture's config.json (written by the official code's
+    // LLaDA2MoeConfig) is in the export, except transformers' generic generation and
+    // labelling fields; the official dropouts default to 0.1, llada trains without.
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture_dir().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let missing: Vec<&String> = golden
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            !GENERIC_HF_FIELDS.contains(&k)
+                && !OFFICIAL_DEFAULTS_THAT_FIT.contains(&k)
+                && config.get(k).is_none()
+        })
+        .collect();
+    assert!(missing.is_empty(), "the export lacks {missing:?}");
+    for dropout in ["embedding_dropout", "attention_dropout", "output_dropout"] {
+        assert_eq!(config[dropout].as_f64(), Some(0.0), "{dropout}");
+    }
+    assert_eq!(
+        config["rotary_dim"].as_u64(),
+        Some(config["head_dim"].as_u64().unwrap() / 2)
+    );
     let ids = [5u32, 6, 7, 8];
     let a = loaded.model.forward_full(&ids, 2).unwrap();
     let b = same.model.forward_full(&ids, 2).unwrap();
@@ -185,6 +211,72 @@ fn every_stage_learns_and_the_result_decodes() {
     );
     llada::load_model(&half, &Device::Cpu).unwrap();
 }
+
+/// Fields every transformers `PretrainedConfig` writes (generation defaults, labels,
+/// bookkeeping); they say nothing about a LLaDA2 model.
+const GENERIC_HF_FIELDS: &[&str] = &[
+    "add_cross_attention",
+    "bad_words_ids",
+    "begin_suppress_tokens",
+    "bos_token_id",
+    "chunk_size_feed_forward",
+    "cross_attention_hidden_size",
+    "decoder_start_token_id",
+    "diversity_penalty",
+    "do_sample",
+    "early_stopping",
+    "encoder_no_repeat_ngram_size",
+    "exponential_decay_length_penalty",
+    "finetuning_task",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "id2label",
+    "is_decoder",
+    "is_encoder_decoder",
+    "label2id",
+    "length_penalty",
+    "max_length",
+    "min_length",
+    "no_repeat_ngram_size",
+    "num_beam_groups",
+    "num_beams",
+    "num_return_sequences",
+    "output_attentions",
+    "output_hidden_states",
+    "output_scores",
+    "prefix",
+    "problem_type",
+    "pruned_heads",
+    "remove_invalid_values",
+    "repetition_penalty",
+    "return_dict",
+    "return_dict_in_generate",
+    "sep_token_id",
+    "suppress_tokens",
+    "task_specific_params",
+    "temperature",
+    "tf_legacy_loss",
+    "tie_encoder_decoder",
+    "tokenizer_class",
+    "top_k",
+    "top_p",
+    "torch_dtype",
+    "torchscript",
+    "typical_p",
+    "use_bfloat16",
+];
+
+/// Fields of the official LLaDA2MoeConfig whose defaults already describe a model llada
+/// trains (no sliding window, no RoPE scaling, no router logits in the output).
+const OFFICIAL_DEFAULTS_THAT_FIT: &[&str] = &[
+    "output_router_logits",
+    "use_cache",
+    "initializer_range",
+    "max_window_layers",
+    "sliding_window",
+    "use_sliding_window",
+    "rope_scaling",
+];
 
 #[test]
 fn a_killed_run_resumes_where_it_left_off() {

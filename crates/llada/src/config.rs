@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -28,7 +28,8 @@ pub const COMPANION_FILES: &[&str] = &[
 pub const DEFAULT_MASK_ID: u32 = 156_895;
 pub const DEFAULT_EOS_ID: u32 = 156_892;
 
-#[derive(Debug, Clone, Deserialize)]
+/// Serialized, it is a complete `config.json`: every field with the value llada uses.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Llada2Config {
     #[serde(default)]
     pub architectures: Vec<String>,
