@@ -55,7 +55,7 @@ if [ -f "$RUNS/wsd/final/model.safetensors" ]; then
     nelbo wsd "$RUNS/wsd/final"
 fi
 # Trainer throughput per stage, from the run's metrics (when the run is on this machine).
-for stage in ar wsd sft sft-edit sft-ar; do
+for stage in ar wsd sft-short sft sft-edit sft-ar-short sft-ar; do
     if [ -f "$RUNS/$stage/metrics.jsonl" ]; then
         cp "$RUNS/$stage/metrics.jsonl" "$out/metrics-$stage.jsonl"
     fi
@@ -89,7 +89,7 @@ lines = ["# The next default model against its autoregressive baseline", "",
          f"`{load_avg}`).", "",
          "## Diffusion vs autoregressive at small scale", "",
          "The diffusion model against its autoregressive baseline: the same AR pre-trained",
-         "checkpoint fine-tuned autoregressively (stage `sft-ar`) on the same SFT data mix and",
+         "checkpoint fine-tuned autoregressively (stages `sft-ar-short`, `sft-ar`) on the same SFT curriculum, data mix and",
          "the same number of rows, decoded one token per forward (`--block-length 1 --steps 1`).",
          "Speed relative to the AR baseline's mean tokens/s over its two runs (first and middle",
          "of the script).", "",
@@ -148,7 +148,7 @@ for name, label in (("wsd", "after conversion (`data/runs/next/wsd/final`)"),
     if n:
         lines.append(f"| {label} | {n['bits_per_token']:.2f} |")
 rates = []
-for stage in ("ar", "wsd", "sft", "sft-edit", "sft-ar"):
+for stage in ("ar", "wsd", "sft-short", "sft", "sft-edit", "sft-ar-short", "sft-ar"):
     p = out / f"metrics-{stage}.jsonl"
     if p.exists():
         rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]

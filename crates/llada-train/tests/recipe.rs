@@ -487,7 +487,8 @@ lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
 }
 
 /// The recipes the repository carries load (every field checked), and the next model's
-/// AR baseline branches off its AR stage with the same data and rows as its diffusion SFT.
+/// AR baseline branches off its AR stage and goes through the same curriculum as its
+/// diffusion SFT: the same data, text mix and rows in each phase.
 #[test]
 fn the_committed_recipes_load() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
@@ -501,18 +502,26 @@ fn the_committed_recipes_load() {
     }
     let next = Recipe::load(&models.join("next/recipe.toml")).unwrap();
     let stage = |name: &str| next.stages.iter().find(|s| s.name == name).unwrap();
-    let baseline = stage("sft-ar");
-    assert_eq!(baseline.from.as_deref(), Some("ar"));
-    let diffusion_rows: usize = ["sft", "sft-edit"]
-        .iter()
-        .map(|n| stage(n).steps * stage(n).batch_size)
-        .sum();
-    assert_eq!(baseline.steps * baseline.batch_size, diffusion_rows);
-    for name in ["sft", "sft-edit"] {
-        assert_eq!(stage(name).data, baseline.data);
-        assert_eq!(stage(name).text_data, baseline.text_data);
-        assert_eq!(stage(name).text_fraction, baseline.text_fraction);
-        assert_eq!(stage(name).seq_len, baseline.seq_len);
+    assert_eq!(stage("sft-ar-short").from.as_deref(), Some("ar"));
+    let rows = |names: &[&str]| -> usize {
+        names
+            .iter()
+            .map(|n| stage(n).steps * stage(n).batch_size)
+            .sum()
+    };
+    let phases: [(&[&str], &str); 2] = [
+        (&["sft-short"], "sft-ar-short"),
+        (&["sft", "sft-edit"], "sft-ar"),
+    ];
+    for (diffusion, ar) in phases {
+        assert_eq!(rows(diffusion), rows(&[ar]), "{ar}");
+        let baseline = stage(ar);
+        for name in diffusion {
+            assert_eq!(stage(name).data, baseline.data, "{name}");
+            assert_eq!(stage(name).text_data, baseline.text_data, "{name}");
+            assert_eq!(stage(name).text_fraction, baseline.text_fraction);
+            assert_eq!(stage(name).seq_len, baseline.seq_len, "{name}");
+        }
     }
 }
 
