@@ -5,7 +5,8 @@
 # decoders and block caching on the diffusion model. Every number in the report comes
 # from the `llada eval` commands below, run on this machine in one go (the tokens/s
 # columns are comparable within one run only). MODEL / AR_MODEL pick other checkpoints
-# (e.g. one from the middle of a run).
+# (e.g. one from the middle of a run). The trainer's speed against PyTorch comes from
+# the last `scripts/train-throughput.sh` run (data/throughput), when there is one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLADA=${LLADA:-target/release/llada}
@@ -161,6 +162,14 @@ if rates:
               "recipe's run may share the machine (the baseline branch, builds): for the trainer's",
               "speed on a quiet machine run `scripts/train-throughput.sh`.", "",
               "| stage | steps | tokens/s |", "|---|---|---|"] + rates
+throughput = pathlib.Path("data/throughput")
+if (throughput / "table.md").exists():
+    lines += ["", "## Trainer throughput on a quiet machine", "",
+              "`scripts/train-throughput.sh` (30 optimizer steps per loss from random weights, the",
+              "default model's shape, 2 threads; with `OFFICIAL_CODE` set, PyTorch with the official",
+              "modeling code and `torch.optim.AdamW` right after, same window). Load at its start:",
+              f"`{(throughput / 'uptime.txt').read_text().strip()}`.", "",
+              (throughput / "table.md").read_text().strip()]
 pathlib.Path("docs").mkdir(exist_ok=True)
 pathlib.Path("docs/next-model.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

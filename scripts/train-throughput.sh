@@ -47,7 +47,7 @@ for who in llada baseline; do
         stage sft sft ../tasks/tasks-train.jsonl 64 "block = 32"
     } > "$dir/$who.toml"
 done
-uptime
+uptime | tee "$dir/uptime.txt"
 "$LLADA" train run "$dir/llada.toml" --quiet > /dev/null
 if [ -n "${BASELINE:-}" ]; then
     "$BASELINE" train run "$dir/baseline.toml" --quiet > /dev/null
@@ -56,7 +56,7 @@ if [ -n "${OFFICIAL_CODE:-}" ]; then
     "${PYTHON:-python3}" scripts/train-throughput-torch.py --official-code "$OFFICIAL_CODE" \
         --steps "$STEPS" --threads "${THREADS:-2}" > "$dir/torch.jsonl"
 fi
-python3 - "$dir" <<'PY'
+python3 - "$dir" <<'PY' | tee "$dir/table.md"
 import json, pathlib, statistics, sys
 d = pathlib.Path(sys.argv[1])
 def rate(who, stage):
