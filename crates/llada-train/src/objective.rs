@@ -20,6 +20,8 @@ use crate::{Result, TrainError};
 pub struct Objective<'a> {
     pub stage: &'a Stage,
     pub mask_id: u32,
+    /// The EOS id that ends an answer and pads a chat row.
+    pub eos: u32,
 }
 
 impl Objective<'_> {
@@ -82,14 +84,19 @@ impl Objective<'_> {
         } else {
             sample_t_between(rng, lo, hi)
         };
-        let noised = mask_tokens(&ex.tokens, t, self.mask_id, Some(&ex.prompt), rng);
+        let protected = if stage.trim_padding {
+            beyond_answer_block(ex, self.eos, block)
+        } else {
+            ex.prompt.clone()
+        };
+        let noised = mask_tokens(&ex.tokens, t, self.mask_id, Some(&protected), rng);
         let mut views = vec![noised.clone()];
         if stage.complementary && !autoregressive {
             views.push(complement(
                 &ex.tokens,
                 &noised,
                 self.mask_id,
-                Some(&ex.prompt),
+                Some(&protected),
             ));
         }
         if stage.edit_rate > 0.0 {
@@ -120,6 +127,19 @@ impl Objective<'_> {
         }
         Ok(rows)
     }
+}
+
+/// The positions an SFT view leaves clean and unsupervised with `trim_padding`: the
+/// prompt and every position after the block holding the first EOS of the answer.
+fn beyond_answer_block(ex: &ChatExample, eos: u32, block: usize) -> Vec<bool> {
+    let answer_start = ex.prompt.iter().take_while(|&&p| p).count();
+    let Some(eos_at) = (answer_start..ex.tokens.len()).find(|&i| ex.tokens[i] == eos) else {
+        return ex.prompt.clone();
+    };
+    let block_end = (eos_at / block + 1) * block;
+    (0..ex.tokens.len())
+        .map(|i| ex.prompt[i] || i >= block_end)
+        .collect()
 }
 
 /// How an example's rows make its loss: the views of an SFT example add (their
@@ -155,4 +175,31 @@ pub fn draws_text_row(rng: &mut ChaCha8Rng, fraction: f64) -> bool {
 pub fn mean_loss(losses: &[Tensor]) -> Result<Tensor> {
     let n = losses.len() as f64;
     Ok((Tensor::stack(losses, 0)?.sum_all()? / n)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Prompt of 5, answer of 3 (the 3rd is EOS) in blocks of 4: the padding from the
+    /// second block's end on is protected; the answer's block keeps its padding.
+    #[test]
+    fn trimmed_padding_starts_after_the_block_of_the_answers_eos() {
+        let eos = 0;
+        let mut tokens = vec![9, 9, 9, 9, 9, 4, 5, 0];
+        tokens.resize(16, eos);
+        let mut prompt = vec![true; 5];
+        prompt.resize(16, false);
+        let ex = ChatExample { tokens, prompt };
+        let protected = beyond_answer_block(&ex, eos, 4);
+        let want: Vec<bool> = (0..16).map(|i| !(5..8).contains(&i)).collect();
+        assert_eq!(protected, want);
+        // An EOS that is the last of its block: the next block is trimmed too.
+        let protected = beyond_answer_block(&ex, eos, 8);
+        let want: Vec<bool> = (0..16).map(|i| !(5..8).contains(&i)).collect();
+        assert_eq!(protected, want);
+        // Block 1 (autoregressive shape): only the EOS after the answer is kept.
+        let protected = beyond_answer_block(&ex, eos, 1);
+        assert!(!protected[7] && protected[8]);
+    }
 }

@@ -103,6 +103,12 @@ pub struct Stage {
     /// right ones), so that a decoder that edits committed tokens has a trained signal.
     #[serde(default)]
     pub edit_rate: f64,
+    /// sft: leave the EOS padding past the block that holds the answer's end clean and
+    /// out of the loss. Under the block-causal mask nothing before that block sees it,
+    /// and decoding stops after the block where EOS appears, so only the easy "EOS after
+    /// EOS" predictions go, which are most of a short answer's supervised tokens.
+    #[serde(default)]
+    pub trim_padding: bool,
     /// sft: plain-text corpora mixed into the batches (block-diffusion loss on packed
     /// text, as in wsd) so that fine-tuning does not erase language modelling.
     #[serde(default)]
@@ -178,6 +184,9 @@ impl Stage {
                 "edit_rate is a probability for sft stages, got {}",
                 self.edit_rate
             ));
+        }
+        if self.trim_padding && self.kind != StageKind::Sft {
+            return Err("trim_padding is for sft stages".into());
         }
         if !(0.0..1.0).contains(&self.text_fraction) {
             return Err(format!(

@@ -254,6 +254,7 @@ impl StageRun<'_> {
         let objective = Objective {
             stage,
             mask_id: self.mask_id,
+            eos: self.eos,
         };
         // Every example's rows (two views for an SFT example) go through one forward
         // pass together; each example's loss is then folded back from its rows.
