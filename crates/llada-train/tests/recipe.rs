@@ -545,6 +545,7 @@ mod random_fields {
         ("text_fraction", &["0.0", "0.5", "1.0", "-0.1"]),
         ("kind", &["\"ar\"", "\"wsd\"", "\"sft\"", "\"sft_ar\"", "\"other\""]),
         ("edit_rate", &["-0.1", "0.0", "0.3", "1.5", "nan"]),
+        ("trim_padding", &["true", "false", "1"]),
         ("from", &["\"ar\"", "\"nope\""]),
         ("data", &["[]", "[\"missing.txt\"]", "[\"corpus.txt\"]"]),
         ("name", &["\"\"", "\"..\"", "\"a/b\"", "\"ok-1\""]),
