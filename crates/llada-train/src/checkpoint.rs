@@ -49,14 +49,17 @@ pub fn latest(stage_dir: &Path) -> Result<Option<(PathBuf, TrainerState)>> {
         return Ok(None);
     };
     let dir = stage_dir.join(name.trim());
-    let path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Read {
-        path: path.clone(),
+    let state = read_json(&dir.join("trainer_state.json"))?;
+    Ok(Some((dir, state)))
+}
+
+/// Reads and parses a JSON file; errors name the file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Read {
+        path: path.to_path_buf(),
         source,
     })?;
-    let state = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-    Ok(Some((dir, state)))
+    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// Loads the optimizer moments saved in checkpoint `dir` into `opt`.

@@ -196,12 +196,7 @@ pub fn export(checkpoint: &Path, out: &Path, bf16: bool) -> Result<u64> {
 /// generation config.
 fn complete_exported_config(dir: &Path) -> Result<()> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let mut cfg: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let mut cfg: serde_json::Value = crate::checkpoint::read_json(&path)?;
     let generation = llada::GenerationConfig::from_dir(dir)?;
     let (Some(eos), Some(mask)) = (generation.eos_id(), generation.mask_token_id) else {
         return Err(TrainError::Invalid(format!(
