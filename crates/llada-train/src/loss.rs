@@ -1,6 +1,6 @@
 //! Training losses on the shared LLaDA2 model.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use llada::{Llada2Model, TrainRow};
 
 use crate::noise::{block_diffusion_mask, Noised};
@@ -147,53 +147,85 @@ impl LossRow {
     }
 }
 
-/// The loss of every row, from one forward pass of all of them together.
+/// The loss of every row, from one forward pass of all of them together. Logits are
+/// computed only at supervised positions (a masked row's masked ones, all but the last
+/// of a next-token row), their cross-entropies in one op, and each row's weighted sum
+/// comes out of one product with a `[rows, positions]` weight matrix: no per-row slices
+/// of the logits, whose backward would pad each row's gradient to the whole batch.
 pub fn losses(model: &Llada2Model, rows: &[LossRow]) -> Result<Vec<LossOutput>> {
+    let all_but_last: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| match r.target {
+            Target::NextToken => (0..r.tokens.len() as u32 - 1).collect(),
+            Target::Masked { .. } => Vec::new(),
+        })
+        .collect();
+    let mut targets = Vec::new();
+    // Each row's supervised positions: (first index in `targets`, count, weight).
+    let mut spans = Vec::with_capacity(rows.len());
     let inputs: Vec<TrainRow<'_>> = rows
         .iter()
-        .map(|r| TrainRow {
-            tokens: &r.tokens,
-            positions: &r.positions,
-            mask: &r.mask,
-            embed_noise: r.noise.as_ref(),
+        .zip(&all_but_last)
+        .map(|(r, next)| {
+            let (outputs, weight) = match &r.target {
+                Target::Masked {
+                    clean,
+                    rows,
+                    t,
+                    weighting,
+                    ..
+                } => {
+                    targets.extend(rows.iter().map(|&i| clean[i as usize]));
+                    let weight = match weighting {
+                        Weighting::InverseT => 1.0 / (*t as f64 * clean.len() as f64),
+                        Weighting::MaskedMean => 1.0 / rows.len().max(1) as f64,
+                    };
+                    (rows.as_slice(), weight)
+                }
+                Target::NextToken => {
+                    targets.extend_from_slice(&r.tokens[1..]);
+                    (next.as_slice(), 1.0 / next.len() as f64)
+                }
+            };
+            spans.push((targets.len() - outputs.len(), outputs.len(), weight));
+            TrainRow {
+                tokens: &r.tokens,
+                positions: &r.positions,
+                mask: &r.mask,
+                embed_noise: r.noise.as_ref(),
+                outputs: Some(outputs),
+            }
         })
         .collect();
     let logits = model.forward_train_batch(&inputs)?;
     let device = model.device();
-    let mut offset = 0;
+    let total = targets.len();
+    let (row_losses, nll) = if total == 0 {
+        (Tensor::zeros(rows.len(), DType::F32, device)?, Vec::new())
+    } else {
+        let nll = llada::kernels::fused::cross_entropy(&logits, &targets)?;
+        let mut weights = vec![0f32; rows.len() * total];
+        for (i, &(start, n, w)) in spans.iter().enumerate() {
+            weights[i * total + start..i * total + start + n].fill(w as f32);
+        }
+        let weights = Tensor::from_vec(weights, (rows.len(), total), device)?;
+        let values = nll.to_vec1::<f32>()?;
+        (weights.matmul(&nll.unsqueeze(1)?)?.squeeze(1)?, values)
+    };
     let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let n = row.tokens.len();
-        let logits = logits.narrow(0, offset, n)?;
-        offset += n;
-        out.push(match &row.target {
-            Target::Masked {
-                clean,
-                rows,
-                t,
-                weighting,
-                cap_weight,
-            } => masked_loss(
-                &logits,
-                clean,
-                rows,
-                *t,
-                clean.len(),
-                *weighting,
-                *cap_weight,
-                device,
-            )?,
-            Target::NextToken => {
-                let inputs = logits.narrow(0, 0, n - 1)?;
-                let targets = Tensor::new(&row.tokens[1..], device)?;
-                let loss = candle_nn::loss::cross_entropy(&inputs, &targets)?;
-                let masked_ce = loss.to_scalar::<f32>()?;
-                LossOutput {
-                    loss,
-                    masked_ce,
-                    masked_tokens: n - 1,
-                }
+    for (i, (row, &(start, n, _))) in rows.iter().zip(&spans).enumerate() {
+        let mut loss = row_losses.get(i)?;
+        if let Target::Masked { cap_weight, .. } = row.target {
+            if cap_weight > 0.0 && n > 0 {
+                let picked = logits.narrow(0, start, n)?;
+                loss =
+                    (loss + cap_term(&picked, &targets[start..start + n], device)? * cap_weight)?;
             }
+        }
+        out.push(LossOutput {
+            loss,
+            masked_ce: nll[start..start + n].iter().sum::<f32>() / n.max(1) as f32,
+            masked_tokens: n,
         });
     }
     Ok(out)
@@ -204,50 +236,18 @@ pub fn loss_of(model: &Llada2Model, row: LossRow) -> Result<LossOutput> {
     Ok(losses(model, &[row])?.pop().expect("one row, one loss"))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn masked_loss(
-    logits: &Tensor,
-    clean: &[u32],
-    rows: &[u32],
-    t: f32,
-    len: usize,
-    weighting: Weighting,
-    cap_weight: f64,
-    device: &Device,
-) -> Result<LossOutput> {
-    let n = rows.len();
-    let index = Tensor::new(rows, device)?;
-    let picked = logits.index_select(&index, 0)?;
-    let targets: Vec<u32> = rows.iter().map(|&r| clean[r as usize]).collect();
-    let targets = Tensor::new(targets.as_slice(), device)?;
-    let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-    let nll = log_probs
-        .gather(&targets.unsqueeze(1)?, 1)?
-        .squeeze(1)?
-        .neg()?;
-    let sum = nll.sum_all()?;
-    let masked_ce = (sum.to_scalar::<f32>()?) / n.max(1) as f32;
-    let mut loss = match weighting {
-        Weighting::InverseT => (sum / (t as f64 * len as f64))?,
-        Weighting::MaskedMean => (sum / n.max(1) as f64)?,
-    };
-    if cap_weight > 0.0 {
-        // Entropy at the positions whose argmax is already the target.
-        let argmax = picked.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let want = targets.to_vec1::<u32>()?;
-        let correct: Vec<u32> = (0..n as u32)
-            .filter(|&i| argmax[i as usize] == want[i as usize])
-            .collect();
-        if !correct.is_empty() {
-            let idx = Tensor::new(correct.as_slice(), device)?;
-            let lp = log_probs.index_select(&idx, 0)?;
-            let entropy = (lp.exp()? * &lp)?.sum(D::Minus1)?.neg()?.mean_all()?;
-            loss = (loss + (entropy * cap_weight)?)?;
-        }
+/// CAP's term: the mean entropy of the predictions at the positions whose argmax is
+/// already the target (`picked`: the logits of the row's supervised positions); zero
+/// when none is right yet.
+fn cap_term(picked: &Tensor, targets: &[u32], device: &Device) -> Result<Tensor> {
+    let argmax = picked.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let correct: Vec<u32> = (0..targets.len() as u32)
+        .filter(|&i| argmax[i as usize] == targets[i as usize])
+        .collect();
+    if correct.is_empty() {
+        return Ok(Tensor::zeros((), DType::F32, device)?);
     }
-    Ok(LossOutput {
-        loss,
-        masked_ce,
-        masked_tokens: n,
-    })
+    let idx = Tensor::new(correct.as_slice(), device)?;
+    let lp = candle_nn::ops::log_softmax(&picked.index_select(&idx, 0)?, D::Minus1)?;
+    Ok((lp.exp()? * &lp)?.sum(D::Minus1)?.neg()?.mean_all()?)
 }

@@ -22,6 +22,8 @@
 
 use std::ops::Range;
 
+pub mod fused;
+
 use rayon::prelude::*;
 
 /// Elements per q8_0 block.
@@ -364,7 +366,7 @@ pub fn matmul_f32_scalar(
 /// two parts so that n ln2 is exact enough), exp(r) by its degree-6 Taylor polynomial,
 /// 2^n put into the exponent bits. Relative error < 3e-7.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.max(-87.0);

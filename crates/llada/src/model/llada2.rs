@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::cache::KvCache;
 use crate::config::{Llada2Config, MoeShape};
 use crate::error::{Error, Result};
+use crate::kernels::fused;
 use crate::quant::{LinearWeight, Quant};
 use crate::weights::WeightSource;
 
@@ -24,6 +25,11 @@ pub struct TrainRow<'a> {
     pub mask: &'a Tensor,
     /// Added to the token embeddings, `[n, hidden]`.
     pub embed_noise: Option<&'a Tensor>,
+    /// The tokens whose logits are wanted, increasing (`None`: all). A block-diffusion
+    /// loss reads only its masked positions, a quarter of the `[noisy | clean]` row on
+    /// average; the final norm and `lm_head` (the largest product of the default model)
+    /// then skip the rest.
+    pub outputs: Option<&'a [u32]>,
 }
 
 /// One sequence's share of a forward pass.
@@ -89,12 +95,11 @@ impl CostMeter {
     }
 }
 
-/// RMSNorm: candle's fused kernel for inference; plain ops (which have gradients) when
+/// RMSNorm: candle's fused kernel for inference; llada's, which has gradients, when
 /// training.
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, train: bool) -> candle_core::Result<Tensor> {
     if train {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        return x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight);
+        return fused::rms_norm(x, weight, eps);
     }
     candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
@@ -212,13 +217,18 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor, meter: &CostMeter) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool, meter: &CostMeter) -> candle_core::Result<Tensor> {
         let rows = x.dim(0)?;
         for w in [&self.gate_proj, &self.up_proj, &self.down_proj] {
             meter.linear(w, rows);
         }
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let hidden = if train {
+            fused::swiglu(&gate, &up)?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
+        self.down_proj.forward(&hidden)
     }
 
     fn runs_in_place(&self) -> bool {
@@ -433,7 +443,7 @@ impl SparseMoe {
             }
             let n = rows[e].len();
             let index = Tensor::new(rows[e].as_slice(), device)?;
-            let y = expert.forward(&x.index_select(&index, 0)?, meter)?;
+            let y = expert.forward(&x.index_select(&index, 0)?, train, meter)?;
             let slot = Tensor::new(slots[e].as_slice(), device)?;
             let w = weights.index_select(&slot, 0)?.reshape((n, 1))?;
             outputs.push(y.broadcast_mul(&w)?);
@@ -443,7 +453,7 @@ impl SparseMoe {
         let index = Tensor::new(all_rows.as_slice(), device)?;
         let mut y = x.zeros_like()?.index_add(&index, &routed, 0)?;
         if let Some(shared) = &self.shared {
-            y = (y + shared.forward(x, meter)?)?;
+            y = (y + shared.forward(x, train, meter)?)?;
         }
         Ok(y)
     }
@@ -521,7 +531,7 @@ enum FeedForward {
 impl FeedForward {
     fn forward(&self, x: &Tensor, train: bool, meter: &CostMeter) -> Result<Tensor> {
         match self {
-            FeedForward::Dense(mlp) => Ok(mlp.forward(x, meter)?),
+            FeedForward::Dense(mlp) => Ok(mlp.forward(x, train, meter)?),
             FeedForward::Moe(moe) => moe.forward(x, train, meter),
         }
     }
@@ -639,13 +649,14 @@ impl Attention {
         // Scores and the weighted sum of values: 2 * heads * len * keys * d.
         meter.add(2 * nh * len * k_all.dim(1)? * d, 0);
         let q = qkv.q.contiguous()?.reshape((nkv, group * len, d))?;
-        let mut scores = q.matmul(&k_all.t()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
+        let scores = q.matmul(&k_all.t()?)?;
         let probs = if train {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+            fused::masked_softmax(&scores, mask)?
         } else {
+            let scores = match mask {
+                Some(mask) => scores.broadcast_add(mask)?,
+                None => scores,
+            };
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         Ok(probs.matmul(&v_all)?.reshape((nh, len, d))?)
@@ -942,6 +953,7 @@ impl Llada2Model {
             positions,
             mask,
             embed_noise,
+            outputs: None,
         }])
     }
 
@@ -951,7 +963,8 @@ impl Llada2Model {
     /// to its token embeddings. The rows share every linear and expert product (one
     /// matrix of all their tokens, fewer and larger ops than row by row; SFT steps of
     /// 8 x 2 rows ran 1.16-1.25x faster, `scripts/train-throughput.sh`) and attend each
-    /// within itself. Returns the logits of every token, rows one after another.
+    /// within itself. Returns the logits of each row's `outputs` (or every token), rows
+    /// one after another.
     pub fn forward_train_batch(&self, rows: &[TrainRow<'_>]) -> Result<Tensor> {
         let vocab = self.cfg.vocab_size;
         let hidden = self.cfg.hidden_size;
@@ -974,6 +987,13 @@ impl Llada2Model {
             if let Some(&id) = row.tokens.iter().find(|&&id| id as usize >= vocab) {
                 return Err(Error::TokenOutOfRange { id, vocab });
             }
+            if let Some(outputs) = row.outputs {
+                if outputs.windows(2).any(|w| w[0] >= w[1]) || outputs.last() >= Some(&(n as u32)) {
+                    return Err(Error::InvalidRequest(format!(
+                        "training forward: the logits wanted must be increasing tokens of the row's {n}"
+                    )));
+                }
+            }
             spans.push((ids.len(), n));
             ids.extend_from_slice(row.tokens);
             positions.extend(row.positions.iter().map(|&p| p as usize));
@@ -984,7 +1004,6 @@ impl Llada2Model {
                 Tensor::cat(&vec![row.mask; group], 0)?
             });
         }
-        let total = ids.len();
         let noise = if rows.iter().any(|r| r.embed_noise.is_some()) {
             let parts = rows
                 .iter()
@@ -1013,8 +1032,20 @@ impl Llada2Model {
             };
             merge_heads(&heads)
         })?;
+        let h = if rows.iter().all(|r| r.outputs.is_none()) {
+            h
+        } else {
+            let mut wanted = Vec::new();
+            for (row, &(offset, n)) in rows.iter().zip(&spans) {
+                match row.outputs {
+                    Some(outputs) => wanted.extend(outputs.iter().map(|&i| offset as u32 + i)),
+                    None => wanted.extend(offset as u32..(offset + n) as u32),
+                }
+            }
+            h.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 0)?
+        };
         let x = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps, true)?;
-        self.cost.linear(&self.lm_head, total);
+        self.cost.linear(&self.lm_head, x.dim(0)?);
         Ok(self.lm_head.forward(&x)?)
     }
 
