@@ -23,7 +23,8 @@ use clap::{Parser, Subcommand};
     about = "Block-diffusion language models (LLaDA2) on your machine"
 )]
 struct Cli {
-    /// Threads for the model's matrix work (default: the physical cores, or
+    /// Threads for the model's matrix work; in `train run`, threads that each train a
+    /// share of every step's examples (default: the physical cores, or
     /// RAYON_NUM_THREADS when set).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,

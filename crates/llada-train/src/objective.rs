@@ -5,7 +5,6 @@
 //! one or two model rows ([`LossRow`]); a step runs all its rows in one forward pass and
 //! [`combine`] folds each example's rows back into its loss.
 
-use candle_core::Tensor;
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
 
@@ -169,12 +168,6 @@ pub fn combine(outputs: Vec<LossOutput>) -> Result<LossOutput> {
 /// so recipes without mixing keep their random streams).
 pub fn draws_text_row(rng: &mut ChaCha8Rng, fraction: f64) -> bool {
     rng.random::<f64>() < fraction
-}
-
-/// The mean of per-row losses: the step's loss.
-pub fn mean_loss(losses: &[Tensor]) -> Result<Tensor> {
-    let n = losses.len() as f64;
-    Ok((Tensor::stack(losses, 0)?.sum_all()? / n)?)
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{self, CheckpointFiles, MetricsLog, StepMetrics, TrainerState};
 use crate::data::{load_chat, pack_text, ChatExample, Packed};
-use crate::loss::losses;
-use crate::objective::{combine, draws_text_row, mean_loss, Objective};
+use crate::loss::{losses, LossRow};
+use crate::objective::{combine, draws_text_row, Objective};
 use crate::optim::AdamW;
 use crate::params::{SpecialIds, TrainableModel};
 use crate::recipe::{Recipe, Stage, StageKind};
@@ -32,6 +32,12 @@ pub struct RunOptions {
     /// Stop after this many optimizer steps in this invocation (a checkpoint is written
     /// where it stops; running the recipe again resumes there).
     pub max_steps: Option<usize>,
+    /// Threads a step's examples are split over (0 or 1: one). Each thread runs forward
+    /// and backward of its share; the gradients are summed. candle's own ops should then
+    /// run on one thread each (`RAYON_NUM_THREADS=1`, as `llada train run` sets), or the
+    /// shards compete for the cores. The sums' order follows the thread count, so runs
+    /// with different counts differ in the last bits.
+    pub threads: usize,
 }
 
 /// Standard deviation of a new model's random weights.
@@ -78,6 +84,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunOutcome> {
         )));
     }
     let mut budget = opts.max_steps;
+    let threads = opts.threads.max(1);
     let mut previous: Option<PathBuf> = recipe.init_from.clone();
     for stage in &recipe.stages {
         let dir = recipe.out.join(&stage.name);
@@ -99,6 +106,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<RunOutcome> {
             tok: &tok,
             eos,
             mask_id,
+            threads,
         };
         match ctx.run(previous.as_deref(), &mut budget, opts.quiet)? {
             Some(done) => previous = Some(done),
@@ -125,6 +133,7 @@ struct StageRun<'a> {
     tok: &'a Tokenizer,
     eos: u32,
     mask_id: u32,
+    threads: usize,
 }
 
 impl StageRun<'_> {
@@ -284,23 +293,46 @@ impl StageRun<'_> {
             per_example.push(made.len());
             rows.extend(made);
         }
-        let mut outputs = losses(&model.model, &rows)?.into_iter();
-        let mut losses = Vec::with_capacity(per_example.len());
-        let mut ce = 0f32;
-        for n in per_example {
-            let out = combine(outputs.by_ref().take(n).collect())?;
-            ce += out.masked_ce;
-            losses.push(out.loss);
+        let shards = shard_examples(&per_example, self.threads);
+        let total = per_example.len();
+        let run_shard = |shard: &Shard| {
+            shard_backward(
+                model,
+                &rows[shard.rows.clone()],
+                &per_example[shard.examples.clone()],
+                total,
+            )
+        };
+        let mut done: Vec<ShardOutput> = if shards.len() == 1 {
+            vec![run_shard(&shards[0])?]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = shards
+                    .iter()
+                    .map(|shard| scope.spawn(move || run_shard(shard)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?
+        };
+        let mut first = done.remove(0);
+        for other in done {
+            first.loss += other.loss;
+            first.ce += other.ce;
+            add_grads(&mut first.grads, &other.grads, &model.params)?;
         }
-        let loss = mean_loss(&losses)?;
         let lr = stage.lr.at(step);
-        let grads = loss.backward()?;
-        let grad_norm = opt.step(&grads, lr)?;
+        let grad_norm = opt.step(&first.grads, lr)?;
         Ok(StepMetrics {
             stage: stage.name.clone(),
             step: step + 1,
-            loss: loss.to_scalar::<f32>()?,
-            ce: ce / losses.len() as f32,
+            loss: first.loss,
+            ce: first.ce / total as f32,
             lr,
             grad_norm,
             block,
@@ -358,6 +390,81 @@ fn expert_biases(cfg: &Llada2Config, source: &dyn WeightSource) -> Result<HashMa
         }
     }
     Ok(out)
+}
+
+/// A share of a step's examples and the rows they made.
+struct Shard {
+    examples: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+}
+
+/// Splits the examples (each made `rows_per_example[i]` rows, stored one example after
+/// another) into up to `threads` contiguous shards of near-equal example counts.
+fn shard_examples(rows_per_example: &[usize], threads: usize) -> Vec<Shard> {
+    let n = rows_per_example.len();
+    let count = threads.clamp(1, n.max(1));
+    let mut shards = Vec::with_capacity(count);
+    let mut row = 0;
+    for i in 0..count {
+        let examples = i * n / count..(i + 1) * n / count;
+        let len: usize = rows_per_example[examples.clone()].iter().sum();
+        shards.push(Shard {
+            examples,
+            rows: row..row + len,
+        });
+        row += len;
+    }
+    shards
+}
+
+/// What one shard's backward pass gives.
+struct ShardOutput {
+    grads: candle_core::backprop::GradStore,
+    /// The shard's part of the step's mean loss.
+    loss: f32,
+    /// Sum of its examples' masked cross-entropies.
+    ce: f32,
+}
+
+/// Forward and backward of one shard: its examples' losses summed and divided by the
+/// step's example count `total`, so the shards' gradients add up to the mean loss's.
+fn shard_backward(
+    model: &TrainableModel,
+    rows: &[LossRow],
+    rows_per_example: &[usize],
+    total: usize,
+) -> Result<ShardOutput> {
+    let mut outputs = losses(&model.model, rows)?.into_iter();
+    let mut example_losses = Vec::with_capacity(rows_per_example.len());
+    let mut ce = 0f32;
+    for &n in rows_per_example {
+        let out = combine(outputs.by_ref().take(n).collect())?;
+        ce += out.masked_ce;
+        example_losses.push(out.loss);
+    }
+    let loss = (Tensor::stack(&example_losses, 0)?.sum_all()? / total as f64)?;
+    Ok(ShardOutput {
+        grads: loss.backward()?,
+        loss: loss.to_scalar::<f32>()?,
+        ce,
+    })
+}
+
+/// Adds `other`'s gradients of the parameters into `into`.
+fn add_grads(
+    into: &mut candle_core::backprop::GradStore,
+    other: &candle_core::backprop::GradStore,
+    params: &[(String, candle_core::Var)],
+) -> Result<()> {
+    for (_, p) in params {
+        let Some(g) = other.get(p) else { continue };
+        let sum = match into.get(p) {
+            Some(mine) => (mine + g)?,
+            None => g.clone(),
+        };
+        into.insert(p, sum);
+    }
+    Ok(())
 }
 
 /// A stage's random stream number: FNV-1a of its name (24 bits, shifted above the step).
