@@ -114,6 +114,17 @@ fn metrics(dir: &Path) -> Vec<StepMetrics> {
         .collect()
 }
 
+/// The two checkpoints hold the same tensors, each within `tol`.
+fn assert_same_weights(want: &Path, got: &Path, tol: f32) {
+    let a = candle_core::safetensors::load(want.join("model.safetensors"), &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(got.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (name, x) in &a {
+        let d = common::max_abs_diff(x, &b[name]);
+        assert!(d < tol, "{name} differs by {d}");
+    }
+}
+
 fn quiet() -> RunOptions {
     RunOptions {
         quiet: true,
@@ -320,13 +331,7 @@ fn steps_split_over_threads_train_as_one_thread() {
     }
     // Adam turns last-bit differences of near-zero gradients into whole steps: the
     // weights agree less closely than the losses.
-    let a = candle_core::safetensors::load(want.join("model.safetensors"), &Device::Cpu).unwrap();
-    let b = candle_core::safetensors::load(got.join("model.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(a.len(), b.len());
-    for (name, x) in &a {
-        let d = common::max_abs_diff(x, &b[name]);
-        assert!(d < 5e-3, "{name} differs by {d}");
-    }
+    assert_same_weights(&want, &got, 5e-3);
 }
 
 #[test]
@@ -386,13 +391,7 @@ fn a_killed_run_resumes_where_it_left_off() {
     let RunOutcome::Finished(got) = run(&killed, &quiet()).unwrap() else {
         panic!("finishes after resuming");
     };
-    let a = candle_core::safetensors::load(want.join("model.safetensors"), &Device::Cpu).unwrap();
-    let b = candle_core::safetensors::load(got.join("model.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(a.len(), b.len());
-    for (name, x) in &a {
-        let d = common::max_abs_diff(x, &b[name]);
-        assert!(d < 1e-5, "{name} differs by {d}");
-    }
+    assert_same_weights(&want, &got, 1e-5);
     // Every step is logged once, with the uninterrupted run's loss.
     let steps = |run: &str| -> Vec<(usize, f32)> {
         let text = std::fs::read_to_string(tmp.path().join(run).join("ar/metrics.jsonl")).unwrap();
