@@ -22,9 +22,9 @@
 
 use std::ops::Range;
 
-pub mod fused;
-
 use rayon::prelude::*;
+
+pub mod fused;
 
 /// Elements per q8_0 block.
 pub const Q8_BLOCK: usize = 32;

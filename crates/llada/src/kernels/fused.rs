@@ -269,10 +269,7 @@ struct CrossEntropy {
 #[inline(always)]
 fn log_sum_exp(x: &[f32]) -> (f32, f32) {
     let max = max8(x);
-    (
-        max,
-        sum8(x.len(), |i| super::exp_nonpositive(x[i] - max)).ln(),
-    )
+    (max, super::exp_sum(x, max).ln())
 }
 
 avx2_when_present! {
