@@ -44,17 +44,22 @@ impl ModelArgs {
     }
 }
 
+/// Steps per block when only `--block-length` is given (the reference's default).
+const DEFAULT_STEPS: usize = 32;
+
 #[derive(Args, Debug, Clone)]
 pub struct DecodeArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     pub gen_length: usize,
-    /// Tokens per diffusion block (1 = autoregressive decoding).
-    #[arg(long, default_value_t = 32)]
-    pub block_length: usize,
-    /// Denoising steps per block (at most the block length fills one token per step).
-    #[arg(long, default_value_t = 32)]
-    pub steps: usize,
+    /// Tokens per diffusion block (1 = autoregressive decoding; default: the model's
+    /// generation_config.json `block_length`, else 32).
+    #[arg(long)]
+    pub block_length: Option<usize>,
+    /// Denoising steps per block (at most the block length fills one token per step;
+    /// default: the model's block length when neither flag is given, else 32).
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// Decoding strategy: threshold (the LLaDA2.0 reference rule), joint (LLaDA2.1:
     /// also replaces decoded tokens), credit or hierarchy (dInfer's).
     #[arg(long, default_value = "threshold")]
@@ -139,8 +144,15 @@ impl DecodeArgs {
     fn unchecked_params(&self, loaded: &LoadedModel) -> Result<GenerateParams> {
         let mut p = loaded.default_params();
         p.gen_length = self.gen_length;
-        p.block_length = self.block_length;
-        p.steps = self.steps;
+        // The model's own block length (and as many steps) unless a flag says otherwise;
+        // a block length given alone keeps the usual 32 steps.
+        if let Some(b) = self.block_length {
+            p.block_length = b;
+            p.steps = DEFAULT_STEPS;
+        }
+        if let Some(s) = self.steps {
+            p.steps = s;
+        }
         p.decoder = self.decoder()?;
         p.sampling = SamplingParams {
             temperature: self.temperature,

@@ -204,6 +204,28 @@ fn bad_model_folders_are_named() {
             field,
         );
     }
+    // A generation config's default block length of 0 is named with its file.
+    let dir = tmp.path().join("block0");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(Path::new(&fixture()).join(f), dir.join(f)).unwrap();
+    }
+    let mut generation: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&fixture()).join("generation_config.json")).unwrap(),
+    )
+    .unwrap();
+    generation["block_length"] = 0.into();
+    std::fs::write(dir.join("generation_config.json"), generation.to_string()).unwrap();
+    refused(
+        &[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-ids",
+            "1",
+        ],
+        "generation_config.json: block_length must be at least 1",
+    );
     refused(
         &["generate", "--model", "org/x@../../..", "--prompt-ids", "1"],
         "not found",

@@ -255,11 +255,7 @@ impl StageRun<'_> {
         let mut rng = ChaCha8Rng::seed_from_u64(
             self.recipe.seed ^ (self.stream << 40) ^ (step as u64).wrapping_mul(0x9E37_79B9),
         );
-        let block = match (&stage.kind, &stage.block_schedule) {
-            (StageKind::Wsd, Some(s)) => s.block_at(step),
-            (StageKind::Ar | StageKind::SftAr, _) => 1,
-            _ => stage.block,
-        };
+        let block = block_of(stage, step);
         let objective = Objective {
             stage,
             mask_id: self.mask_id,
@@ -349,8 +345,11 @@ impl StageRun<'_> {
         step: usize,
         loss: f32,
     ) -> Result<PathBuf> {
+        // The block length of the last step taken: how this checkpoint decodes by default
+        // (1 for an autoregressive stage).
         let generation = serde_json::json!({
             "eos_token_id": self.eos, "pad_token_id": self.eos, "mask_token_id": self.mask_id,
+            "block_length": block_of(self.stage, step.saturating_sub(1)),
         });
         let files = CheckpointFiles {
             config: &self.recipe.checkpoint_config_json(SpecialIds {
@@ -367,6 +366,15 @@ impl StageRun<'_> {
             loss,
         };
         checkpoint::write(self.dir, name, &files, &model.tensors(buffers), opt, &state)
+    }
+}
+
+/// The block length a stage trains with at `step` (0-based).
+fn block_of(stage: &Stage, step: usize) -> usize {
+    match (&stage.kind, &stage.block_schedule) {
+        (StageKind::Wsd, Some(s)) => s.block_at(step),
+        (StageKind::Ar | StageKind::SftAr, _) => 1,
+        _ => stage.block,
     }
 }
 

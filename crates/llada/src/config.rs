@@ -366,7 +366,9 @@ impl Llada2Config {
     }
 }
 
-/// `generation_config.json`: the special token ids a decoder needs.
+/// `generation_config.json`: the special token ids a decoder needs, and the block length
+/// the model was trained to decode with when it is not the usual 32 (llada's trainer
+/// writes it: 1 for an autoregressive model).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct GenerationConfig {
     #[serde(default)]
@@ -375,6 +377,9 @@ pub struct GenerationConfig {
     pub pad_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub mask_token_id: Option<u32>,
+    /// Default block length (and steps per block) for this model.
+    #[serde(default)]
+    pub block_length: Option<usize>,
 }
 
 impl GenerationConfig {
@@ -390,11 +395,18 @@ impl GenerationConfig {
 
     /// Parses `generation_config.json` text (`origin` names it in errors).
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
-        serde_json::from_str(text).map_err(|source| Error::Json {
+        let cfg: Self = serde_json::from_str(text).map_err(|source| Error::Json {
             path: origin.to_path_buf(),
             what: "a generation config",
             source,
-        })
+        })?;
+        if cfg.block_length == Some(0) {
+            return Err(Error::Config {
+                path: origin.to_path_buf(),
+                message: "block_length must be at least 1".into(),
+            });
+        }
+        Ok(cfg)
     }
 
     /// The first EOS id (`eos_token_id` may be an int or a list).

@@ -73,6 +73,10 @@ impl LoadedModel {
             .or_else(|| tok.and_then(Tokenizer::eos_id))
             .unwrap_or(config::DEFAULT_EOS_ID);
         let mut params = GenerateParams::new(mask, eos);
+        if let Some(b) = gen.block_length {
+            params.block_length = b;
+            params.steps = b;
+        }
         if let Some(role_end) = tok.and_then(Tokenizer::role_end_id) {
             if role_end != eos {
                 params.extra_stop_ids.push(role_end);

@@ -253,6 +253,7 @@ pub fn load_preset(
             eos_token_id: Some(serde_json::json!(vocab.saturating_sub(2))),
             pad_token_id: None,
             mask_token_id: Some(vocab.saturating_sub(1)),
+            block_length: None,
         }
     };
     Ok(crate::LoadedModel {
