@@ -7,7 +7,7 @@ with inclusionAI/LLaDA2.0-mini on the Hugging Face hub) is not in this repositor
 the folder holding the two files. Needs torch, transformers, safetensors (not part of CI).
 
     python3 scripts/official-check.py --official-code DIR --model models/default \
-        --tasks data/tasks-next/tasks-eval.jsonl --limit 40
+        --tasks data/tasks-heldout/tasks-eval.jsonl --limit 40
 
 For each task item: the chat prompt as transformers' chat template writes it, the
 official `generate()` (greedy) and `llada generate --prompt-ids` with the same settings;

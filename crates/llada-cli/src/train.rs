@@ -72,8 +72,8 @@ pub struct TasksArgs {
     pub eval: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Which kinds: `short` (the five short kinds only, the shipped default model's
-    /// task set) or `all`.
+    /// Which kinds: `short` (the five short kinds only: the default model's first SFT
+    /// phase) or `all`.
     #[arg(long, default_value = "all")]
     pub kinds: llada_train::tasks::Mix,
 }
@@ -104,7 +104,7 @@ pub struct TokenizerArgs {
     /// Output folder (tokenizer.json, tokenizer_config.json).
     #[arg(long, short = 'o')]
     pub out: PathBuf,
-    /// Keep numbers whole (GPT-2's pre-tokenizer, as the shipped default model's
+    /// Keep numbers whole (GPT-2's pre-tokenizer, as the earlier default model's
     /// tokenizer) instead of one piece per digit.
     #[arg(long)]
     pub whole_numbers: bool,

@@ -53,7 +53,7 @@ const SHORT_SHARE: f64 = 0.4;
 /// Which kinds a task set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mix {
-    /// The five short kinds only (the task set of the shipped default model: the same
+    /// The five short kinds only (the task set of the earlier default model: the same
     /// items, seed for seed, as before the long kinds existed).
     Short,
     /// Short kinds 40% of the time, long kinds otherwise.
@@ -376,7 +376,7 @@ mod tests {
         }
         let short = a.iter().filter(|t| SHORT_KINDS.contains(&t.kind)).count();
         assert!((700..900).contains(&short), "{short} of 2000 short");
-        // The short mix is the task set the shipped default model was trained on: its
+        // The short mix is the task set the earlier default model was trained on: its
         // first items, seed 0, as `llada train tasks --seed 0` wrote them then.
         let short = generate(3, 0, Split::Train, Mix::Short).unwrap();
         let questions: Vec<&str> = short.iter().map(|t| t.question.as_str()).collect();

@@ -29,7 +29,7 @@ pub struct TokenizerTraining {
     pub vocab_size: usize,
     pub min_frequency: u64,
     /// Every digit its own piece (see [`pre_tokenizer`]); false keeps GPT-2's whole
-    /// numbers (the shipped default model's tokenizer).
+    /// numbers (the earlier default model's tokenizer).
     pub split_digits: bool,
 }
 

@@ -10,6 +10,9 @@ use std::path::PathBuf;
 
 use llada::{generate, load_model_with, Device, LoadedModel, Quant};
 
+/// Answers identical to f32 for each quantization, as measured on the shipped model.
+const SAME_AT_LEAST: usize = 34;
+
 fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default")
 }
@@ -32,29 +35,47 @@ fn answers(m: &LoadedModel, items: &[llada_train::tasks::Task]) -> Vec<Vec<u32>>
         .collect()
 }
 
+/// Items whose decoded answer is the expected one.
+fn correct(m: &LoadedModel, items: &[llada_train::tasks::Task], got: &[Vec<u32>]) -> usize {
+    let tok = m.tokenizer.as_ref().unwrap();
+    items
+        .iter()
+        .zip(got)
+        .filter(|(t, ids)| tok.decode(ids, true).unwrap().trim() == t.answer.trim())
+        .count()
+}
+
 #[test]
 fn quantized_default_model_answers_like_f32() {
     use llada_train::tasks::{generate, Mix, Split};
-    // The shipped model's kinds (short answers).
-    let items = generate(40, 4242, Split::HeldOut, Mix::Short).unwrap();
+    // The shipped model's kinds: the five short ones and the 10-40-token answers.
+    let items = generate(40, 4242, Split::HeldOut, Mix::All).unwrap();
     let f32_model = load_model_with(&default_model(), &Device::Cpu, None).unwrap();
     let want = answers(&f32_model, &items);
+    let f32_correct = correct(&f32_model, &items, &want);
+    println!("f32: {f32_correct}/{} correct", items.len());
+    let mut failures = Vec::new();
     for quant in [Quant::Q8_0, Quant::Q4k] {
         let q = load_model_with(&default_model(), &Device::Cpu, Some(quant)).unwrap();
         let got = answers(&q, &items);
         let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+        let right = correct(&q, &items, &got);
         println!(
-            "{}: {same}/{} task answers identical to f32 (weights {:.2} MiB vs {:.2} MiB)",
+            "{}: {same}/{} task answers identical to f32, {right} correct (weights {:.2} MiB vs {:.2} MiB)",
             quant.name(),
             items.len(),
             q.model.weight_bytes() as f64 / (1 << 20) as f64,
             f32_model.model.weight_bytes() as f64 / (1 << 20) as f64,
         );
-        // The README quotes 39/40 for both (deterministic: same weights, same code).
-        assert!(
-            same >= 39,
-            "{quant:?}: only {same}/{} identical",
-            items.len()
-        );
+        // Long answers decoded many tokens per step diverge from f32 where a confidence
+        // sits near the threshold; what matters is that they stay right. The README
+        // quotes the figures (deterministic: same weights, same code).
+        if same < SAME_AT_LEAST || right + 1 < f32_correct {
+            failures.push(format!(
+                "{quant:?}: {same}/{} identical, {right} correct against f32's {f32_correct}",
+                items.len()
+            ));
+        }
     }
+    assert!(failures.is_empty(), "{failures:?}");
 }

@@ -525,6 +525,17 @@ lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
     let head_ce: f32 = a[..3].iter().map(|s| s.ce).sum::<f32>() / 3.0;
     let tail_ce: f32 = a[9..].iter().map(|s| s.ce).sum::<f32>() / 3.0;
     assert!(tail_ce < head_ce, "{head_ce} -> {tail_ce}");
+    // Each checkpoint decodes by default as it was trained: the baseline one token per
+    // block, the diffusion SFT with its block of 8 (and as many steps).
+    let defaults = |stage: &str| {
+        let dir = tmp.path().join("branched").join(stage).join("final");
+        let p = llada::load_model(&dir, &Device::Cpu)
+            .unwrap()
+            .default_params();
+        (p.block_length, p.steps)
+    };
+    assert_eq!(defaults("sft-ar"), (1, 1));
+    assert_eq!(defaults("sft"), (8, 8));
     // `from` must name an earlier stage.
     let err = Recipe::parse(
         &format!("{head}{}{ar_stage}", baseline("from = \"ar\"")),
@@ -536,22 +547,21 @@ lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
     assert!(err.contains("names no earlier stage"), "{err}");
 }
 
-/// The recipes the repository carries load (every field checked), and the next model's
-/// AR baseline branches off its AR stage and goes through the same curriculum as its
-/// diffusion SFT: the same data, text mix and rows in each phase.
+/// The recipes the repository carries load (every field checked), and the default
+/// model's AR baseline (models/default-ar) branches off its AR stage and goes through the
+/// same curriculum as its diffusion SFT: the same data, text mix and rows in each phase.
 #[test]
 fn the_committed_recipes_load() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
     for path in [
         "default/recipe.toml",
         "default/cap.toml",
-        "default/scratch.toml",
-        "next/recipe.toml",
+        "default/nocap.toml",
     ] {
         Recipe::load(&models.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
-    let next = Recipe::load(&models.join("next/recipe.toml")).unwrap();
-    let stage = |name: &str| next.stages.iter().find(|s| s.name == name).unwrap();
+    let recipe = Recipe::load(&models.join("default/recipe.toml")).unwrap();
+    let stage = |name: &str| recipe.stages.iter().find(|s| s.name == name).unwrap();
     assert_eq!(stage("sft-ar-short").from.as_deref(), Some("ar"));
     let rows = |names: &[&str]| -> usize {
         names
@@ -559,9 +569,10 @@ fn the_committed_recipes_load() {
             .map(|n| stage(n).steps * stage(n).batch_size)
             .sum()
     };
-    let phases: [(&[&str], &str); 2] = [
+    let phases: [(&[&str], &str); 3] = [
         (&["sft-short"], "sft-ar-short"),
-        (&["sft", "sft-edit"], "sft-ar"),
+        (&["sft"], "sft-ar"),
+        (&["sft-2", "sft-edit"], "sft-ar-2"),
     ];
     for (diffusion, ar) in phases {
         assert_eq!(rows(diffusion), rows(&[ar]), "{ar}");
@@ -573,6 +584,13 @@ fn the_committed_recipes_load() {
             assert_eq!(stage(name).seq_len, baseline.seq_len, "{name}");
         }
     }
+    // The CAP experiment and its control differ in the CAP weight only.
+    let cap = Recipe::load(&models.join("default/cap.toml")).unwrap();
+    let nocap = Recipe::load(&models.join("default/nocap.toml")).unwrap();
+    let (a, b) = (&cap.stages[0], &nocap.stages[0]);
+    assert!(a.cap_weight > 0.0 && b.cap_weight == 0.0);
+    assert_eq!((&a.data, a.steps, a.seq_len), (&b.data, b.steps, b.seq_len));
+    assert_eq!(cap.init_from, nocap.init_from);
 }
 
 mod random_fields {
