@@ -39,7 +39,15 @@ where
     K: AsRef<str> + Ord + std::fmt::Display,
 {
     replace_atomically(path, |tmp| {
-        candle_core::safetensors::save(tensors, tmp).map_err(Error::from)
+        // The safetensors writer creates its file readable by the owner only (0600); an
+        // exported model folder is meant to be shared, so the file gets the permissions
+        // any new file gets here (umask applied), taken from a plain create first.
+        let plain = std::fs::File::create(tmp)
+            .and_then(|f| f.metadata())
+            .map_err(|e| Error::io(tmp, e))?
+            .permissions();
+        candle_core::safetensors::save(tensors, tmp).map_err(Error::from)?;
+        std::fs::set_permissions(tmp, plain).map_err(|e| Error::io(tmp, e))
     })
 }
 
@@ -89,6 +97,22 @@ mod tests {
         assert_eq!(names.len(), 1, "temporary file left behind");
         write_atomic(&path, b"new").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    }
+
+    #[test]
+    fn saved_weights_get_the_permissions_of_any_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let weights = dir.path().join("model.safetensors");
+        let tensors = std::collections::HashMap::from([(
+            "w".to_string(),
+            candle_core::Tensor::zeros(2, candle_core::DType::F32, &candle_core::Device::Cpu)
+                .unwrap(),
+        )]);
+        save_safetensors(&weights, &tensors).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions();
+        assert_eq!(mode(&weights), mode(&plain));
     }
 
     #[test]
