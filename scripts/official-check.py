@@ -4,7 +4,9 @@ same answers as llada? (issue 12, item 5)
 
 The official code (`modeling_llada2_moe.py` and `configuration_llada2_moe.py`, published
 with inclusionAI/LLaDA2.0-mini on the Hugging Face hub) is not in this repository; pass
-the folder holding the two files. Needs torch, transformers, safetensors (not part of CI).
+the folder holding the two files. Needs torch, transformers, safetensors (not part of CI);
+the official code calls `DynamicCache.get_usable_length`, which transformers 4.56 removed
+(checked with torch 2.15 and transformers 4.52.4).
 
     python3 scripts/official-check.py --official-code DIR --model models/default \
         --tasks data/tasks-heldout/tasks-eval.jsonl --limit 40
@@ -74,7 +76,9 @@ def official(model, ids, eos, mask):
                              eos_id=eos, mask_id=mask)
     finally:
         del model.forward
-    return out[0].tolist()
+    out = out[0].tolist()
+    # Some copies of the official code return the prompt with the answer.
+    return out[len(ids):] if out[: len(ids)] == ids else out
 
 
 def llada(model_dir, ids):
@@ -98,8 +102,13 @@ print(f"torch {torch.__version__}, transformers {transformers.__version__}; "
 failed = False
 for model_dir in args.model:
     config = LLaDA2MoeConfig.from_pretrained(model_dir)
-    model, info = LLaDA2MoeModelLM.from_pretrained(model_dir, config=config, dtype=torch.float32,
-                                                    output_loading_info=True)
+    # transformers >= 4.56 names the dtype argument `dtype`; the official code's
+    # `get_usable_length` calls need an older one, which names it `torch_dtype`.
+    new_name = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)
+    dtype_arg = "dtype" if new_name else "torch_dtype"
+    model, info = LLaDA2MoeModelLM.from_pretrained(model_dir, config=config,
+                                                    output_loading_info=True,
+                                                    **{dtype_arg: torch.float32})
     model.eval()
     unloaded = {k: v for k, v in info.items() if v}
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)

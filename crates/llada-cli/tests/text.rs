@@ -351,3 +351,24 @@ fn the_default_model_answers_offline_in_the_chat_format() {
     assert!(matches!(ids.last(), Some(0) | Some(2)), "{ids:?}");
     assert!(!v["text"].as_str().unwrap().trim().is_empty());
 }
+
+#[test]
+fn the_shipped_ar_baseline_decodes_one_token_per_forward_by_default() {
+    // models/default-ar's generation_config.json says block_length 1: without decoding
+    // flags it runs autoregressively, as it was trained, and answers a task.
+    let model = common::repo().join("models/default-ar");
+    let out = Command::new(env!("CARGO_BIN_EXE_llada"))
+        .args([
+            "generate",
+            "--prompt",
+            "Reverse: 4 9 2",
+            "--json",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let v = common::json(&out);
+    assert_eq!(v["text"].as_str().unwrap().trim(), "2 9 4", "{v}");
+    assert_eq!(v["tokens_per_forward"].as_f64().unwrap(), 1.0, "{v}");
+}
