@@ -180,52 +180,37 @@ fn recipe_fields_are_checked_before_training() {
 #[test]
 fn bad_model_folders_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(&fixture()).join("config.json")).unwrap(),
-    )
-    .unwrap();
-    for (field, value) in [("rope_theta", 0.0), ("rms_norm_eps", -1.0)] {
-        let dir = tmp.path().join(field);
+    // A copy of the fixture with one field of one of its JSON files replaced (in a
+    // folder whose name does not hold the field, so the error must name it).
+    let fixture_with = |case: usize, file: &str, field: &str, value: serde_json::Value| {
+        let dir = tmp.path().join(format!("case{case}"));
         std::fs::create_dir_all(&dir).unwrap();
-        for f in ["model.safetensors", "generation_config.json"] {
+        for f in ["model.safetensors", "config.json", "generation_config.json"] {
             std::fs::copy(Path::new(&fixture()).join(f), dir.join(f)).unwrap();
         }
-        let mut bad = config.clone();
-        bad[field] = value.into();
-        std::fs::write(dir.join("config.json"), bad.to_string()).unwrap();
-        refused(
-            &[
-                "generate",
-                "--model",
-                dir.to_str().unwrap(),
-                "--prompt-ids",
-                "1",
-            ],
-            field,
-        );
+        let path = dir.join(file);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json[field] = value;
+        std::fs::write(&path, json.to_string()).unwrap();
+        dir
+    };
+    // Each bad value is named (a generation config's with its file).
+    let cases: [(&str, &str, serde_json::Value, &str); 3] = [
+        ("config.json", "rope_theta", 0.0.into(), "rope_theta"),
+        ("config.json", "rms_norm_eps", (-1.0).into(), "rms_norm_eps"),
+        (
+            "generation_config.json",
+            "block_length",
+            0.into(),
+            "generation_config.json: block_length must be at least 1",
+        ),
+    ];
+    for (case, (file, field, value, needle)) in cases.into_iter().enumerate() {
+        let dir = fixture_with(case, file, field, value);
+        let model = dir.to_str().unwrap();
+        refused(&["generate", "--model", model, "--prompt-ids", "1"], needle);
     }
-    // A generation config's default block length of 0 is named with its file.
-    let dir = tmp.path().join("block0");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.safetensors", "config.json"] {
-        std::fs::copy(Path::new(&fixture()).join(f), dir.join(f)).unwrap();
-    }
-    let mut generation: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(&fixture()).join("generation_config.json")).unwrap(),
-    )
-    .unwrap();
-    generation["block_length"] = 0.into();
-    std::fs::write(dir.join("generation_config.json"), generation.to_string()).unwrap();
-    refused(
-        &[
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt-ids",
-            "1",
-        ],
-        "generation_config.json: block_length must be at least 1",
-    );
     refused(
         &["generate", "--model", "org/x@../../..", "--prompt-ids", "1"],
         "not found",
