@@ -152,8 +152,8 @@ if be:
               f"{be['block_forward_ms']:.2f} ms, an AR step {be['ar_step_ms']:.2f} ms, so diffusion",
               f"ties AR decoding at {be['break_even_tpf']:.2f} tokens per forward and runs 2x as fast",
               f"at {2*be['break_even_tpf']:.1f}. On this CPU the per-token work of the block dominates",
-              "(every row goes through every weight), where on a GPU a 32-token forward costs about",
-              "as much as a 1-token one."]
+              "(every row goes through every weight), where on a GPU, bound by reading the weights at",
+              "this size, a 32-token forward would cost about as much as a 1-token one (not measured)."]
 lines += ["", "## Decoders (block 32, 32 steps)", "",
           "tokens/s of one run (the threshold rows: the median of three).", "",
           "| decoder | settings | accuracy | tokens/forward | tokens/s | edits per answer |",
