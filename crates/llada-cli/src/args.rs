@@ -8,6 +8,7 @@ use llada::decode::DecoderSettings;
 use llada::tokenizer::SpecialTokens;
 use llada::{
     BlockCache, DecoderConfig, GenerateParams, LoadedModel, Message, Quant, SamplingParams,
+    DEFAULT_STEPS,
 };
 
 use crate::default_model::DEFAULT_MODEL;
@@ -43,9 +44,6 @@ impl ModelArgs {
         }
     }
 }
-
-/// Steps per block when only `--block-length` is given (the reference's default).
-const DEFAULT_STEPS: usize = 32;
 
 #[derive(Args, Debug, Clone)]
 pub struct DecodeArgs {

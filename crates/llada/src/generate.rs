@@ -70,13 +70,17 @@ impl BlockCache {
     }
 }
 
+/// The reference's block length and denoising steps per block.
+pub const DEFAULT_BLOCK_LENGTH: usize = 32;
+pub const DEFAULT_STEPS: usize = 32;
+
 impl GenerateParams {
     /// The reference defaults (block 32, 32 steps, threshold 0.95, greedy).
     pub fn new(mask_id: u32, eos_id: u32) -> Self {
         Self {
             gen_length: 128,
-            block_length: 32,
-            steps: 32,
+            block_length: DEFAULT_BLOCK_LENGTH,
+            steps: DEFAULT_STEPS,
             decoder: DecoderConfig::Threshold { threshold: 0.95 },
             sampling: SamplingParams::default(),
             seed: 0,
