@@ -26,6 +26,18 @@ use rayon::prelude::*;
 
 pub mod fused;
 
+/// Runs `work` on a thread of rayon's global pool, where the parallel loops inside it
+/// (ours, candle's, gemm's) start and end without waking a sleeping caller: from a thread
+/// outside the pool each of them is a hand-off through the kernel (futex wake and wait),
+/// dozens per forward pass of a small model.
+pub fn on_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        work()
+    } else {
+        rayon::scope(|_| work())
+    }
+}
+
 /// Elements per q8_0 block.
 pub const Q8_BLOCK: usize = 32;
 

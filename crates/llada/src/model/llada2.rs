@@ -838,6 +838,10 @@ impl Llada2Model {
     /// see all tokens together, attention runs per sequence over its own cache.
     /// Returns, per sequence, the logits `[logit_rows.len(), vocab]` (f32).
     pub fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Vec<Option<Tensor>>> {
+        crate::kernels::on_thread_pool(|| self.forward_on_pool(batch))
+    }
+
+    fn forward_on_pool(&self, batch: &mut [SeqStep<'_>]) -> Result<Vec<Option<Tensor>>> {
         let _span = tracing::trace_span!("forward", seqs = batch.len()).entered();
         self.sequence_passes
             .fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
