@@ -8,7 +8,6 @@ use llada::decode::DecoderSettings;
 use llada::tokenizer::SpecialTokens;
 use llada::{
     BlockCache, DecoderConfig, GenerateParams, LoadedModel, Message, Quant, SamplingParams,
-    DEFAULT_STEPS,
 };
 
 use crate::default_model::DEFAULT_MODEL;
@@ -55,7 +54,7 @@ pub struct DecodeArgs {
     #[arg(long)]
     pub block_length: Option<usize>,
     /// Denoising steps per block (at most the block length fills one token per step;
-    /// default: the model's block length when neither flag is given, else 32).
+    /// default: the block length, the flag's or the model's).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Decoding strategy: threshold (the LLaDA2.0 reference rule), joint (LLaDA2.1:
@@ -142,11 +141,9 @@ impl DecodeArgs {
     fn unchecked_params(&self, loaded: &LoadedModel) -> Result<GenerateParams> {
         let mut p = loaded.default_params();
         p.gen_length = self.gen_length;
-        // The model's own block length (and as many steps) unless a flag says otherwise;
-        // a block length given alone keeps the usual 32 steps.
+        // The model's own block length (and as many steps) unless a flag says otherwise.
         if let Some(b) = self.block_length {
-            p.block_length = b;
-            p.steps = DEFAULT_STEPS;
+            p.set_block_length(b);
         }
         if let Some(s) = self.steps {
             p.steps = s;

@@ -296,7 +296,7 @@ fn set(p: &mut GenerateParams, rest: &str, vocab: usize) -> Result<()> {
             };
             change(&mut candidate, None, s)?
         }
-        "block-length" | "block_length" => candidate.block_length = number(key, value)?,
+        "block-length" | "block_length" => candidate.set_block_length(number(key, value)?),
         "steps" => candidate.steps = number(key, value)?,
         "gen-length" | "gen_length" => candidate.gen_length = number(key, value)?,
         "temperature" => candidate.sampling.temperature = number(key, value)?,

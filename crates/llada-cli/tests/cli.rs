@@ -45,6 +45,36 @@ fn generate_json_reports_the_reference_answer_and_stats() {
 }
 
 #[test]
+fn a_block_length_without_steps_comes_with_as_many_steps() {
+    // Threshold 1.0 fills only the schedule's tokens: at most one per step with 64 steps
+    // for a 64-token block, two with 32 steps (about half the forwards).
+    let model = fixture();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "476,212,72,111,54",
+            "--gen-length",
+            "64",
+            "--block-length",
+            "64",
+            "--threshold",
+            "1.0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let v = common::json(&llada(&args));
+        (v["output_ids"].clone(), v["forwards"].as_u64().unwrap())
+    };
+    let alone = run(&[]);
+    assert_eq!(alone, run(&["--steps", "64"]));
+    let with_32 = run(&["--steps", "32"]);
+    assert!(with_32.1 < alone.1, "{} vs {}", with_32.1, alone.1);
+}
+
+#[test]
 fn no_cache_and_sampling_flags_work() {
     let model = fixture();
     let run = |extra: &[&str]| {

@@ -300,13 +300,10 @@ impl CommonParams {
                     format!("block_length must be in [1, {most}], got {b}"),
                 ));
             }
-            p.block_length = b as usize;
+            p.set_block_length(b as usize);
         }
         if let Some(s) = self.steps {
             p.steps = s as usize;
-        } else if self.block_length.is_some() {
-            // One step per position unless told otherwise, as the reference default.
-            p.steps = p.block_length;
         }
         // The server's decoder with the request's changes, or the decoder it names.
         let changes = DecoderSettings {

@@ -94,6 +94,15 @@ impl GenerateParams {
         }
     }
 
+    /// Sets the block length and as many denoising steps per block (at least one token
+    /// per step, as the reference's default 32/32 and a model's `generation_config.json`
+    /// block): the one rule the CLI, chat, server and a model's defaults follow when a
+    /// block length comes without steps.
+    pub fn set_block_length(&mut self, block_length: usize) {
+        self.block_length = block_length;
+        self.steps = block_length;
+    }
+
     /// Whether `token` ends the answer.
     pub fn is_stop(&self, token: u32) -> bool {
         !self.ignore_eos && (token == self.eos_id || self.extra_stop_ids.contains(&token))

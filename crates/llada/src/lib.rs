@@ -74,8 +74,7 @@ impl LoadedModel {
             .unwrap_or(config::DEFAULT_EOS_ID);
         let mut params = GenerateParams::new(mask, eos);
         if let Some(b) = gen.block_length {
-            params.block_length = b;
-            params.steps = b;
+            params.set_block_length(b);
         }
         if let Some(role_end) = tok.and_then(Tokenizer::role_end_id) {
             if role_end != eos {
