@@ -16,6 +16,13 @@ pub struct Machine {
     pub threads: usize,
     /// Reading a buffer far larger than the caches, all threads.
     pub read_gb_per_s: f64,
+    /// Reading an 8 MiB buffer again and again (within a usual L3 cache), all threads:
+    /// the bandwidth a model whose weights fit in the cache sees.
+    pub cache_read_gb_per_s: f64,
+    /// Independent 8-lane f32 multiply-adds on registers, all threads (billions of MACs
+    /// per second): the ceiling of any f32 product on this machine; 0 where llada has no
+    /// such loop for the CPU (not x86-64 with AVX2 and FMA).
+    pub fma_peak_gmacs: f64,
     /// Matrix products at their best (512 x 2048 times a 2048 x 2048 weight), all
     /// threads: the compute limit.
     pub peak: Rates,
@@ -64,16 +71,24 @@ fn best(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(best)
 }
 
-/// Reads a 512 MiB buffer split over `threads` threads (a wrapping integer sum, which
-/// the compiler vectorizes, so that the adds never limit the reading).
-fn read_bandwidth(threads: usize) -> Result<f64> {
-    let buf = vec![1u64; 64 << 20];
+/// Reads a buffer of `mib` MiB split over `threads` threads, each its part `passes` times
+/// (a wrapping integer sum, which the compiler vectorizes, so that the adds never limit
+/// the reading).
+fn read_bandwidth(threads: usize, mib: usize, passes: usize) -> Result<f64> {
+    let buf = vec![1u64; mib << 17];
     let chunk = buf.len().div_ceil(threads);
     let seconds = best(3, || {
         let total: u64 = std::thread::scope(|s| {
             let handles: Vec<_> = buf
                 .chunks(chunk)
-                .map(|part| s.spawn(move || part.iter().fold(0u64, |a, &b| a.wrapping_add(b))))
+                .map(|part| {
+                    s.spawn(move || {
+                        (0..passes).fold(0u64, |acc, _| {
+                            let sum = part.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+                            acc.wrapping_add(std::hint::black_box(sum))
+                        })
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -83,7 +98,61 @@ fn read_bandwidth(threads: usize) -> Result<f64> {
         std::hint::black_box(total);
         Ok(())
     })?;
-    Ok((buf.len() * 8) as f64 / seconds / 1e9)
+    Ok((buf.len() * 8 * passes) as f64 / seconds / 1e9)
+}
+
+/// MAC/s (billions) of independent f32 multiply-adds on registers, `threads` threads.
+fn fma_peak(threads: usize) -> Result<f64> {
+    const ITERS: usize = 20_000_000;
+    let seconds = best(3, || {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| std::hint::black_box(fma_loop(ITERS)));
+            }
+        });
+        Ok(())
+    })?;
+    Ok(match fma_loop(0) {
+        Some(_) => (threads * ITERS * FMA_CHAINS * 8) as f64 / seconds / 1e9,
+        None => 0.0,
+    })
+}
+
+/// Independent accumulators: more than an FMA's latency times the FMAs issued per cycle.
+const FMA_CHAINS: usize = 12;
+
+/// `iters` rounds of `FMA_CHAINS` 8-lane multiply-adds; `None` without AVX2 and FMA.
+fn fma_loop(iters: usize) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return Some(unsafe { fma_loop_avx2(iters) });
+        }
+    }
+    let _ = iters;
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_setzero_ps(); FMA_CHAINS];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    let mut sum = _mm256_setzero_ps();
+    for x in acc {
+        sum = _mm256_add_ps(sum, x);
+    }
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    lanes.iter().sum()
 }
 
 /// MAC/s of `[m, k] x [k, n]^T` through the linear layers llada runs (`quant` None: f32).
@@ -104,7 +173,9 @@ pub fn measure() -> Result<Machine> {
     let threads = candle_core::utils::get_num_threads();
     Ok(Machine {
         threads,
-        read_gb_per_s: read_bandwidth(threads)?,
+        read_gb_per_s: read_bandwidth(threads, 512, 1)?,
+        cache_read_gb_per_s: read_bandwidth(threads, 8, 32)?,
+        fma_peak_gmacs: fma_peak(threads)?,
         peak: Rates::measure(512)?,
         block: Rates::measure(32)?,
     })
