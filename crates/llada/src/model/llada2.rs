@@ -627,7 +627,6 @@ impl Attention {
         kv: Kv<'_>,
         meter: &CostMeter,
     ) -> Result<Tensor> {
-        let train = matches!(kv, Kv::Train);
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let len = qkv.q.dim(1)?;
         let (k_all, v_all) = match kv {
@@ -650,15 +649,10 @@ impl Attention {
         meter.add(2 * nh * len * k_all.dim(1)? * d, 0);
         let q = qkv.q.contiguous()?.reshape((nkv, group * len, d))?;
         let scores = q.matmul(&k_all.t()?)?;
-        let probs = if train {
-            fused::masked_softmax(&scores, mask)?
-        } else {
-            let scores = match mask {
-                Some(mask) => scores.broadcast_add(mask)?,
-                None => scores,
-            };
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        // One pass over the scores with a vectorized exp (candle's softmax calls libm's
+        // expf per score after a separate mask add: 8.9% of a block forward of the
+        // default model in one thread).
+        let probs = fused::masked_softmax(&scores, mask)?;
         Ok(probs.matmul(&v_all)?.reshape((nh, len, d))?)
     }
 }
