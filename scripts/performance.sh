@@ -82,7 +82,8 @@ L = ["# Performance", "",
 cpu = re.search(r"Model name:\s*(.*)", (out / "lscpu.txt").read_text())
 m = load("default-limits")["machine"]
 L += [f"Machine: {cpu.group(1) if cpu else 'unknown'}, {m['threads']} threads. Measured by `llada bench --limits`: "
-      f"memory read {m['read_gb_per_s']:.1f} GB/s; matrix products (GMAC/s) at their best "
+      f"memory read {m['read_gb_per_s']:.1f} GB/s (an 8 MiB buffer, from the caches, {m['cache_read_gb_per_s']:.1f}); "
+      f"f32 multiply-adds on registers (the cores' ceiling) {m['fma_peak_gmacs']:.1f} GMAC/s; matrix products (GMAC/s) at their best "
       f"f32 {m['peak']['f32']:.1f}, q8_0 {m['peak']['q8_0']:.1f}, q4k {m['peak']['q4k']:.1f}; at a block's "
       f"shape (32 rows) f32 {m['block']['f32']:.1f}, q8_0 {m['block']['q8_0']:.1f}, q4k {m['block']['q4k']:.1f}.", ""]
 L += ["## Break-even TPF and distance from the limits", "",
@@ -145,8 +146,11 @@ mc, ma = mr["cached"]["limits"], mr["AR: block 1, cached"]["limits"]
 floor = lambda f: max(f["memory_floor_ms"], f["compute_floor_ms"])
 L += ["", "## Reading", "",
       f"- The default model's block forward runs at {100*dr['cached']['limits']['fraction_of_limit']:.0f}% of its limit and its AR step at "
-      f"{100*dr['AR: block 1, cached']['limits']['fraction_of_limit']:.0f}%: a 2M-parameter model is dominated by the fixed cost of each op",
-      "  (thread hand-offs show as the kernel's scheduler functions in its profile, candle's small ops, allocation), not by arithmetic.",
+      f"{100*dr['AR: block 1, cached']['limits']['fraction_of_limit']:.0f}%. Its weights fit in the caches, so the AR step's real floor is lower than this",
+      f"  memory floor ({dr['AR: block 1, cached']['limits']['weight_mb']:.1f} MB at {m['cache_read_gb_per_s']:.0f} GB/s from the caches: "
+      f"{dr['AR: block 1, cached']['limits']['weight_mb'] / m['cache_read_gb_per_s']:.3f} ms), and the block's {dr['cached']['limits']['mmacs']:.0f} million multiply-adds "
+      f"take at least {dr['cached']['limits']['mmacs'] / m['fma_peak_gmacs']:.3f} ms at the cores' f32 ceiling.",
+      "  A forward of this 2M-parameter model is dominated by the fixed cost of each op (candle's small ops, allocation) and llada's f32 products.",
       f"- Two threads against one on it: block forward {t2['block_forward_ms']:.2f} ms against {t1['block_forward_ms']:.2f} ms "
       f"({t1['block_forward_ms']/t2['block_forward_ms']:.2f}x), AR step {t2['ar_step_ms']:.2f} against {t1['ar_step_ms']:.2f} ms.",
       f"- llada2-63m in f32: the block forward at {100*r63['cached']['limits']['fraction_of_limit']:.0f}% of its limit, the AR step at "
