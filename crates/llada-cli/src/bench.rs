@@ -253,8 +253,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(m) = machine {
         println!(
-            "machine ({} threads): reads memory at {:.1} GB/s (an 8 MiB buffer, from the caches: {:.1}); f32 multiply-adds on registers {:.1} GMAC/s; matrix products (GMAC/s, f32 / q8_0 / q4k) at their best (512 x 2048 x 2048) {:.1} / {:.1} / {:.1}, at a block's shape (32 x 2048 x 2048) {:.1} / {:.1} / {:.1}",
-            m.threads, m.read_gb_per_s, m.cache_read_gb_per_s, m.fma_peak_gmacs, m.peak.f32, m.peak.q8_0, m.peak.q4k, m.block.f32, m.block.q8_0, m.block.q4k
+            "machine ({} threads): reads memory at {:.1} GB/s (an 8 MiB buffer, from the caches: {:.1}); f32 multiply-adds on registers {:.1} GMAC/s (bf16 dot products {:.1}); matrix products (GMAC/s, f32 / q8_0 / q4k) at their best (512 x 2048 x 2048) {:.1} / {:.1} / {:.1}, at a block's shape (32 x 2048 x 2048) {:.1} / {:.1} / {:.1}",
+            m.threads, m.read_gb_per_s, m.cache_read_gb_per_s, m.fma_peak_gmacs, m.bf16_peak_gmacs, m.peak.f32, m.peak.q8_0, m.peak.q4k, m.block.f32, m.block.q8_0, m.block.q4k
         );
         println!(
             "| {:<26} | {:>10} | {:>10} | {:>11} | {:>12} | {:>9} |",

@@ -23,6 +23,10 @@ pub struct Machine {
     /// per second): the ceiling of any f32 product on this machine; 0 where llada has no
     /// such loop for the CPU (not x86-64 with AVX2 and FMA).
     pub fma_peak_gmacs: f64,
+    /// The same for bf16 pair dot products into f32 (AVX-512 BF16 `vdpbf16ps`), counted
+    /// as MACs: the ceiling of a bf16 compute path, which llada does not have; 0 where the
+    /// CPU lacks the instruction.
+    pub bf16_peak_gmacs: f64,
     /// Matrix products at their best (512 x 2048 times a 2048 x 2048 weight), all
     /// threads: the compute limit.
     pub peak: Rates,
@@ -101,22 +105,27 @@ fn read_bandwidth(threads: usize, mib: usize, passes: usize) -> Result<f64> {
     Ok((buf.len() * 8 * passes) as f64 / seconds / 1e9)
 }
 
-/// MAC/s (billions) of independent f32 multiply-adds on registers, `threads` threads:
-/// the best of several short runs, as a neighbour on the shared machine can halve one.
-fn fma_peak(threads: usize) -> Result<f64> {
+/// MAC/s (billions) of `run(iters)` (`macs_per_iter` each) on `threads` threads: the
+/// best of several short runs, as a neighbour on the shared machine can halve one; 0
+/// where `run` has no loop for this CPU.
+fn register_peak(
+    threads: usize,
+    macs_per_iter: usize,
+    run: impl Fn(usize) -> Option<f32> + Sync,
+) -> Result<f64> {
     const ITERS: usize = 5_000_000;
+    if run(0).is_none() {
+        return Ok(0.0);
+    }
     let seconds = best(9, || {
         std::thread::scope(|s| {
             for _ in 0..threads {
-                s.spawn(|| std::hint::black_box(fma_loop(ITERS)));
+                s.spawn(|| std::hint::black_box(run(ITERS)));
             }
         });
         Ok(())
     })?;
-    Ok(match fma_loop(0) {
-        Some(_) => (threads * ITERS * FMA_CHAINS * 8) as f64 / seconds / 1e9,
-        None => 0.0,
-    })
+    Ok((threads * ITERS * macs_per_iter) as f64 / seconds / 1e9)
 }
 
 /// Independent accumulators: more than an FMA's latency times the FMAs issued per cycle.
@@ -133,6 +142,39 @@ fn fma_loop(iters: usize) -> Option<f32> {
     }
     let _ = iters;
     None
+}
+
+/// `iters` rounds of `FMA_CHAINS` 16-lane bf16 pair dot products (32 MACs each); `None`
+/// without AVX-512 BF16.
+fn bf16_loop(iters: usize) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: the features were just detected.
+            return Some(unsafe { bf16_loop_avx512(iters) });
+        }
+    }
+    let _ = iters;
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_loop_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // 1.0 in bf16 in both halves of every lane.
+    let one: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+    let mut acc = [_mm512_setzero_ps(); FMA_CHAINS];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_dpbf16_ps(*x, one, one);
+        }
+    }
+    let mut sum = _mm512_setzero_ps();
+    for x in acc {
+        sum = _mm512_add_ps(sum, x);
+    }
+    _mm512_reduce_add_ps(sum)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -176,7 +218,8 @@ pub fn measure() -> Result<Machine> {
         threads,
         read_gb_per_s: read_bandwidth(threads, 512, 1)?,
         cache_read_gb_per_s: read_bandwidth(threads, 8, 32)?,
-        fma_peak_gmacs: fma_peak(threads)?,
+        fma_peak_gmacs: register_peak(threads, FMA_CHAINS * 8, fma_loop)?,
+        bf16_peak_gmacs: register_peak(threads, FMA_CHAINS * 32, bf16_loop)?,
         peak: Rates::measure(512)?,
         block: Rates::measure(32)?,
     })

@@ -259,7 +259,7 @@ impl Split {
     /// The split `question` belongs to: FNV-1a of its text, so the partition is the same
     /// on every machine and for every seed.
     pub fn of(question: &str) -> Split {
-        if llada::synthetic::stable_hash(question) % HELD_OUT_ONE_IN == 0 {
+        if llada::synthetic::stable_hash(question).is_multiple_of(HELD_OUT_ONE_IN) {
             Split::HeldOut
         } else {
             Split::Train

@@ -251,7 +251,10 @@ impl Llada2Config {
                 return Err(bad(format!("{field} must be positive")));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(bad(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
@@ -288,7 +291,7 @@ impl Llada2Config {
             return Err(bad("head_dim must be positive".into()));
         }
         let rope_dim = self.rope_dim();
-        if rope_dim % 2 != 0 || rope_dim > head_dim {
+        if !rope_dim.is_multiple_of(2) || rope_dim > head_dim {
             return Err(bad(format!(
                 "partial_rotary_factor {} gives a rotary width of {rope_dim}, which must be even and at most head_dim {head_dim}",
                 self.partial_rotary_factor

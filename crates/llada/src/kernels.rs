@@ -104,7 +104,7 @@ fn quantize_row_portable(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
 impl Q8Matrix {
     /// Quantizes a row-major `[rows, cols]` f32 matrix; `cols` must be a multiple of 32.
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Self {
-        assert!(cols % Q8_BLOCK == 0 && w.len() == rows * cols);
+        assert!(cols.is_multiple_of(Q8_BLOCK) && w.len() == rows * cols);
         let mut qs = vec![0i8; rows * cols];
         let mut scales = vec![0f32; rows * cols / Q8_BLOCK];
         let per_row = cols / Q8_BLOCK;
@@ -126,7 +126,7 @@ impl Q8Matrix {
     /// Reads ggml's q8_0 layout (per block: f16 scale, then 32 bytes).
     pub fn from_ggml(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
         const BLOCK_BYTES: usize = 2 + Q8_BLOCK;
-        if cols % Q8_BLOCK != 0 || bytes.len() != rows * cols / Q8_BLOCK * BLOCK_BYTES {
+        if !cols.is_multiple_of(Q8_BLOCK) || bytes.len() != rows * cols / Q8_BLOCK * BLOCK_BYTES {
             return None;
         }
         let mut qs = Vec::with_capacity(rows * cols);
@@ -275,7 +275,7 @@ pub struct PackedF32 {
 impl PackedF32 {
     /// Packs a row-major `[rows, cols]` matrix; `None` unless `cols` is a multiple of 8.
     pub fn pack(w: &[f32], rows: usize, cols: usize) -> Option<Self> {
-        if cols % 8 != 0 || w.len() != rows * cols {
+        if !cols.is_multiple_of(8) || w.len() != rows * cols {
             return None;
         }
         let panels = rows.div_ceil(PANEL);

@@ -42,7 +42,7 @@ impl Quant {
         order
             .iter()
             .copied()
-            .find(|d| row_len % d.block_size() == 0)
+            .find(|d| row_len.is_multiple_of(d.block_size()))
     }
 }
 
