@@ -10,24 +10,8 @@ fn llada(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn generate_json_reports_the_reference_answer_and_stats() {
-    let model = fixture();
-    let out = llada(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt-ids",
-        "476,212,72,111,54",
-        "--gen-length",
-        "24",
-        "--block-length",
-        "8",
-        "--steps",
-        "8",
-        "--threshold",
-        "0.95",
-        "--json",
-    ]);
-    let v = common::json(&out);
+    let flags = ["--block-length", "8", "--steps", "8", "--threshold", "0.95"];
+    let v = generate_json("476,212,72,111,54", "24", &flags);
     let ids: Vec<u32> = serde_json::from_value(v["output_ids"].clone()).unwrap();
     assert_eq!(
         ids,
@@ -48,24 +32,10 @@ fn generate_json_reports_the_reference_answer_and_stats() {
 fn a_block_length_without_steps_comes_with_as_many_steps() {
     // Threshold 1.0 fills only the schedule's tokens: at most one per step with 64 steps
     // for a 64-token block, two with 32 steps (about half the forwards).
-    let model = fixture();
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt-ids",
-            "476,212,72,111,54",
-            "--gen-length",
-            "64",
-            "--block-length",
-            "64",
-            "--threshold",
-            "1.0",
-            "--json",
-        ];
+        let mut args = vec!["--block-length", "64", "--threshold", "1.0"];
         args.extend_from_slice(extra);
-        let v = common::json(&llada(&args));
+        let v = generate_json("476,212,72,111,54", "64", &args);
         (v["output_ids"].clone(), v["forwards"].as_u64().unwrap())
     };
     let alone = run(&[]);
@@ -74,30 +44,26 @@ fn a_block_length_without_steps_comes_with_as_many_steps() {
     assert!(with_32.1 < alone.1, "{} vs {}", with_32.1, alone.1);
 }
 
+/// `llada generate --json` on the golden fixture with `extra` flags.
+fn generate_json(prompt_ids: &str, gen_length: &str, extra: &[&str]) -> serde_json::Value {
+    let model = fixture();
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        prompt_ids,
+        "--gen-length",
+        gen_length,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    common::json(&llada(&args))
+}
+
 #[test]
 fn no_cache_and_sampling_flags_work() {
-    let model = fixture();
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt-ids",
-            "1,2,3",
-            "--gen-length",
-            "16",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let out = llada(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["output_ids"].clone()
-    };
+    let run = |extra: &[&str]| generate_json("1,2,3", "16", extra)["output_ids"].clone();
     assert_eq!(run(&[]), run(&["--no-cache"]));
     let sampled = [
         "--temperature",
