@@ -144,6 +144,27 @@ fn fma_loop(iters: usize) -> Option<f32> {
     None
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_setzero_ps(); FMA_CHAINS];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    let mut sum = _mm256_setzero_ps();
+    for x in acc {
+        sum = _mm256_add_ps(sum, x);
+    }
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    lanes.iter().sum()
+}
+
 /// `iters` rounds of `FMA_CHAINS` 16-lane bf16 pair dot products (32 MACs each); `None`
 /// without AVX-512 BF16.
 fn bf16_loop(iters: usize) -> Option<f32> {
@@ -175,27 +196,6 @@ unsafe fn bf16_loop_avx512(iters: usize) -> f32 {
         sum = _mm512_add_ps(sum, x);
     }
     _mm512_reduce_add_ps(sum)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fma_loop_avx2(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let a = _mm256_set1_ps(0.999_999);
-    let b = _mm256_set1_ps(1e-7);
-    let mut acc = [_mm256_setzero_ps(); FMA_CHAINS];
-    for _ in 0..iters {
-        for x in acc.iter_mut() {
-            *x = _mm256_fmadd_ps(*x, a, b);
-        }
-    }
-    let mut lanes = [0f32; 8];
-    let mut sum = _mm256_setzero_ps();
-    for x in acc {
-        sum = _mm256_add_ps(sum, x);
-    }
-    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-    lanes.iter().sum()
 }
 
 /// MAC/s of `[m, k] x [k, n]^T` through the linear layers llada runs (`quant` None: f32).

@@ -370,8 +370,8 @@ impl Llada2Config {
 }
 
 /// `generation_config.json`: the special token ids a decoder needs, and the block length
-/// the model was trained to decode with when it is not the usual 32 (llada's trainer
-/// writes it: 1 for an autoregressive model).
+/// the model was trained to decode with (llada's trainer writes it: 1 for an
+/// autoregressive model; without it, the reference's 32).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct GenerationConfig {
     #[serde(default)]

@@ -71,8 +71,8 @@ impl BlockCache {
 }
 
 /// The reference's block length and denoising steps per block.
-pub const DEFAULT_BLOCK_LENGTH: usize = 32;
-pub const DEFAULT_STEPS: usize = 32;
+const DEFAULT_BLOCK_LENGTH: usize = 32;
+const DEFAULT_STEPS: usize = 32;
 
 impl GenerateParams {
     /// The reference defaults (block 32, 32 steps, threshold 0.95, greedy).
