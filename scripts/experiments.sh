@@ -171,12 +171,19 @@ if be:
               f"measured at threshold 0.9 ({d['tokens_per_forward']:.2f}) at {needed(d['tokens_per_forward']):.0f}, and at the ceiling of these items",
               f"(every block in one forward: TPF {ceiling['tokens_per_forward']:.2f}, {100*ceiling['accuracy']:.1f}% correct) at {needed(ceiling['tokens_per_forward']):.0f};",
               f"this machine's cores do {peak:.0f} GMAC/s of f32 multiply-adds on registers, no memory",
-              f"involved (`llada bench --limits`), and llada's f32 products {machine['block']['f32']:.0f} at a block's shape.",
-              "In f32, the precision llada computes in, the 2x figure is therefore out of reach on this",
-              "CPU at TPF 3 or less, whatever the kernels. bf16 pair dot products (AVX-512 BF16) run at",
-              f"{machine.get('bf16_peak_gmacs', 0):.0f} GMAC/s here: a bf16 compute path, which llada does not have, would need",
-              f"{100*needed(3)/machine['bf16_peak_gmacs'] if machine.get('bf16_peak_gmacs') else float('nan'):.0f}% of that ceiling for the products alone at TPF 3, every other op of the",
-              "forward in the time left, and the AR step no faster than now."]
+              f"involved (`llada bench --limits`), and llada's f32 products {machine['block']['f32']:.0f} at a block's shape."]
+    if needed(3) > peak:
+        lines += ["In f32, the precision llada computes in, the 2x figure is therefore out of reach on this",
+                  "CPU at TPF 3 or less, whatever the kernels."]
+    else:
+        lines += [f"In f32, at TPF 3, that is {100*needed(3)/peak:.0f}% of the cores' ceiling for the multiply-adds alone,",
+                  "with every other op of the forward (attention, norms, routing, sampling) in the time left;",
+                  f"llada's f32 products reach {100*machine['block']['f32']/peak:.0f}% of that ceiling at a block's shape."]
+    bf16 = machine["bf16_peak_gmacs"]
+    if bf16 > 0:
+        lines += [f"bf16 pair dot products (AVX-512 BF16) run at {bf16:.0f} GMAC/s here: a bf16 compute path, which",
+                  f"llada does not have, would need {100*needed(3)/bf16:.0f}% of that ceiling for the products alone at TPF 3,",
+                  "every other op of the forward in the time left, and the AR step no faster than now."]
 lines += ["", "## Decoders (block 32, 32 steps)", "",
           "tokens/s of one run (the threshold rows: the median of three).", "",
           "| decoder | settings | accuracy | tokens/forward | tokens/s | edits per answer |",

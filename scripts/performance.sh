@@ -84,7 +84,7 @@ m = load("default-limits")["machine"]
 L += [f"Machine: {cpu.group(1) if cpu else 'unknown'}, {m['threads']} threads. Measured by `llada bench --limits`: "
       f"memory read {m['read_gb_per_s']:.1f} GB/s (an 8 MiB buffer, from the caches, {m['cache_read_gb_per_s']:.1f}); "
       f"f32 multiply-adds on registers (the cores' ceiling) {m['fma_peak_gmacs']:.1f} GMAC/s, "
-      f"bf16 dot products {m.get('bf16_peak_gmacs', 0):.1f}; matrix products (GMAC/s) at their best "
+      f"bf16 dot products {m['bf16_peak_gmacs']:.1f}; matrix products (GMAC/s) at their best "
       f"f32 {m['peak']['f32']:.1f}, q8_0 {m['peak']['q8_0']:.1f}, q4k {m['peak']['q4k']:.1f}; at a block's "
       f"shape (32 rows) f32 {m['block']['f32']:.1f}, q8_0 {m['block']['q8_0']:.1f}, q4k {m['block']['q4k']:.1f}.", ""]
 L += ["## Break-even TPF and distance from the limits", "",
