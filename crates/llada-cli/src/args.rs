@@ -34,11 +34,10 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<LoadedModel> {
-        let cpu = llada::Device::Cpu;
         match self.dir()? {
-            Some(dir) => llada::load_model_with(&dir, &cpu, self.quant)
+            Some(dir) => llada::load_model_with(&dir, self.quant)
                 .with_context(|| format!("loading the model from {}", dir.display())),
-            None => llada::load_embedded(&DEFAULT_MODEL, &cpu, self.quant)
+            None => llada::load_embedded(&DEFAULT_MODEL, self.quant)
                 .context("loading the built-in default model"),
         }
     }
@@ -272,7 +271,7 @@ mod tests {
         MODEL.get_or_init(|| {
             let dir =
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/llada2-tiny");
-            llada::load_model(&dir, &llada::Device::Cpu).unwrap()
+            llada::load_model(&dir).unwrap()
         })
     }
 

@@ -113,7 +113,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let started = std::time::Instant::now();
     let loaded = match &args.synthetic {
-        Some(name) => llada::synthetic::load_preset(name, args.layers, args.model.quant, 0)?,
+        Some(name) => llada::load_synthetic(name, args.layers, args.model.quant, 0)?,
         None => args.model.load()?,
     };
     let load_seconds = started.elapsed().as_secs_f64();
@@ -179,7 +179,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let machine = if args.limits {
         let m = limits::measure()?;
-        let gmacs = m.peak.for_weights(&loaded.weights);
+        let gmacs = m.peak.for_weights(loaded.weights.compute());
         for r in &mut rows {
             let passes = r.forwards * args.runs;
             r.limits = Some(Floor::of(r.cost, passes, r.ms_per_forward, &m, gmacs));
@@ -303,7 +303,7 @@ fn timed_row(
     mut decode: impl FnMut() -> Result<(GenerateStats, usize)>,
 ) -> Result<Row> {
     decode()?;
-    let before = model.forward_cost();
+    let before = model.backend().cost();
     let (mut total, mut passes) = (GenerateStats::default(), 0);
     for _ in 0..runs {
         let (s, p) = decode()?;
@@ -319,13 +319,7 @@ fn timed_row(
         tokens_per_forward: total.tokens_per_forward(),
         ms_per_forward: 1e3 * total.seconds / passes.max(1) as f64,
         tokens_per_second: total.tokens_per_second(),
-        cost: {
-            let after = model.forward_cost();
-            llada::ForwardCost {
-                macs: after.macs - before.macs,
-                weight_bytes: after.weight_bytes - before.weight_bytes,
-            }
-        },
+        cost: model.backend().cost() - before,
         limits: None,
     })
 }

@@ -51,14 +51,12 @@ impl Rates {
         })
     }
 
-    /// The rate that applies to weights described as `weights` (`LoadedModel::weights`).
-    pub fn for_weights(&self, weights: &str) -> f64 {
-        if weights.contains("q4k") {
-            self.q4k
-        } else if weights.contains("q8_0") {
-            self.q8_0
-        } else {
-            self.f32
+    /// The rate of linear layers that run in `compute` blocks (`None`: f32).
+    pub fn for_weights(&self, compute: Option<Quant>) -> f64 {
+        match compute {
+            Some(Quant::Q4k) => self.q4k,
+            Some(Quant::Q8_0) => self.q8_0,
+            None => self.f32,
         }
     }
 }

@@ -134,7 +134,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         TrainCommand::Merge(a) => {
             let mut scored = Vec::new();
             for dir in &a.checkpoints {
-                let m = llada::load_model(dir, &llada::Device::Cpu)?;
+                let m = llada::load_model(dir)?;
                 let r = llada_train::eval::nelbo(&m, &a.validation, a.seq_len, a.block, 2, 32)?;
                 println!("{}: {:.4} bits/token", dir.display(), r.bits_per_token);
                 scored.push((dir.clone(), r.bits_per_token));

@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::pack_text;
+use crate::forward::Autograd;
 use crate::loss::{loss_of, LossRow, Weighting};
 use crate::noise::Noised;
 use crate::{Result, TrainError};
@@ -55,6 +56,8 @@ pub fn nelbo(
         .ok_or_else(|| TrainError::Invalid("the model has no tokenizer".into()))?;
     let params = m.default_params();
     let seqs = pack_text(files, tok, params.eos_id, seq_len)?;
+    // The loss needs the training forward (any attention mask); the weights are the same.
+    let model = m.load_on(Autograd::default())?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut total = 0f64;
     let mut count = 0usize;
@@ -82,9 +85,9 @@ pub fn nelbo(
                 t: l as f32 / seq_len as f32,
             };
             let out = loss_of(
-                &m.model,
+                &model,
                 LossRow::block_diffusion(
-                    &m.model,
+                    &model,
                     &seq.tokens,
                     &noised,
                     block,

@@ -8,6 +8,8 @@
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod forward;
+mod fused;
 pub mod loss;
 pub mod merge;
 pub mod noise;

@@ -1,7 +1,7 @@
 //! Training losses on the shared LLaDA2 model.
 
+use crate::forward::{forward_batch, TrainModel, TrainRow};
 use candle_core::{DType, Device, Tensor, D};
-use llada::{Llada2Model, TrainRow};
 
 use crate::noise::{block_diffusion_mask, Noised};
 use crate::Result;
@@ -58,7 +58,7 @@ impl LossRow {
     /// conversion stable).
     #[allow(clippy::too_many_arguments)]
     pub fn block_diffusion(
-        model: &Llada2Model,
+        model: &TrainModel,
         clean: &[u32],
         noised: &Noised,
         block: usize,
@@ -74,7 +74,7 @@ impl LossRow {
                 noised.tokens.len()
             )));
         }
-        let device = model.device();
+        let device = &Device::Cpu;
         let mut tokens = noised.tokens.clone();
         tokens.extend_from_slice(clean);
         let positions: Vec<u32> = (0..2 * len as u32).map(|i| i % len as u32).collect();
@@ -115,11 +115,7 @@ impl LossRow {
 
     /// Autoregressive row (the `ar` stage): causal attention (within each document when
     /// `doc_ids` is given), position i predicts token i + 1.
-    pub fn autoregressive(
-        model: &Llada2Model,
-        tokens: &[u32],
-        doc_ids: Option<&[u32]>,
-    ) -> Result<LossRow> {
+    pub fn autoregressive(tokens: &[u32], doc_ids: Option<&[u32]>) -> Result<LossRow> {
         let len = tokens.len();
         if len < 2 {
             return Err(crate::TrainError::Invalid(format!(
@@ -140,7 +136,7 @@ impl LossRow {
         Ok(LossRow {
             tokens: tokens.to_vec(),
             positions: (0..len as u32).collect(),
-            mask: Tensor::from_vec(mask, (len, len), model.device())?,
+            mask: Tensor::from_vec(mask, (len, len), &Device::Cpu)?,
             noise: None,
             target: Target::NextToken,
         })
@@ -152,7 +148,7 @@ impl LossRow {
 /// of a next-token row), their cross-entropies in one op, and each row's weighted sum
 /// comes out of one product with a `[rows, positions]` weight matrix: no per-row slices
 /// of the logits, whose backward would pad each row's gradient to the whole batch.
-pub fn losses(model: &Llada2Model, rows: &[LossRow]) -> Result<Vec<LossOutput>> {
+pub fn losses(model: &TrainModel, rows: &[LossRow]) -> Result<Vec<LossOutput>> {
     let all_but_last: Vec<Vec<u32>> = rows
         .iter()
         .map(|r| match r.target {
@@ -197,13 +193,13 @@ pub fn losses(model: &Llada2Model, rows: &[LossRow]) -> Result<Vec<LossOutput>> 
             }
         })
         .collect();
-    let logits = model.forward_train_batch(&inputs)?;
-    let device = model.device();
+    let logits = forward_batch(model, &inputs)?;
+    let device = &Device::Cpu;
     let total = targets.len();
     let (row_losses, nll) = if total == 0 {
         (Tensor::zeros(rows.len(), DType::F32, device)?, Vec::new())
     } else {
-        let nll = llada::kernels::fused::cross_entropy(&logits, &targets)?;
+        let nll = crate::fused::cross_entropy(&logits, &targets)?;
         let mut weights = vec![0f32; rows.len() * total];
         for (i, &(start, n, w)) in spans.iter().enumerate() {
             weights[i * total + start..i * total + start + n].fill(w as f32);
@@ -232,7 +228,7 @@ pub fn losses(model: &Llada2Model, rows: &[LossRow]) -> Result<Vec<LossOutput>> 
 }
 
 /// The loss of one row alone.
-pub fn loss_of(model: &Llada2Model, row: LossRow) -> Result<LossOutput> {
+pub fn loss_of(model: &TrainModel, row: LossRow) -> Result<LossOutput> {
     Ok(losses(model, &[row])?.pop().expect("one row, one loss"))
 }
 

@@ -25,9 +25,8 @@ pub struct Objective<'a> {
 
 impl Objective<'_> {
     /// Next-token loss of a packed text sequence (same-document attention).
-    pub fn causal(&self, model: &TrainableModel, seq: &Packed) -> Result<Vec<LossRow>> {
+    pub fn causal(&self, seq: &Packed) -> Result<Vec<LossRow>> {
         Ok(vec![LossRow::autoregressive(
-            &model.model,
             &seq.tokens,
             Some(&seq.doc_ids),
         )?])

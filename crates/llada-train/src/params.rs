@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use candle_core::{Device, Tensor, Var};
 use llada::{LinearWeight, Quant};
-use llada::{Llada2Config, Llada2Model, WeightSource};
+use llada::{Llada2, Llada2Config, WeightSource};
+
+use crate::forward::{Autograd, TrainModel};
 
 use crate::{Result, TrainError};
 
@@ -66,7 +68,7 @@ impl WeightSource for TrainableSource<'_> {
 
 /// A model and its parameters by HF name.
 pub struct TrainableModel {
-    pub model: Llada2Model,
+    pub model: TrainModel,
     pub config: Llada2Config,
     pub params: Vec<(String, Var)>,
 }
@@ -76,7 +78,7 @@ impl TrainableModel {
     /// The router's `expert_bias` is a buffer, not a parameter: it is not trained.
     pub fn new(config: &Llada2Config, source: &dyn WeightSource) -> Result<Self> {
         let trainable = TrainableSource::new(source);
-        let model = Llada2Model::load(config, &trainable, None)?;
+        let model = Llada2::load(config, &trainable, None, Autograd::default())?;
         let mut params = trainable.vars.into_inner().expect("vars lock");
         params.retain(|(name, _)| !name.ends_with("expert_bias"));
         params.sort_by(|a, b| a.0.cmp(&b.0));

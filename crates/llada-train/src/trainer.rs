@@ -277,7 +277,7 @@ impl StageRun<'_> {
                     objective.text(model, seq, block, step, &mut rng)?
                 }
                 (_, Examples::Text(seqs)) if stage.kind == StageKind::Ar => {
-                    objective.causal(model, &seqs[example])?
+                    objective.causal(&seqs[example])?
                 }
                 (_, Examples::Text(seqs)) => {
                     objective.text(model, &seqs[example], block, step, &mut rng)?

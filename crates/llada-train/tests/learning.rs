@@ -2,8 +2,7 @@
 //! and a few optimizer steps lower each stage's loss.
 
 // The helpers of llada's tests (tests of different crates share no module).
-#[path = "../../llada/tests/common/mod.rs"]
-mod common;
+use llada_testing as common;
 
 use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -114,12 +113,9 @@ fn block_diffusion_and_ar_losses_fall() {
     });
     assert!(last < 0.5 * first, "block diffusion: {first} -> {last}");
     let (first, last) = train(15, |m| {
-        loss_of(
-            &m.model,
-            LossRow::autoregressive(&m.model, &clean, None).unwrap(),
-        )
-        .unwrap()
-        .loss
+        loss_of(&m.model, LossRow::autoregressive(&clean, None).unwrap())
+            .unwrap()
+            .loss
     });
     assert!(last < 0.5 * first, "AR: {first} -> {last}");
     let (first, last) = train(15, |m| {
@@ -166,7 +162,7 @@ fn rows_in_one_forward_pass_equal_rows_alone() {
                 Some((0.1, 5)),
             )
             .unwrap(),
-            LossRow::autoregressive(&m.model, &b, None).unwrap(),
+            LossRow::autoregressive(&b, None).unwrap(),
             LossRow::block_diffusion(
                 &m.model,
                 &b,

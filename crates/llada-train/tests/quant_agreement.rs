@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use llada::{generate, load_model_with, Device, LoadedModel, Quant};
+use llada::{generate, load_model_with, LoadedModel, Quant};
 
 /// Answers identical to f32 for each quantization, as measured on the shipped model.
 const SAME_AT_LEAST: usize = 34;
@@ -50,13 +50,13 @@ fn quantized_default_model_answers_like_f32() {
     use llada_train::tasks::{generate, Mix, Split};
     // The shipped model's kinds: the five short ones and the 10-40-token answers.
     let items = generate(40, 4242, Split::HeldOut, Mix::All).unwrap();
-    let f32_model = load_model_with(&default_model(), &Device::Cpu, None).unwrap();
+    let f32_model = load_model_with(&default_model(), None).unwrap();
     let want = answers(&f32_model, &items);
     let f32_correct = correct(&f32_model, &items, &want);
     println!("f32: {f32_correct}/{} correct", items.len());
     let mut failures = Vec::new();
     for quant in [Quant::Q8_0, Quant::Q4k] {
-        let q = load_model_with(&default_model(), &Device::Cpu, Some(quant)).unwrap();
+        let q = load_model_with(&default_model(), Some(quant)).unwrap();
         let got = answers(&q, &items);
         let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
         let right = correct(&q, &items, &got);

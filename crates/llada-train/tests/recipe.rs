@@ -5,8 +5,7 @@
 use std::path::Path;
 
 // The helpers of llada's tests (tests of different crates share no module).
-#[path = "../../llada/tests/common/mod.rs"]
-mod common;
+use llada_testing as common;
 
 use candle_core::Device;
 use llada_train::checkpoint::StepMetrics;
@@ -152,7 +151,7 @@ fn every_stage_learns_and_the_result_decodes() {
     let blocks: Vec<usize> = wsd.iter().map(|m| m.block).collect();
     assert_eq!(blocks, [1, 1, 1, 4, 4, 4, 32, 32, 32, 8, 8, 8]);
     // The final checkpoint is an ordinary model folder.
-    let loaded = llada::load_model(&final_dir, &Device::Cpu).unwrap();
+    let loaded = llada::load_model(&final_dir).unwrap();
     let tok = loaded.tokenizer.as_ref().unwrap();
     let prompt = tok
         .encode_chat(&[llada::Message::new("user", "3+1=")], true)
@@ -167,7 +166,7 @@ fn every_stage_learns_and_the_result_decodes() {
     let exported = tmp.path().join("exported");
     let f32_bytes = llada_train::params::export(&final_dir, &exported, false).unwrap();
     assert!(!exported.join("optimizer.safetensors").exists());
-    let same = llada::load_model(&exported, &Device::Cpu).unwrap();
+    let same = llada::load_model(&exported).unwrap();
     // The official LLaDA2MoeConfig's default pad id (156892) is outside this vocabulary:
     // the exported config names the model's own, as the official code needs to load it.
     let config: serde_json::Value =
@@ -221,7 +220,7 @@ fn every_stage_learns_and_the_result_decodes() {
         bf16_bytes * 10 < f32_bytes * 6,
         "{bf16_bytes} vs {f32_bytes}"
     );
-    llada::load_model(&half, &Device::Cpu).unwrap();
+    llada::load_model(&half).unwrap();
 }
 
 /// Fields every transformers `PretrainedConfig` writes (generation defaults, labels,
@@ -443,7 +442,7 @@ fn text_mixed_into_sft_keeps_the_model_a_text_model() {
         let RunOutcome::Finished(dir) = run(recipe, &quiet()).unwrap() else {
             panic!("finishes");
         };
-        let m = llada::load_model(&dir, &Device::Cpu).unwrap();
+        let m = llada::load_model(&dir).unwrap();
         let corpus = [tmp.path().join("corpus.txt")];
         llada_train::eval::nelbo(&m, &corpus, 32, 8, 4, 8)
             .unwrap()
@@ -529,9 +528,7 @@ lr = {{ kind = "cosine", peak = 1e-2, min_lr = 1e-3, warmup = 2, total = 12 }}
     // block, the diffusion SFT with its block of 8 (and as many steps).
     let defaults = |stage: &str| {
         let dir = tmp.path().join("branched").join(stage).join("final");
-        let p = llada::load_model(&dir, &Device::Cpu)
-            .unwrap()
-            .default_params();
+        let p = llada::load_model(&dir).unwrap().default_params();
         (p.block_length, p.steps)
     };
     assert_eq!(defaults("sft-ar"), (1, 1));

@@ -1,9 +1,7 @@
 //! `train_tokenizer` writes a folder that llada and transformers both load, with the
 //! special tokens and chat format of LLaDA2.
 
-// The Python runner of llada's tests (tests of different crates share no module).
-#[path = "../../llada/tests/common/python.rs"]
-mod python;
+use llada_testing::python;
 
 use std::path::PathBuf;
 

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use llada::{generate, load_model, Device, Message};
+use llada::{generate, load_model, Message};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // A folder in Hugging Face layout: config.json, weights, tokenizer.json.
-    let loaded = load_model(&PathBuf::from(dir), &Device::Cpu)?;
+    let loaded = load_model(&PathBuf::from(dir))?;
     let tokenizer = loaded
         .tokenizer
         .as_ref()

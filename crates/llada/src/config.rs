@@ -154,6 +154,14 @@ mod d {
     }
 }
 
+/// Query and key/value head counts and the head width of an attention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    pub query: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
 /// The MoE shape of a layer, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MoeShape {
@@ -191,6 +199,15 @@ impl Llada2Config {
         })?;
         cfg.validate(origin)?;
         Ok(cfg)
+    }
+
+    /// The attention layers' head counts and width.
+    pub fn heads(&self) -> Heads {
+        Heads {
+            query: self.num_attention_heads,
+            kv: self.num_key_value_heads,
+            dim: self.head_dim(),
+        }
     }
 
     pub fn head_dim(&self) -> usize {

@@ -10,8 +10,9 @@ use candle_core::Tensor;
 use crate::cache::KvCache;
 use crate::decode::{transfer_schedule, Candidate, Decoder, DecoderConfig, StepInfo};
 use crate::error::{Error, Result};
-use crate::model::{Llada2Model, SeqStep};
+use crate::model::Llada2Model;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::step::SeqStep;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateParams {

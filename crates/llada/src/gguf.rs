@@ -13,7 +13,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::llada2::is_linear_weight;
+use crate::model::is_linear_weight;
 use crate::quant::{LinearWeight, Quant};
 use crate::weights::{WeightSource, WeightStore};
 

@@ -24,7 +24,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-pub mod fused;
+mod softmax;
+
+pub use softmax::{check_mask, contiguous_f32, last_dim, masked_softmax, max8, softmax_rows, sum8};
 
 /// Runs `work` on a thread of rayon's global pool, where the parallel loops inside it
 /// (ours, candle's, gemm's) start and end without waking a sleeping caller: from a thread
@@ -358,14 +360,8 @@ impl PackedF32 {
 
 /// The plain product `x @ w^T` (`w` row-major `[rows, cols]`) the panel product is
 /// tested against.
-pub fn matmul_f32_scalar(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    x: &[f32],
-    m: usize,
-    out: &mut [f32],
-) {
+#[cfg(test)]
+fn matmul_f32_scalar(w: &[f32], rows: usize, cols: usize, x: &[f32], m: usize, out: &mut [f32]) {
     for i in 0..m {
         for j in 0..rows {
             let (a, b) = (&x[i * cols..(i + 1) * cols], &w[j * cols..(j + 1) * cols]);
@@ -378,7 +374,7 @@ pub fn matmul_f32_scalar(
 /// two parts so that n ln2 is exact enough), exp(r) by its degree-6 Taylor polynomial,
 /// 2^n put into the exponent bits. Relative error < 3e-7.
 #[inline(always)]
-pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+pub fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.max(-87.0);
@@ -443,7 +439,7 @@ fn row_fn() -> RowFn {
 }
 
 /// [`dot_scalar`] of the weight row with each activation row.
-pub fn row_scalar(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32], out: &mut [f32], stride: usize) {
+fn row_scalar(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32], out: &mut [f32], stride: usize) {
     for (i, (xq, xs)) in xq
         .chunks_exact(wq.len())
         .zip(xs.chunks_exact(ws.len()))
@@ -455,7 +451,7 @@ pub fn row_scalar(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32], out: &mut [f32],
 
 /// Σ over blocks of scale_a * scale_b * Σ a_i b_i: the reference the fast versions are
 /// tested against.
-pub fn dot_scalar(a: &[i8], sa: &[f32], b: &[i8], sb: &[f32]) -> f32 {
+fn dot_scalar(a: &[i8], sa: &[f32], b: &[i8], sb: &[f32]) -> f32 {
     a.chunks_exact(Q8_BLOCK)
         .zip(b.chunks_exact(Q8_BLOCK))
         .zip(sa.iter().zip(sb))

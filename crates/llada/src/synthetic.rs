@@ -234,43 +234,6 @@ impl WeightSource for SyntheticSource {
     }
 }
 
-/// A model of the preset's exact shapes with random weights, built in memory.
-pub fn load_preset(
-    name: &str,
-    layers: Option<usize>,
-    quant: Option<Quant>,
-    seed: u64,
-) -> Result<crate::LoadedModel> {
-    let origin = std::path::PathBuf::from(format!("synthetic:{name}"));
-    let config = Llada2Config::from_json(preset(name, layers)?, &origin)?;
-    let model = crate::model::Llada2Model::load(&config, &SyntheticSource::new(seed), quant)?;
-    // The LLaDA2 special ids where the vocabulary has them, else its last two ids.
-    let vocab = config.vocab_size as u32;
-    let generation = if crate::DEFAULT_MASK_ID < vocab {
-        Default::default()
-    } else {
-        crate::GenerationConfig {
-            eos_token_id: Some(serde_json::json!(vocab.saturating_sub(2))),
-            pad_token_id: None,
-            mask_token_id: Some(vocab.saturating_sub(1)),
-            block_length: None,
-        }
-    };
-    Ok(crate::LoadedModel {
-        files: crate::ModelFiles {
-            dir: origin,
-            config,
-            generation,
-        },
-        model,
-        tokenizer: None,
-        weights: match quant {
-            Some(q) => format!("random {} blocks", q.name()),
-            None => "random f32".into(),
-        },
-    })
-}
-
 /// Writes a random model folder (`config.json` from `config`, `generation_config.json`
 /// with `mask_id`/`eos_id`, f32 `model.safetensors`) that loads like a real checkpoint.
 pub fn write_random_checkpoint(
@@ -293,7 +256,7 @@ pub fn write_random_checkpoint(
         recorded: Some(Mutex::new(HashMap::new())),
         ..SyntheticSource::new(seed)
     };
-    crate::model::Llada2Model::load(&cfg, &source, None)?;
+    crate::model::Llada2::load(&cfg, &source, None, crate::backend::Cpu::new())?;
     let tensors = source
         .recorded
         .expect("recording")
@@ -352,10 +315,21 @@ mod tests {
     #[test]
     fn random_quantized_blocks_make_a_runnable_smaller_model() {
         let cfg = small();
-        let dense = crate::model::Llada2Model::load(&cfg, &SyntheticSource::new(1), None).unwrap();
+        let dense = crate::model::Llada2::load(
+            &cfg,
+            &SyntheticSource::new(1),
+            None,
+            crate::backend::Cpu::new(),
+        )
+        .unwrap();
         for quant in [Quant::Q8_0, Quant::Q4k] {
-            let q = crate::model::Llada2Model::load(&cfg, &SyntheticSource::new(1), Some(quant))
-                .unwrap();
+            let q = crate::model::Llada2::load(
+                &cfg,
+                &SyntheticSource::new(1),
+                Some(quant),
+                crate::backend::Cpu::new(),
+            )
+            .unwrap();
             assert!(q.weight_bytes() * 3 < dense.weight_bytes(), "{quant:?}");
             let logits = q.forward_full(&[1, 2, 3, 4, 5], 4).unwrap();
             let finite = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -169,21 +169,17 @@ impl WeightStore {
         }
     }
 
-    /// The element type the checkpoint stores its weights in ("bf16", "f32", ...): that
-    /// of its embedding matrix, or of any tensor if it has none.
-    pub fn stored_dtype(&self) -> String {
+    /// The element type the checkpoint stores its weights in: that of its embedding
+    /// matrix, or of any tensor if it has none (f32 for an empty checkpoint).
+    pub fn stored_dtype(&self) -> DType {
         let pick = |name: &str| {
             let &file = self.routing.get(name)?;
             let view = self.files[file].1.get(name).ok()?;
-            Some(format!("{:?}", view.dtype()).to_lowercase())
+            DType::try_from(view.dtype()).ok()
         };
         pick("model.word_embeddings.weight")
-            .or_else(|| self.routing.keys().next().and_then(|n| pick(n)))
-            .unwrap_or_else(|| "unknown".into())
-    }
-
-    pub fn shard_count(&self) -> usize {
-        self.files.len()
+            .or_else(|| self.routing.keys().find_map(|n| pick(n)))
+            .unwrap_or(DType::F32)
     }
 
     /// Every tensor's name and shape, sorted by name.

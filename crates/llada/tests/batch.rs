@@ -1,7 +1,7 @@
 //! Batched decoding: several generations advanced by shared forward passes must give the
 //! reference's answers, whatever joins or leaves the batch.
 
-mod common;
+use llada_testing as common;
 
 use common::{generate_cases, load_fixture};
 use llada::{run_batch, step_batch, Generation};
@@ -15,7 +15,7 @@ fn all_golden_cases_decoded_together_match_the_reference() {
         .map(|c| Generation::new(&loaded.model, &c.prompt, c.params.clone()).unwrap())
         .collect();
     let mut streamed = vec![Vec::new(); gens.len()];
-    let before = loaded.model.sequence_passes();
+    let before = loaded.model.backend().cost().sequence_passes as usize;
     let passes = run_batch(&loaded.model, &mut gens, &mut |i, ids| {
         streamed[i].extend_from_slice(ids)
     })
@@ -44,7 +44,7 @@ fn all_golden_cases_decoded_together_match_the_reference() {
         assert_eq!(streamed[i], expected_stream, "case {i}: streamed commits");
     }
     assert_eq!(
-        loaded.model.sequence_passes() - before,
+        loaded.model.backend().cost().sequence_passes as usize - before,
         forwards,
         "sequences the model ran vs forwards counted in the statistics"
     );

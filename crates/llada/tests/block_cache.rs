@@ -2,7 +2,7 @@
 //! correctly, it degrades to exact decoding when refreshed every step, and it does less
 //! work than exact decoding.
 
-mod common;
+use llada_testing as common;
 
 use common::{load_fixture, max_abs_diff};
 use llada::{generate, BlockCache, DecoderConfig, KvCache, SeqStep};
@@ -117,9 +117,9 @@ fn dual_does_less_work_and_fills_every_position() {
     params.decoder = DecoderConfig::Threshold { threshold: 1.0 };
     params.ignore_eos = true;
     let macs = |params: &llada::GenerateParams| {
-        let before = model.forward_cost().macs;
+        let before = model.backend().cost().macs;
         let out = generate(model, &prompt, params, &mut |_| {}).unwrap();
-        (out, model.forward_cost().macs - before)
+        (out, model.backend().cost().macs - before)
     };
     let (exact, exact_macs) = macs(&params);
     params.block_cache = BlockCache::Dual { refresh: 0 };

@@ -1,7 +1,7 @@
 //! Property: the cached engine returns exactly what the no-cache reference loop returns,
 //! for any prompt and decoding settings (greedy or seeded sampling).
 
-mod common;
+use llada_testing as common;
 
 use common::load_fixture;
 use llada::{generate, DecoderConfig, SamplingParams};

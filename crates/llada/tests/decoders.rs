@@ -2,7 +2,7 @@
 //! decoding against fixtures computed with the official modeling code under diffusers'
 //! semantics (`joint_cases.json`), and the dInfer decoders' guarantees.
 
-mod common;
+use llada_testing as common;
 
 use common::{fixture_dir, load_fixture};
 use llada::decode::DecoderSettings;
@@ -214,7 +214,7 @@ fn joint_decoding_equals_a_plain_implementation_on_other_shapes() {
             mask,
             eos,
         );
-        let loaded = llada::load_model(dir.path(), &candle_core::Device::Cpu).unwrap();
+        let loaded = llada::load_model(dir.path()).unwrap();
         let naive = Naive::new(&stored, &cfg);
         let prompt: Vec<u32> = (0..7)
             .map(|i| (i * 11 + seed as u32 * 5 + 3) % 90)

@@ -1,6 +1,6 @@
 //! Bad input gets a clear error that names the problem, never a panic.
 
-mod common;
+use llada_testing as common;
 
 use std::path::Path;
 
@@ -42,7 +42,7 @@ fn write(
 }
 
 fn load_err(dir: &Path) -> String {
-    match load_model(dir, &Device::Cpu) {
+    match load_model(dir) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -179,7 +179,7 @@ fn missing_shard_is_named() {
 
 #[test]
 fn bad_requests_are_rejected_with_reasons() {
-    let loaded = load_model(&fixture_dir(), &Device::Cpu).unwrap();
+    let loaded = load_model(&fixture_dir()).unwrap();
     let base = loaded.default_params();
     let run = |prompt: &[u32], p: &llada::GenerateParams| {
         generate(&loaded.model, prompt, p, &mut |_| {}).unwrap_err()
@@ -245,7 +245,7 @@ fn a_tiny_temperature_samples_the_greedy_answer() {
     // logits / 1e-38 overflows f32; sampling must still pick the argmax, not NaN. At
     // such a temperature every pick has probability 1, so each block is filled in one
     // step: what greedy decoding with threshold 0 does.
-    let loaded = load_model(&fixture_dir(), &Device::Cpu).unwrap();
+    let loaded = load_model(&fixture_dir()).unwrap();
     let mut greedy = loaded.default_params();
     greedy.decoder = DecoderConfig::Threshold { threshold: 0.0 };
     let mut tiny = loaded.default_params();

@@ -1,7 +1,7 @@
 //! The engine against fixtures computed by the official PyTorch LLaDA2.0 code
 //! (`fixtures/golden/llada2-tiny`, see `fixtures/golden/README.md`).
 
-mod common;
+use llada_testing as common;
 
 use candle_core::Tensor;
 use common::{fixture_dir, generate_cases, golden, load_fixture, max_abs_diff};
@@ -47,12 +47,12 @@ fn generate_matches_the_reference_with_and_without_cache() {
         for use_cache in [false, true] {
             params.use_cache = use_cache;
             let mut streamed = Vec::new();
-            let before = loaded.model.sequence_passes();
+            let before = loaded.model.backend().cost().sequence_passes as usize;
             let out = generate(&loaded.model, &prompt, &params, &mut |t| {
                 streamed.extend_from_slice(t)
             })
             .unwrap();
-            let ran = loaded.model.sequence_passes() - before;
+            let ran = loaded.model.backend().cost().sequence_passes as usize - before;
             assert_eq!(out.ids, want, "case {n} (cache: {use_cache})");
             assert_eq!(
                 out.stats.denoising_steps, want_steps,
@@ -65,40 +65,5 @@ fn generate_matches_the_reference_with_and_without_cache() {
             assert_eq!(out.stats.forwards, ran, "case {n}: forwards reported");
             assert_eq!(streamed, out.ids, "case {n}: the stream is the answer");
         }
-    }
-}
-
-#[test]
-fn training_forward_matches_the_reference() {
-    // The differentiable path (plain-op norms and softmax, explicit positions and mask)
-    // computes the same function as the inference path.
-    let loaded = load_fixture();
-    let expected = candle_core::safetensors::load(
-        fixture_dir().join("logits.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    for case in golden()["forward"].as_array().unwrap() {
-        let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
-        let block = case["block_length"].as_u64().unwrap() as usize;
-        let n = ids.len();
-        let mask: Vec<f32> = (0..n * n)
-            .map(|i| {
-                if (i % n) / block <= (i / n) / block {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, n), &candle_core::Device::Cpu).unwrap();
-        let positions: Vec<u32> = (0..n as u32).collect();
-        let got = loaded
-            .model
-            .forward_train(&ids, &positions, &mask, None)
-            .unwrap();
-        let want = &expected[case["logits"].as_str().unwrap()];
-        let diff = max_abs_diff(&got, want);
-        assert!(diff < 1e-4, "max |diff| = {diff}");
     }
 }

@@ -3,9 +3,8 @@
 //!
 //! Run with `--nocapture` to see the figures the README quotes.
 
-mod common;
+use llada_testing as common;
 
-use candle_core::Device;
 use common::{fixture_dir, generate_cases, golden, max_abs_diff};
 use llada::{generate, load_model, load_model_with, LoadedModel, Quant};
 
@@ -54,7 +53,7 @@ fn golden_agreement(m: &LoadedModel) -> (usize, usize) {
 
 #[test]
 fn quantized_models_stay_close_to_f32_on_the_golden_cases() {
-    let f32_model = load_model(&fixture_dir(), &Device::Cpu).unwrap();
+    let f32_model = load_model(&fixture_dir()).unwrap();
     assert_eq!(golden_agreement(&f32_model), (8, 8));
     // The fixture's rows (64, 32, 128 wide) are below q4k's 256-element blocks, so q4k
     // falls back to q8_0 there: both rows measure q8_0 on this checkpoint.
@@ -64,7 +63,7 @@ fn quantized_models_stay_close_to_f32_on_the_golden_cases() {
     // ~0.1) reorders the top-k fallback and changes most generations after a few
     // tokens. The per-position argmax agreement is the stable figure.
     for quant in [Quant::Q8_0, Quant::Q4k] {
-        let q = load_model_with(&fixture_dir(), &Device::Cpu, Some(quant)).unwrap();
+        let q = load_model_with(&fixture_dir(), Some(quant)).unwrap();
         let (max, mean, top1) = logits_distance(&f32_model, &q);
         let (agree, total) = golden_agreement(&q);
         println!(
@@ -123,7 +122,7 @@ fn q4k_on_256_wide_rows_is_close_to_f32() {
         254,
     );
     let ids: Vec<u32> = (0..40).map(|i| (i * 7 + 1) % 250).collect();
-    let dense = load_model(dir.path(), &Device::Cpu).unwrap();
+    let dense = load_model(dir.path()).unwrap();
     let want = dense.model.forward_full(&ids, 8).unwrap();
     let scale = want
         .abs()
@@ -133,7 +132,7 @@ fn q4k_on_256_wide_rows_is_close_to_f32() {
         .to_scalar::<f32>()
         .unwrap();
     for quant in [Quant::Q8_0, Quant::Q4k] {
-        let q = load_model_with(dir.path(), &Device::Cpu, Some(quant)).unwrap();
+        let q = load_model_with(dir.path(), Some(quant)).unwrap();
         assert!(q.model.weight_bytes() < dense.model.weight_bytes());
         let got = q.model.forward_full(&ids, 8).unwrap();
         let err = (got - &want)
@@ -176,8 +175,8 @@ fn quantized_checkpoint_loads_and_matches_load_time_quantization() {
         files.iter().all(|f| !f.ends_with(".tmp")),
         "temporary files left: {files:?}"
     );
-    let from_file = load_model(out.path(), &Device::Cpu).unwrap();
-    let at_load = load_model_with(&fixture_dir(), &Device::Cpu, Some(Quant::Q8_0)).unwrap();
+    let from_file = load_model(out.path()).unwrap();
+    let at_load = load_model_with(&fixture_dir(), Some(Quant::Q8_0)).unwrap();
     assert_eq!(from_file.model.weight_bytes(), at_load.model.weight_bytes());
     let ids = [5u32, 6, 7, 8, 9, 10, 11, 12, 13];
     let a = from_file.model.forward_full(&ids, 4).unwrap();
@@ -186,10 +185,7 @@ fn quantized_checkpoint_loads_and_matches_load_time_quantization() {
     assert_eq!(d, 0.0, "same blocks, same logits");
     // A corrupt GGUF is named in the error.
     std::fs::write(out.path().join("model.gguf"), b"GGUF\x03\x00").unwrap();
-    let err = load_model(out.path(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_model(out.path()).err().unwrap().to_string();
     assert!(err.contains("model.gguf"), "{err}");
     assert!(err.contains("GGUF file"), "the format is named: {err}");
     assert!(!err.contains("backtrace"), "{err}");

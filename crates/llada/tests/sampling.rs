@@ -3,7 +3,7 @@
 //! official pipeline (temperature, top-k, top-p, softmax; `tests/data/sampling_reference.py`,
 //! standard library only) must pick the same tokens with the same probabilities.
 
-mod common;
+use llada_testing as common;
 
 use std::path::PathBuf;
 

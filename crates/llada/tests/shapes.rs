@@ -4,9 +4,9 @@
 //! give the same logits as an independent naive implementation, and the cached engine
 //! decodes exactly as the no-cache reference loop.
 
-mod common;
+use llada_testing as common;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use common::naive::Naive;
 use common::synth::{write_checkpoint, Options, Shape};
 use llada::{generate, load_model, DecoderConfig};
@@ -91,7 +91,7 @@ fn other_shapes_dtypes_and_shards_match_a_naive_forward() {
             mask,
             eos,
         );
-        let loaded = load_model(dir.path(), &Device::Cpu).unwrap();
+        let loaded = load_model(dir.path()).unwrap();
         let naive = Naive::new(&stored, &cfg);
         let ids: Vec<u32> = (0..23)
             .map(|i| (i * 37 + 5) % (shape.vocab as u32 - 2))
@@ -132,7 +132,7 @@ fn other_shapes_decode_the_same_with_and_without_cache() {
             mask,
             eos,
         );
-        let loaded = load_model(dir.path(), &Device::Cpu).unwrap();
+        let loaded = load_model(dir.path()).unwrap();
         let prompt: Vec<u32> = (0..11).map(|i| (i * 13 + 3) % eos).collect();
         let mut params = loaded.default_params();
         assert_eq!((params.mask_id, params.eos_id), (mask, eos));

@@ -1,7 +1,7 @@
 //! Tokenizer, chat template and streaming detokenization on a small byte-level BPE
 //! tokenizer with LLaDA2's special tokens (`tests/data/tokenizer`).
 
-mod common;
+use llada_testing as common;
 
 use std::path::PathBuf;
 

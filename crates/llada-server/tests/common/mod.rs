@@ -21,9 +21,7 @@ pub fn default_model_dir() -> PathBuf {
 pub fn model() -> Arc<LoadedModel> {
     static MODEL: OnceLock<Arc<LoadedModel>> = OnceLock::new();
     MODEL
-        .get_or_init(|| {
-            Arc::new(llada::load_model(&default_model_dir(), &llada::Device::Cpu).unwrap())
-        })
+        .get_or_init(|| Arc::new(llada::load_model(&default_model_dir()).unwrap()))
         .clone()
 }
 

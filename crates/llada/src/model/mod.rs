@@ -1,5 +1,5 @@
 //! Model architectures, one file each, with tensor names as in the HF checkpoints.
 
-pub mod llada2;
+mod llada2;
 
-pub use llada2::{ForwardCost, Llada2Model, SeqStep, TrainRow};
+pub use llada2::{is_linear_weight, Llada2, Llada2Model};

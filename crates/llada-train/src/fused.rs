@@ -6,135 +6,26 @@
 //! attention's `[heads, n, n]` scores made them the larger part of a training step. A
 //! single-thread profile of a block-diffusion step (default model, 8 x 256 positions) had
 //! 26% of its samples in gemm and most of the rest in candle's elementwise maps, memset,
-//! memmove and malloc. Each op here is tested against the plain candle composition,
-//! values and gradients.
+//! memmove and malloc. The softmax's forward rows are the engine's
+//! ([`llada::kernels::softmax_rows`], which inference runs too). Each op here is tested
+//! against the plain candle composition, values and gradients.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use llada::avx2_when_present;
+use llada::kernels::{
+    check_mask, contiguous_f32, exp_nonpositive, exp_sum, last_dim, max8, softmax_rows, sum8,
+};
 
 type Result<T> = candle_core::Result<T>;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        return Err(candle_core::Error::Msg(format!("{op}: f32 tensors only")));
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => Err(candle_core::Error::Msg(format!(
-            "{op}: contiguous tensors only"
-        ))),
-    }
-}
-
-/// Defines `fn $name` running `$body` compiled for AVX2 + FMA where the CPU has them
-/// (the loops vectorize eight wide and `exp_nonpositive`'s rounding is one instruction),
-/// plain otherwise.
-macro_rules! avx2_when_present {
-    (fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
-        fn $name($($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            fn imp($($arg: $ty),*) -> $ret $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) -> $ret {
-                imp($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the features were just detected.
-                return unsafe { avx2($($arg),*) };
-            }
-            imp($($arg),*)
-        }
-    };
-}
-
-fn last_dim(l: &Layout, op: &str) -> Result<usize> {
-    match l.dims().last() {
-        Some(&d) if d > 0 => Ok(d),
-        _ => Err(candle_core::Error::Msg(format!(
-            "{op}: needs a non-empty last dimension"
-        ))),
-    }
-}
-
-/// Softmax over the last dimension of `x + mask`; `mask` (additive: 0 or -inf; no
-/// gradient) holds the last two dimensions of `x`, and repeats over the leading ones
-/// (`[rows, keys]` for scores `[heads, rows, keys]`).
+/// Softmax over the last dimension of `x + mask`, with a gradient for `x`; `mask`
+/// (additive: 0 or -inf; no gradient) holds the last two dimensions of `x`, and repeats
+/// over the leading ones (`[rows, keys]` for scores `[heads, rows, keys]`).
 pub fn masked_softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let x = x.contiguous()?;
     match mask {
         Some(mask) => x.apply_op2(&mask.contiguous()?, MaskedSoftmax),
         None => x.apply_op1(Softmax),
-    }
-}
-
-/// Σ f(i) over `0..n` in eight interleaved partial sums, so that the loop vectorizes (a
-/// single running sum is a chain of dependent adds: the softmax forward spent 8x its
-/// backward's time on it).
-#[inline(always)]
-fn sum8(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let full = n / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a += f(i + j);
-        }
-    }
-    let tail: f32 = (full..n).map(&f).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// The largest of `xs` (-inf when empty), eight lanes at a time.
-#[inline(always)]
-fn max8(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let mut chunks = xs.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a = if x > *a { x } else { *a };
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    acc.iter().copied().fold(tail, f32::max)
-}
-
-/// softmax(x + mask) of one row into `out`. Entries more than 87 below the row's
-/// maximum weigh e^-87 or less: they are set to 0, as -inf ones are.
-#[inline(always)]
-fn softmax_row(x: &[f32], mask: Option<&[f32]>, out: &mut [f32]) {
-    match mask {
-        Some(m) => {
-            for ((o, &a), &b) in out.iter_mut().zip(x).zip(m) {
-                *o = a + b;
-            }
-        }
-        None => out.copy_from_slice(x),
-    }
-    let max = max8(out);
-    for o in out.iter_mut() {
-        let d = *o - max;
-        let e = super::exp_nonpositive(d);
-        *o = if d < -87.0 { 0.0 } else { e };
-    }
-    let inv = 1.0 / sum8(out.len(), |i| out[i]);
-    for o in out.iter_mut() {
-        *o *= inv;
-    }
-}
-
-avx2_when_present! {
-    fn softmax_rows(x: &[f32], mask: Option<&[f32]>, d: usize) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
-        let mask_rows = mask.map_or(1, |m| m.len() / d);
-        for (r, (row, o)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
-            let m = mask.map(|m| &m[(r % mask_rows) * d..(r % mask_rows + 1) * d]);
-            softmax_row(row, m, o);
-        }
-        out
     }
 }
 
@@ -194,15 +85,8 @@ impl CustomOp2 for MaskedSoftmax {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let mask = contiguous_f32(s2, l2, self.name())?;
+        check_mask(l1, l2, mask, x, self.name())?;
         let d = last_dim(l1, self.name())?;
-        if last_dim(l2, self.name())? != d || mask.is_empty() || x.len() % mask.len() != 0 {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: mask {:?} does not repeat over scores {:?}",
-                self.name(),
-                l2.dims(),
-                l1.dims()
-            )));
-        }
         Ok((
             CpuStorage::F32(softmax_rows(x, Some(mask), d)),
             l1.shape().clone(),
@@ -269,7 +153,7 @@ struct CrossEntropy {
 #[inline(always)]
 fn log_sum_exp(x: &[f32]) -> (f32, f32) {
     let max = max8(x);
-    (max, super::exp_sum(x, max).ln())
+    (max, exp_sum(x, max).ln())
 }
 
 avx2_when_present! {
@@ -296,7 +180,7 @@ avx2_when_present! {
             let (max, lse) = log_sum_exp(row);
             let shift = max + lse;
             for (o, &v) in o.iter_mut().zip(row) {
-                *o = g * super::exp_nonpositive(v - shift);
+                *o = g * exp_nonpositive(v - shift);
             }
             o[t as usize] -= g;
         }
@@ -493,7 +377,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// The logistic function, through exp of a non-positive number only.
 #[inline(always)]
 fn sigmoid(a: f32) -> f32 {
-    let e = super::exp_nonpositive(-a.abs());
+    let e = exp_nonpositive(-a.abs());
     let s = 1.0 / (1.0 + e);
     if a >= 0.0 {
         s
@@ -598,7 +482,7 @@ mod tests {
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
         let n = shape.iter().product();
-        let v = crate::synthetic::gaussian(n, 1.5, seed);
+        let v = llada::synthetic::gaussian(n, 1.5, seed);
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
@@ -699,13 +583,6 @@ mod tests {
         let x = random(&[2, 41], 10);
         assert!(cross_entropy(&x, &[1]).is_err());
         assert!(cross_entropy(&x, &[1, 41]).is_err());
-    }
-
-    #[test]
-    fn masked_softmax_refuses_a_mask_that_does_not_repeat() {
-        let x = random(&[2, 5, 6], 3);
-        let mask = Tensor::zeros((4, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(masked_softmax(&x, Some(&mask)).is_err());
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! Shared helpers for the integration tests.
-#![allow(dead_code)]
+//! Test support shared by the llada crates' integration tests (a dev-dependency): the
+//! golden fixture and its cases, a naive reference forward, random checkpoints of any
+//! shape, and a runner for Python reference scripts.
 
 use std::path::PathBuf;
 
-use candle_core::Device;
 use llada::{load_model, DecoderConfig, GenerateParams, LoadedModel};
 
 /// The golden fixture the repository carries (`fixtures/golden/llada2-tiny`, copied
 /// from the reference outputs by `scripts/sync-golden.sh`).
 pub fn fixture_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/llada2-tiny");
+    let dir = repo_root().join("fixtures/golden/llada2-tiny");
     assert!(
         dir.is_dir(),
         "golden fixtures not found at {}",
@@ -18,8 +18,13 @@ pub fn fixture_dir() -> PathBuf {
     dir
 }
 
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 pub fn load_fixture() -> LoadedModel {
-    load_model(&fixture_dir(), &Device::Cpu).expect("fixture loads")
+    load_model(&fixture_dir()).expect("fixture loads")
 }
 
 /// Largest absolute elementwise difference of two tensors of one shape.

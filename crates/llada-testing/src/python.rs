@@ -1,6 +1,5 @@
 //! Runs a Python reference script: JSON in on stdin, JSON out on stdout. A script that
 //! fails (a missing package, python3 absent) fails the test with its message.
-//! (Also used by llada-train's tests through a `#[path]` module.)
 
 use std::io::Write;
 use std::path::Path;

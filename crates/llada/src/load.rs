@@ -1,0 +1,266 @@
+//! Opening a model: a Hugging Face layout folder, a model held in memory, or random
+//! weights of a known shape, each into one [`LoadedModel`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::backend::{Backend, Cpu};
+use crate::config::{self, GenerationConfig, Llada2Config, ModelFiles};
+use crate::error::Result;
+use crate::generate::GenerateParams;
+use crate::gguf::{self, GgufStore};
+use crate::model::{Llada2, Llada2Model};
+use crate::quant::Quant;
+use crate::synthetic::SyntheticSource;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{self, WeightSource, WeightStore};
+
+/// A model's files held in memory, e.g. compiled into a binary with `include_bytes!`
+/// (the `llada` binary carries its default model this way).
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedModel {
+    /// Shown wherever a model folder's path would be.
+    pub name: &'static str,
+    pub config: &'static str,
+    pub generation_config: Option<&'static str>,
+    /// A safetensors file.
+    pub weights: &'static [u8],
+    pub tokenizer: Option<&'static str>,
+    pub tokenizer_config: Option<&'static str>,
+}
+
+/// How a model's weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Safetensors in this element type (f32, bf16 or f16).
+    Safetensors(DType),
+    /// A `model.gguf` written by `llada quantize`, its linear layers in these blocks
+    /// (`None`: f32).
+    Gguf(Option<Quant>),
+    /// Random weights of a known shape ([`crate::synthetic`]).
+    Random,
+}
+
+/// How a loaded model's weights are stored and run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weights {
+    pub format: WeightFormat,
+    /// The quantization asked for at load (a GGUF file keeps its own blocks).
+    pub quantized_at_load: Option<Quant>,
+}
+
+impl Weights {
+    /// The block type the linear layers run in (`None`: f32).
+    pub fn compute(&self) -> Option<Quant> {
+        match self.format {
+            WeightFormat::Gguf(q) => q,
+            _ => self.quantized_at_load,
+        }
+    }
+}
+
+impl fmt::Display for Weights {
+    /// e.g. "bf16 safetensors, run in f32", "q4k GGUF", "random q8_0 blocks".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.format, self.quantized_at_load) {
+            (WeightFormat::Gguf(q), _) => {
+                write!(f, "{} GGUF", q.map_or("f32", Quant::name))
+            }
+            (WeightFormat::Random, q) => match q {
+                Some(q) => write!(f, "random {} blocks", q.name()),
+                None => write!(f, "random f32"),
+            },
+            (WeightFormat::Safetensors(dtype), Some(q)) => write!(
+                f,
+                "{} safetensors, quantized to {} at load",
+                dtype.as_str(),
+                q.name()
+            ),
+            (WeightFormat::Safetensors(DType::F32), None) => write!(f, "f32 safetensors"),
+            (WeightFormat::Safetensors(dtype), None) => {
+                write!(f, "{} safetensors, run in f32", dtype.as_str())
+            }
+        }
+    }
+}
+
+/// Where a loaded model's weights are read from (to load them again, e.g. onto another
+/// backend).
+#[derive(Debug, Clone)]
+enum Origin {
+    Dir(PathBuf),
+    Embedded(EmbeddedModel),
+    Synthetic { seed: u64 },
+}
+
+impl Origin {
+    /// The weight source, opened again, and its format.
+    fn open(&self) -> Result<(Box<dyn WeightSource>, WeightFormat)> {
+        let cpu = &Device::Cpu;
+        Ok(match self {
+            Origin::Dir(dir)
+                if dir.join(gguf::GGUF_FILE).is_file()
+                    && !dir.join(weights::SINGLE_FILE).exists() =>
+            {
+                // A folder written by `llada quantize` carries its weights in model.gguf.
+                let store = GgufStore::open(dir, cpu)?;
+                let quant = store.quantization().and_then(|q| q.parse().ok());
+                (Box::new(store), WeightFormat::Gguf(quant))
+            }
+            Origin::Dir(dir) => {
+                let store = WeightStore::open(dir, cpu, DType::F32)?;
+                let format = WeightFormat::Safetensors(store.stored_dtype());
+                (Box::new(store), format)
+            }
+            Origin::Embedded(e) => {
+                let origin = PathBuf::from(e.name);
+                let store = WeightStore::from_static(e.weights, &origin, cpu, DType::F32)?;
+                let format = WeightFormat::Safetensors(store.stored_dtype());
+                (Box::new(store), format)
+            }
+            Origin::Synthetic { seed } => {
+                (Box::new(SyntheticSource::new(*seed)), WeightFormat::Random)
+            }
+        })
+    }
+}
+
+/// A loaded model with the files it came from.
+pub struct LoadedModel {
+    pub files: ModelFiles,
+    pub model: Llada2Model,
+    /// Present when the folder has a `tokenizer.json`.
+    pub tokenizer: Option<Tokenizer>,
+    pub weights: Weights,
+    origin: Origin,
+}
+
+impl LoadedModel {
+    /// The one constructor: the model's weights from `origin` onto the CPU backend.
+    fn assemble(
+        files: ModelFiles,
+        origin: Origin,
+        tokenizer: Option<Tokenizer>,
+        quant: Option<Quant>,
+    ) -> Result<Self> {
+        let (source, format) = origin.open()?;
+        let model = Llada2::load(&files.config, source.as_ref(), quant, Cpu::new())?;
+        Ok(Self {
+            files,
+            model,
+            tokenizer,
+            weights: Weights {
+                format,
+                quantized_at_load: quant.filter(|_| !matches!(format, WeightFormat::Gguf(_))),
+            },
+            origin,
+        })
+    }
+
+    /// The same weights loaded again onto `backend` (e.g. the trainer's, whose ops carry
+    /// gradients, to score a loaded model's losses).
+    pub fn load_on<B: Backend>(&self, backend: B) -> Result<Llada2<B>> {
+        let (source, _) = self.origin.open()?;
+        Llada2::load(
+            &self.files.config,
+            source.as_ref(),
+            self.weights.quantized_at_load,
+            backend,
+        )
+    }
+
+    /// Decoding parameters with this model's special ids: from the generation config,
+    /// else the tokenizer's tokens by name, else the LLaDA2 defaults. `<|role_end|>`
+    /// ends an answer as EOS does.
+    pub fn default_params(&self) -> GenerateParams {
+        let gen = &self.files.generation;
+        let tok = self.tokenizer.as_ref();
+        let mask = gen
+            .mask_token_id
+            .or_else(|| tok.and_then(Tokenizer::mask_id))
+            .unwrap_or(config::DEFAULT_MASK_ID);
+        let eos = gen
+            .eos_id()
+            .or_else(|| config::first_id(self.files.config.eos_token_id.as_ref()))
+            .or_else(|| tok.and_then(Tokenizer::eos_id))
+            .unwrap_or(config::DEFAULT_EOS_ID);
+        let mut params = GenerateParams::new(mask, eos);
+        if let Some(b) = gen.block_length {
+            params.set_block_length(b);
+        }
+        if let Some(role_end) = tok.and_then(Tokenizer::role_end_id) {
+            if role_end != eos {
+                params.extra_stop_ids.push(role_end);
+            }
+        }
+        params
+    }
+}
+
+/// Opens an HF-layout model folder: config, generation config and weights (computed in
+/// f32 on the CPU).
+pub fn load_model(dir: &Path) -> Result<LoadedModel> {
+    load_model_with(dir, None)
+}
+
+/// As [`load_model`], quantizing the linear layers at load time when `quant` is given.
+pub fn load_model_with(dir: &Path, quant: Option<Quant>) -> Result<LoadedModel> {
+    let files = ModelFiles::open(dir)?;
+    let tokenizer = if dir.join("tokenizer.json").is_file() {
+        Some(Tokenizer::from_dir(dir)?)
+    } else {
+        None
+    };
+    LoadedModel::assemble(files, Origin::Dir(dir.to_path_buf()), tokenizer, quant)
+}
+
+/// Loads an [`EmbeddedModel`] exactly as [`load_model_with`] loads a folder holding the
+/// same files.
+pub fn load_embedded(embedded: &EmbeddedModel, quant: Option<Quant>) -> Result<LoadedModel> {
+    let origin = PathBuf::from(embedded.name);
+    let files = ModelFiles {
+        config: Llada2Config::parse(embedded.config, &origin.join("config.json"))?,
+        generation: match embedded.generation_config {
+            Some(text) => GenerationConfig::parse(text, &origin.join("generation_config.json"))?,
+            None => GenerationConfig::default(),
+        },
+        dir: origin.clone(),
+    };
+    let tokenizer = embedded
+        .tokenizer
+        .map(|json| Tokenizer::from_parts(json, embedded.tokenizer_config, None, &origin))
+        .transpose()?;
+    LoadedModel::assemble(files, Origin::Embedded(*embedded), tokenizer, quant)
+}
+
+/// A model of a known architecture's exact shapes ([`crate::synthetic::preset`]) with
+/// random weights, built in memory: for benchmarks of models one does not have.
+pub fn load_synthetic(
+    name: &str,
+    layers: Option<usize>,
+    quant: Option<Quant>,
+    seed: u64,
+) -> Result<LoadedModel> {
+    let origin = PathBuf::from(format!("synthetic:{name}"));
+    let config = Llada2Config::from_json(crate::synthetic::preset(name, layers)?, &origin)?;
+    // The LLaDA2 special ids where the vocabulary has them, else its last two ids.
+    let vocab = config.vocab_size as u32;
+    let generation = if config::DEFAULT_MASK_ID < vocab {
+        Default::default()
+    } else {
+        GenerationConfig {
+            eos_token_id: Some(serde_json::json!(vocab.saturating_sub(2))),
+            pad_token_id: None,
+            mask_token_id: Some(vocab.saturating_sub(1)),
+            block_length: None,
+        }
+    };
+    let files = ModelFiles {
+        dir: origin,
+        config,
+        generation,
+    };
+    LoadedModel::assemble(files, Origin::Synthetic { seed }, None, quant)
+}

@@ -1,0 +1,145 @@
+//! One sequence's share of an inference forward pass, and the checks and block-causal
+//! mask every backend applies to it.
+
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+
+/// One sequence's share of a forward pass.
+pub struct SeqStep<'a> {
+    /// Tokens at positions `start..start + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// Absolute position of `tokens[0]`; must equal `cache.len()`.
+    pub start: usize,
+    /// Block length of the block-causal mask among `tokens`.
+    pub block_length: usize,
+    /// The first `commit` tokens are final: their keys/values are appended to `cache`.
+    pub commit: usize,
+    /// Indices into `tokens` whose logits are wanted (may be empty).
+    pub logit_rows: &'a [usize],
+    /// Approximate block caching: only these rows of `tokens` (increasing, all in one
+    /// block, a superset of `logit_rows`, with `commit == 0`) run through the model; the
+    /// others keep the keys/values an earlier pass of this block wrote at their positions.
+    /// `None`: every row (exact).
+    pub compute: Option<&'a [usize]>,
+    pub cache: &'a mut KvCache,
+}
+
+impl SeqStep<'_> {
+    /// The rows of `tokens` this step computes.
+    pub(crate) fn computed_rows(&self) -> usize {
+        self.compute.map_or(self.tokens.len(), <[usize]>::len)
+    }
+
+    /// The tokens this step computes with their positions, in order.
+    pub(crate) fn computed(&self) -> Vec<(u32, usize)> {
+        match self.compute {
+            Some(rows) => rows
+                .iter()
+                .map(|&r| (self.tokens[r], self.start + r))
+                .collect(),
+            None => self
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(r, &t)| (t, self.start + r))
+                .collect(),
+        }
+    }
+
+    /// Where each logit row lies among the computed rows.
+    pub(crate) fn logit_rows_computed(&self) -> Vec<usize> {
+        match self.compute {
+            Some(rows) => self
+                .logit_rows
+                .iter()
+                .map(|r| rows.binary_search(r).unwrap_or(0))
+                .collect(),
+            None => self.logit_rows.to_vec(),
+        }
+    }
+
+    /// Refuses a step the model cannot run: tokens outside the vocabulary, positions past
+    /// the context, a start that is not where the cache ends, an inconsistent partial
+    /// pass.
+    pub(crate) fn check(&self, vocab: usize, max_positions: usize) -> Result<()> {
+        if let Some(&id) = self.tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab });
+        }
+        let bad = |msg: String| Err(Error::InvalidRequest(msg));
+        if self.tokens.is_empty() {
+            return bad("a forward step needs at least one token".into());
+        }
+        if self.block_length == 0 {
+            return bad("block length must be positive".into());
+        }
+        if self.start != self.cache.len() {
+            return bad(format!(
+                "step starts at position {} but the cache holds {} positions",
+                self.start,
+                self.cache.len()
+            ));
+        }
+        if self.commit > self.tokens.len() {
+            return bad("cannot commit more tokens than the step has".into());
+        }
+        if self.logit_rows.iter().any(|&r| r >= self.tokens.len()) {
+            return bad("logit row outside the step".into());
+        }
+        if let Some(rows) = self.compute {
+            if rows.is_empty()
+                || rows.windows(2).any(|w| w[0] >= w[1])
+                || rows.last().is_some_and(|&r| r >= self.tokens.len())
+            {
+                return bad("a partial pass needs increasing rows inside the step".into());
+            }
+            if self.commit > 0 || !self.in_one_block() {
+                return bad("a partial pass covers one block and commits nothing".into());
+            }
+            if self
+                .logit_rows
+                .iter()
+                .any(|r| rows.binary_search(r).is_err())
+            {
+                return bad("a partial pass gives logits of computed rows only".into());
+            }
+        }
+        let end = self.start + self.tokens.len();
+        if end > max_positions {
+            return bad(format!(
+                "positions up to {end} exceed max_position_embeddings {max_positions}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn in_one_block(&self) -> bool {
+        let b = self.block_length;
+        self.start / b == (self.start + self.tokens.len() - 1) / b
+    }
+
+    /// The additive block-causal mask `[tokens, cache + tokens]` (0 visible, -inf
+    /// hidden), row-major; `None` when the tokens lie in one block (nothing to hide: the
+    /// cache holds only earlier, fully visible blocks).
+    pub(crate) fn block_mask(&self) -> Option<Vec<f32>> {
+        if self.in_one_block() {
+            return None;
+        }
+        let b = self.block_length;
+        let len = self.tokens.len();
+        let cached = self.cache.len();
+        let keys = cached + len;
+        let mut mask = Vec::with_capacity(len * keys);
+        for i in 0..len {
+            let query_block = (self.start + i) / b;
+            mask.extend(std::iter::repeat_n(0.0, cached));
+            mask.extend((0..len).map(|j| {
+                if (self.start + j) / b <= query_block {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
+        }
+        Some(mask)
+    }
+}
