@@ -4,11 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use llada::decode::DecoderSettings;
 use llada::tokenizer::SpecialTokens;
-use llada::{
-    BlockCache, DecoderConfig, GenerateParams, LoadedModel, Message, Quant, SamplingParams,
-};
+use llada::{DecodeSettings, GenerateParams, LoadedModel, Message, Quant};
 
 use crate::default_model::DEFAULT_MODEL;
 
@@ -45,152 +42,45 @@ impl ModelArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct DecodeArgs {
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    pub gen_length: usize,
-    /// Tokens per diffusion block (1 = autoregressive decoding; default: the model's
-    /// generation_config.json `block_length`, else 32).
-    #[arg(long)]
-    pub block_length: Option<usize>,
-    /// Denoising steps per block (at most the block length fills one token per step;
-    /// default: the block length, the flag's or the model's).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Decoding strategy: threshold (the LLaDA2.0 reference rule), joint (LLaDA2.1:
-    /// also replaces decoded tokens), credit or hierarchy (dInfer's).
-    #[arg(long, default_value = "threshold")]
-    pub decoder: String,
-    /// Fill every masked position whose confidence exceeds this (default: 0.95 for
-    /// threshold, 0.7 for joint, 0.9 for credit and hierarchy).
-    #[arg(long)]
-    pub threshold: Option<f32>,
-    /// joint: replace a decoded token when another has a probability above this (<= 0:
-    /// no editing; default 0.5).
-    #[arg(long)]
-    pub editing_threshold: Option<f32>,
-    /// joint: at most this many refinement steps after a block's last mask (default 16).
-    #[arg(long)]
-    pub max_post_steps: Option<usize>,
-    /// credit: weight of the credit in the logits (default 0.7).
-    #[arg(long)]
-    pub credit_alpha: Option<f32>,
-    /// credit: exponent of the top probability a step adds (default 0.2).
-    #[arg(long)]
-    pub credit_gamma: Option<f32>,
-    /// credit: decay of the credit per step (default 0.8).
-    #[arg(long)]
-    pub credit_beta: Option<f32>,
-    /// hierarchy: the best position of a run of masks is filled above this (default 0.4).
-    #[arg(long)]
-    pub low_threshold: Option<f32>,
-    /// 0 = greedy (argmax).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    /// Seed for sampling; the same seed gives the same output.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub settings: DecodeSettings,
     /// Mask token id (default: generation_config.json, the tokenizer's <|mask|>, 156895).
     #[arg(long)]
     pub mask_id: Option<u32>,
     /// EOS token id (default: generation_config.json, the tokenizer's EOS, 156892).
     #[arg(long)]
     pub eos_id: Option<u32>,
-    /// Stop inside a block as soon as an EOS is placed with no mask before it.
-    #[arg(long)]
-    pub eos_early_stop: bool,
-    /// Keys/values of the block being decoded: exact (recomputed every step) or dual
-    /// (approximate: a step recomputes only masked and changed positions).
-    #[arg(long, default_value = "exact")]
-    pub block_cache: String,
-    /// dual: recompute the whole block every N steps too (0: only at its first step and
-    /// after an edit).
-    #[arg(long, default_value_t = 0)]
-    pub block_cache_refresh: usize,
 }
 
 impl DecodeArgs {
-    /// The decoding parameters these flags ask for, checked by the engine's one
-    /// validation (the server and chat use the same).
+    /// The model's decoding parameters with these flags applied, checked by the engine's
+    /// one validation (the server and chat use the same).
     pub fn params(&self, loaded: &LoadedModel) -> Result<GenerateParams> {
-        let p = self.unchecked_params(loaded)?;
-        p.validate(loaded.model.config().vocab_size)
-            .map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))?;
-        Ok(p)
-    }
-
-    /// The decoder these flags name, with the settings they give.
-    pub fn decoder(&self) -> Result<DecoderConfig> {
-        let settings = DecoderSettings {
-            threshold: self.threshold,
-            editing_threshold: self.editing_threshold,
-            max_post_steps: self.max_post_steps,
-            credit_alpha: self.credit_alpha,
-            credit_gamma: self.credit_gamma,
-            credit_beta: self.credit_beta,
-            low_threshold: self.low_threshold,
-        };
-        DecoderConfig::named(&self.decoder, settings)
-            .map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))
-    }
-
-    fn unchecked_params(&self, loaded: &LoadedModel) -> Result<GenerateParams> {
         let mut p = loaded.default_params();
-        p.gen_length = self.gen_length;
-        // The model's own block length (and as many steps) unless a flag says otherwise.
-        if let Some(b) = self.block_length {
-            p.set_block_length(b);
-        }
-        if let Some(s) = self.steps {
-            p.steps = s;
-        }
-        p.decoder = self.decoder()?;
-        p.sampling = SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-        };
-        p.seed = self.seed;
         if let Some(m) = self.mask_id {
             p.mask_id = m;
         }
         if let Some(e) = self.eos_id {
             p.eos_id = e;
         }
-        p.eos_early_stop = self.eos_early_stop;
-        p.block_cache = BlockCache::named(&self.block_cache, self.block_cache_refresh)
-            .map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))?;
+        self.settings.apply(&mut p).map_err(flag_error)?;
+        p.validate(loaded.model.config().vocab_size)
+            .map_err(flag_error)?;
         Ok(p)
     }
 }
 
-/// An engine message with its setting names as the flags spell them.
-pub fn flag_names(message: &str) -> String {
-    let mut out = message.to_string();
-    for (name, flag) in [
-        ("editing_threshold", "--editing-threshold"),
-        ("max_post_steps", "--max-post-steps"),
-        ("credit_alpha", "--credit-alpha"),
-        ("credit_gamma", "--credit-gamma"),
-        ("credit_beta", "--credit-beta"),
-        ("low_threshold", "--low-threshold"),
-        ("decoder", "--decoder"),
-        ("block_cache", "--block-cache"),
-        ("gen_length", "--gen-length"),
-        ("block_length", "--block-length"),
-        ("steps", "--steps"),
-        ("threshold", "--threshold"),
-        ("temperature", "--temperature"),
-        ("top_p", "--top-p"),
-        ("mask_id", "--mask-id"),
-        ("eos_id", "--eos-id"),
-    ] {
-        out = out.replace(&format!("invalid {name}:"), &format!("invalid {flag}:"));
+/// An engine error with the setting it names spelled as its flag.
+pub fn flag_error(e: llada::Error) -> anyhow::Error {
+    match e {
+        llada::Error::InvalidParam { param, message }
+            if DecodeSettings::keys().contains(&param)
+                || ["mask_id", "eos_id"].contains(&param) =>
+        {
+            anyhow::anyhow!("invalid --{}: {message}", param.replace('_', "-"))
+        }
+        other => other.into(),
     }
-    out
 }
 
 #[derive(Args, Debug, Clone)]

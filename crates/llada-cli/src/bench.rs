@@ -47,10 +47,6 @@ pub struct BenchArgs {
     /// compare the same amount of work.
     #[arg(long, conflicts_with = "ignore_eos")]
     pub stop_at_eos: bool,
-    /// Decode exactly --gen-length tokens in every row (the default; kept so that
-    /// scripts that ask for it keep working).
-    #[arg(long)]
-    pub ignore_eos: bool,
     /// Also measure the machine (memory bandwidth, matrix multiply rates; a few seconds)
     /// and show how far each row's forward is from the floor its weight bytes and
     /// multiply-accumulates impose.
@@ -118,7 +114,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let load_seconds = started.elapsed().as_secs_f64();
     let weight_gib = loaded.model.weight_bytes() as f64 / (1u64 << 30) as f64;
-    let mut base = args.decode.params(&loaded)?;
+    // --block-cache-refresh alone configures the dual row; the other rows stay exact.
+    let refresh = args.decode.settings.block_cache_refresh.unwrap_or(0);
+    let mut decode = args.decode.clone();
+    if decode.settings.block_cache.is_none() {
+        decode.settings.block_cache_refresh = None;
+    }
+    let mut base = decode.params(&loaded)?;
     base.ignore_eos = !args.stop_at_eos;
     let prompt = match args.prompt.ids(&loaded)? {
         Some(ids) => ids,
@@ -131,9 +133,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "dual" => (
                 "cached, dual block cache",
                 GenerateParams {
-                    block_cache: BlockCache::Dual {
-                        refresh: args.decode.block_cache_refresh,
-                    },
+                    block_cache: BlockCache::Dual { refresh },
                     ..base.clone()
                 },
             ),

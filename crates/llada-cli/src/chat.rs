@@ -5,9 +5,8 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use llada::decode::DecoderSettings;
 use llada::{
-    generate_observed, BlockCache, BlockView, GenerateParams, Message, Observer, Tokenizer,
+    generate_observed, BlockView, DecodeSettings, GenerateParams, Message, Observer, Tokenizer,
 };
 
 use crate::args::{DecodeArgs, ModelArgs};
@@ -29,11 +28,9 @@ pub struct ChatArgs {
 const HELP: &str = "commands:
   /reset                 forget the conversation
   /system TEXT           set the system prompt (and reset)
-  /set KEY VALUE         change decoding: decoder (threshold, joint, credit, hierarchy),
-                         threshold, editing-threshold, max-post-steps, credit-alpha,
-                         credit-gamma, credit-beta, low-threshold, block-length, steps,
-                         gen-length, temperature, top-k, top-p, seed, block-cache
-                         (exact, dual), block-cache-refresh
+  /set KEY VALUE         change a decoding setting: KEY is a decoding flag of
+                         llada chat --help without its leading dashes, e.g.
+                         /set decoder joint, /set threshold 0.8, /set block-cache dual
                          (top-k/top-p: 'off' clears)
   /show                  show the decoding settings
   /unmask on|off         draw the unmasking of each block
@@ -132,7 +129,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
                     history.clear();
                     eprintln!("(system prompt set; conversation reset)");
                 }
-                "show" => eprintln!("{}", describe(&params)),
+                "show" => eprintln!("{}", params.describe()),
                 "unmask" => {
                     show_unmasking = rest.trim() != "off";
                     eprintln!(
@@ -141,7 +138,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
                     );
                 }
                 "set" => match set(&mut params, rest, vocab) {
-                    Ok(()) => eprintln!("{}", describe(&params)),
+                    Ok(()) => eprintln!("{}", params.describe()),
                     Err(e) => eprintln!("error: {e}"),
                 },
                 other => eprintln!("unknown command /{other} (try /help)"),
@@ -202,127 +199,22 @@ pub fn run(args: ChatArgs) -> Result<()> {
     Ok(())
 }
 
-/// `value` as the number `key` takes, or an error naming both.
-fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    value
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{key}: {value:?} is not a valid value ({e})"))
-}
-
-fn describe(p: &GenerateParams) -> String {
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "off".into());
-    format!(
-        "decoder {}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}, block cache {}",
-        p.decoder.describe(),
-        p.block_length,
-        p.steps,
-        p.gen_length,
-        p.sampling.temperature,
-        opt(p.sampling.top_k.map(|k| k.to_string())),
-        opt(p.sampling.top_p.map(|v| v.to_string())),
-        p.seed,
-        match p.block_cache {
-            BlockCache::Exact => "exact".to_string(),
-            BlockCache::Dual { refresh: 0 } => "dual".to_string(),
-            BlockCache::Dual { refresh } => format!("dual, refresh every {refresh} steps"),
-        }
-    )
-}
-
 /// Applies `/set KEY VALUE` if the engine's validation accepts the result.
 fn set(p: &mut GenerateParams, rest: &str, vocab: usize) -> Result<()> {
     let mut parts = rest.split_whitespace();
     let (Some(key), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
         bail!("usage: /set KEY VALUE");
     };
-    let off = value == "off";
     let mut candidate = p.clone();
-    let none = DecoderSettings::default();
-    let change = |c: &mut GenerateParams, name: Option<&str>, s: DecoderSettings| -> Result<()> {
-        c.decoder = c.decoder.with(name, s)?;
-        Ok(())
-    };
-    match key {
-        "decoder" => change(&mut candidate, Some(value), none)?,
-        "threshold" => {
-            let s = DecoderSettings {
-                threshold: Some(number(key, value)?),
-                ..none
-            };
-            change(&mut candidate, None, s)?
-        }
-        "editing-threshold" | "editing_threshold" => {
-            let s = DecoderSettings {
-                editing_threshold: Some(number(key, value)?),
-                ..none
-            };
-            change(&mut candidate, None, s)?
-        }
-        "max-post-steps" | "max_post_steps" => {
-            let s = DecoderSettings {
-                max_post_steps: Some(number(key, value)?),
-                ..none
-            };
-            change(&mut candidate, None, s)?
-        }
-        "credit-alpha" | "credit_alpha" => {
-            let s = DecoderSettings {
-                credit_alpha: Some(number(key, value)?),
-                ..none
-            };
-            change(&mut candidate, None, s)?
-        }
-        "credit-gamma" | "credit_gamma" => {
-            let s = DecoderSettings {
-                credit_gamma: Some(number(key, value)?),
-                ..none
-            };
-            change(&mut candidate, None, s)?
-        }
-        "credit-beta" | "credit_beta" => {
-            let s = DecoderSettings {
-                credit_beta: Some(number(key, value)?),
-                ..none
-            };
-            change(&mut candidate, None, s)?
-        }
-        "low-threshold" | "low_threshold" => {
-            let s = DecoderSettings {
-                low_threshold: Some(number(key, value)?),
-                ..none
-            };
-            change(&mut candidate, None, s)?
-        }
-        "block-length" | "block_length" => candidate.set_block_length(number(key, value)?),
-        "steps" => candidate.steps = number(key, value)?,
-        "gen-length" | "gen_length" => candidate.gen_length = number(key, value)?,
-        "temperature" => candidate.sampling.temperature = number(key, value)?,
-        "top-k" | "top_k" => {
-            candidate.sampling.top_k = if off { None } else { Some(number(key, value)?) }
-        }
-        "top-p" | "top_p" => {
-            candidate.sampling.top_p = if off { None } else { Some(number(key, value)?) }
-        }
-        "seed" => candidate.seed = number(key, value)?,
-        "block-cache" | "block_cache" => {
-            let refresh = match candidate.block_cache {
-                BlockCache::Dual { refresh } => refresh,
-                BlockCache::Exact => 0,
-            };
-            candidate.block_cache = BlockCache::named(value, refresh)?
-        }
-        "block-cache-refresh" | "block_cache_refresh" => {
-            let BlockCache::Dual { refresh } = &mut candidate.block_cache else {
-                bail!("block-cache-refresh needs /set block-cache dual first");
-            };
-            *refresh = number(key, value)?
-        }
-        other => bail!("unknown setting {other} (see /help)"),
-    }
-    candidate.validate(vocab)?;
+    DecodeSettings::parse(key, value)
+        .and_then(|change| change.apply(&mut candidate))
+        .and_then(|()| candidate.validate(vocab))
+        .map_err(|e| match e {
+            llada::Error::InvalidParam { param, message } => {
+                anyhow::anyhow!("invalid {}: {message}", param.replace('_', "-"))
+            }
+            other => other.into(),
+        })?;
     *p = candidate;
     Ok(())
 }

@@ -74,7 +74,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     config.max_queue = args.max_queue as usize;
     config.request_timeout = Duration::from_secs(args.request_timeout);
     config.max_body_bytes = args.max_body_bytes;
-    config.default_max_tokens = args.decode.gen_length;
     config.max_block_length = args.max_block_length;
     config.header_timeout = Duration::from_secs(args.header_timeout);
     config.body_timeout = Duration::from_secs(args.body_timeout);
@@ -83,8 +82,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         config.content_special_tokens = llada::tokenizer::SpecialTokens::AsText;
     }
     let mut defaults = args.decode.params(&loaded)?;
-    // The answer is complete once its EOS is final; a request may still ask otherwise.
-    defaults.eos_early_stop = true;
+    config.default_max_tokens = defaults.gen_length;
+    // The answer is complete once its EOS is final, unless --eos-early-stop false says
+    // otherwise (a request may too).
+    if args.decode.settings.eos_early_stop.is_none() {
+        defaults.eos_early_stop = true;
+    }
     let state = Arc::new(AppState::with_defaults(config, Arc::new(loaded), defaults)?);
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -119,8 +119,11 @@ fn chat_repl_keeps_history_and_takes_commands() {
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("tokens/forward]").count(), 3, "{err}");
     assert!(err.contains("threshold 0.5"), "{err}");
-    assert!(err.contains("unknown setting nonsense"), "{err}");
-    assert!(err.contains("needs /set block-cache dual first"), "{err}");
+    assert!(err.contains("unknown setting \"nonsense\""), "{err}");
+    assert!(
+        err.contains("invalid block-cache-refresh: needs the dual block cache"),
+        "{err}"
+    );
     assert!(
         err.contains("block cache dual, refresh every 2 steps"),
         "{err}"

@@ -1,27 +1,28 @@
 //! OpenAI request and response bodies, and how a request's settings become the engine's
 //! decoding parameters.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use llada::decode::DecoderSettings;
-use llada::{GenerateParams, Llada2Config};
+use llada::{DecodeSettings, GenerateParams, Llada2Config};
 
 use crate::error::ApiError;
 
 /// Settings shared by `/v1/chat/completions` and `/v1/completions` (parsed from the same
-/// body as the endpoint's own fields): OpenAI's fields plus
-/// the diffusion ones (`block_length`, `threshold`, `steps`, `decoder`, `top_k`,
-/// `eos_early_stop`, `ignore_eos`) as extra body fields. Unknown fields are ignored, as OpenAI-style
-/// servers do.
+/// body as the endpoint's own fields): OpenAI's fields, and the engine's decoding
+/// settings ([`DecodeSettings`]: `temperature`, `top_p`, `seed` as OpenAI spells them,
+/// the diffusion ones such as `block_length`, `threshold`, `decoder` as extra body
+/// fields). The answer's length is OpenAI's `max_tokens` / `max_completion_tokens`.
+/// Unknown fields are ignored, as OpenAI-style servers do.
 #[derive(Debug, Default, Deserialize)]
 pub struct CommonParams {
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<u32>,
+    /// Read from the same body by [`CommonParams::from_body`] (through serde's flatten,
+    /// a bad value's error would lose the field's name).
+    #[serde(skip)]
+    pub decode: DecodeSettings,
     pub stop: Option<Stop>,
-    pub seed: Option<u64>,
     pub n: Option<u32>,
     pub user: Option<String>,
     pub stream: Option<bool>,
@@ -31,20 +32,6 @@ pub struct CommonParams {
     pub top_logprobs: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
-    pub block_length: Option<u32>,
-    pub threshold: Option<f32>,
-    pub steps: Option<u32>,
-    pub decoder: Option<String>,
-    /// joint: replace decoded tokens above this probability (<= 0: no editing).
-    pub editing_threshold: Option<f32>,
-    pub max_post_steps: Option<u32>,
-    pub credit_alpha: Option<f32>,
-    pub credit_gamma: Option<f32>,
-    pub credit_beta: Option<f32>,
-    pub low_threshold: Option<f32>,
-    pub eos_early_stop: Option<bool>,
-    /// Generate all `max_tokens` tokens (as vLLM's `ignore_eos`), for benchmarks.
-    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -210,6 +197,13 @@ fn is_set(v: &Option<serde_json::Value>) -> bool {
 }
 
 impl CommonParams {
+    /// The settings of a request body; errors name the field.
+    pub fn from_body(body: &serde_json::Value) -> Result<Self, ApiError> {
+        let mut common: Self = field_errors(body)?;
+        common.decode = field_errors(body)?;
+        Ok(common)
+    }
+
     pub fn stream(&self) -> bool {
         self.stream.unwrap_or(false)
     }
@@ -279,48 +273,28 @@ impl CommonParams {
             }
         }
         self.check_unsupported()?;
-        let mut p = defaults.clone();
-        if let Some(t) = self.temperature {
-            p.sampling.temperature = t;
+        if self.decode.gen_length.is_some() {
+            return Err(ApiError::invalid_param(
+                "gen_length",
+                "the answer's length is `max_tokens` (or `max_completion_tokens`)",
+            ));
         }
-        if let Some(top_p) = self.top_p {
-            p.sampling.top_p = Some(top_p);
-        }
-        if let Some(k) = self.top_k {
-            p.sampling.top_k = (k > 0).then_some(k as usize);
-        }
-        // Without a seed, sampled answers differ from call to call, as with OpenAI.
-        p.seed = self.seed.unwrap_or_else(rand::random);
         let context = config.max_position_embeddings;
-        if let Some(b) = self.block_length {
+        if let Some(b) = self.decode.block_length {
             let most = limits.max_block_length.min(context);
-            if b as usize > most {
+            if b > most {
                 return Err(ApiError::invalid_param(
                     "block_length",
                     format!("block_length must be in [1, {most}], got {b}"),
                 ));
             }
-            p.set_block_length(b as usize);
         }
-        if let Some(s) = self.steps {
-            p.steps = s as usize;
-        }
-        // The server's decoder with the request's changes, or the decoder it names.
-        let changes = DecoderSettings {
-            threshold: self.threshold,
-            editing_threshold: self.editing_threshold,
-            max_post_steps: self.max_post_steps.map(|n| n as usize),
-            credit_alpha: self.credit_alpha,
-            credit_gamma: self.credit_gamma,
-            credit_beta: self.credit_beta,
-            low_threshold: self.low_threshold,
-        };
-        p.decoder = p
-            .decoder
-            .with(self.decoder.as_deref(), changes)
+        let mut p = defaults.clone();
+        // Without a seed, sampled answers differ from call to call, as with OpenAI.
+        p.seed = rand::random();
+        self.decode
+            .apply(&mut p)
             .map_err(|e| ApiError::from_engine(e, "max_tokens"))?;
-        p.eos_early_stop = self.eos_early_stop.unwrap_or(p.eos_early_stop);
-        p.ignore_eos = self.ignore_eos.unwrap_or(p.ignore_eos);
 
         let asked = self.max_completion_tokens.or(self.max_tokens);
         let field = if self.max_completion_tokens.is_some() {
@@ -385,4 +359,44 @@ pub struct ModelCard {
     pub created: u64,
     pub owned_by: &'static str,
     pub context_length: usize,
+}
+
+/// Parses `T` out of the body, naming the offending field on error (`messages[0].role`).
+pub fn field_errors<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = plain_words(&e.into_inner().to_string());
+        if path == "." {
+            ApiError::invalid(format!("invalid request body: {inner}"))
+        } else {
+            ApiError::invalid_param(&path, format!("invalid `{path}`: {inner}"))
+        }
+    })
+}
+
+/// serde's messages with JSON words instead of Rust type names ("expected u32" →
+/// "expected an integer >= 0").
+fn plain_words(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, json) in [
+        ("expected u32", "expected an integer >= 0"),
+        ("expected u64", "expected an integer >= 0"),
+        ("expected usize", "expected an integer >= 0"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected an object"),
+        ("invalid type: map", "invalid type: object"),
+        ("invalid type: sequence", "invalid type: array"),
+    ] {
+        out = out.replace(rust, json);
+    }
+    // "expected struct ChatMessage" and the like.
+    while let Some(at) = out.find("expected struct ") {
+        let end = out[at + 16..]
+            .find(|c: char| !c.is_alphanumeric())
+            .map_or(out.len(), |i| at + 16 + i);
+        out.replace_range(at..end, "expected an object");
+    }
+    out
 }

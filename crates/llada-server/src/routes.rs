@@ -12,7 +12,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream;
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -20,7 +19,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use llada::Generation;
 
 use crate::api::{
-    ChatRequest, CommonParams, CompletionRequest, FinishReason, ModelCard, ModelList, Prompt,
+    field_errors, ChatRequest, CommonParams, CompletionRequest, FinishReason, ModelCard, ModelList,
+    Prompt,
 };
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
@@ -62,46 +62,6 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         Ok(JsonBody(value))
     }
-}
-
-/// Parses `T` out of the body, naming the offending field on error (`messages[0].role`).
-pub fn field_errors<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(body).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = plain_words(&e.into_inner().to_string());
-        if path == "." {
-            ApiError::invalid(format!("invalid request body: {inner}"))
-        } else {
-            ApiError::invalid_param(&path, format!("invalid `{path}`: {inner}"))
-        }
-    })
-}
-
-/// serde's messages with JSON words instead of Rust type names ("expected u32" →
-/// "expected an integer >= 0").
-fn plain_words(message: &str) -> String {
-    let mut out = message.to_string();
-    for (rust, json) in [
-        ("expected u32", "expected an integer >= 0"),
-        ("expected u64", "expected an integer >= 0"),
-        ("expected usize", "expected an integer >= 0"),
-        ("expected f32", "expected a number"),
-        ("expected f64", "expected a number"),
-        ("expected a sequence", "expected an array"),
-        ("expected a map", "expected an object"),
-        ("invalid type: map", "invalid type: object"),
-        ("invalid type: sequence", "invalid type: array"),
-    ] {
-        out = out.replace(rust, json);
-    }
-    // "expected struct ChatMessage" and the like.
-    while let Some(at) = out.find("expected struct ") {
-        let end = out[at + 16..]
-            .find(|c: char| !c.is_alphanumeric())
-            .map_or(out.len(), |i| at + 16 + i);
-        out.replace_range(at..end, "expected an object");
-    }
-    out
 }
 
 /// The body size limit and the time a client has to send it.
@@ -237,7 +197,7 @@ pub async fn chat_completions(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = field_errors(&body)?;
-    let common: CommonParams = field_errors(&body)?;
+    let common = CommonParams::from_body(&body)?;
     state.check_model(&req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
@@ -269,7 +229,7 @@ pub async fn completions(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = field_errors(&body)?;
-    let common: CommonParams = field_errors(&body)?;
+    let common = CommonParams::from_body(&body)?;
     state.check_model(&req.model)?;
     if req.echo == Some(true) {
         return Err(ApiError::invalid_param("echo", "echo is not supported"));

@@ -232,6 +232,12 @@ async fn diffusion_settings_are_extra_body_fields() {
         a["choices"], b["choices"],
         "the same seed gives the same answer"
     );
+    // The approximate block cache, per request.
+    let mut dual = chat("Copy: x y z");
+    dual["block_cache"] = json!("dual");
+    dual["block_cache_refresh"] = json!(2);
+    let d = post(&app, "/v1/chat/completions", &dual).await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.text);
 }
 
 #[tokio::test]
@@ -428,6 +434,9 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         ("/v1/completions", json!({"model": "default", "prompt": [5, 1, 6]}).to_string(), StatusCode::BAD_REQUEST, Some("prompt")),
         ("/v1/chat/completions", chat("fill <|mask|> in").to_string(), StatusCode::BAD_REQUEST, Some("prompt")),
         ("/v1/chat/completions", with(chat("x"), "block_length", json!(300)), StatusCode::BAD_REQUEST, Some("block_length")),
+        ("/v1/chat/completions", with(chat("x"), "gen_length", json!(8)), StatusCode::BAD_REQUEST, Some("gen_length")),
+        ("/v1/chat/completions", with(chat("x"), "block_cache", json!("fast")), StatusCode::BAD_REQUEST, Some("block_cache")),
+        ("/v1/chat/completions", with(chat("x"), "block_cache_refresh", json!(2)), StatusCode::BAD_REQUEST, Some("block_cache_refresh")),
         ("/v1/chat/completions", with(chat("x"), "logprobs", json!(true)), StatusCode::BAD_REQUEST, Some("logprobs")),
         ("/v1/chat/completions", with(chat("x"), "tools", json!([{"type": "function"}])), StatusCode::BAD_REQUEST, Some("tools")),
         ("/v1/chat/completions", with(chat("x"), "response_format", json!({"type": "json_object"})), StatusCode::BAD_REQUEST, Some("response_format")),

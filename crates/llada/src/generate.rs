@@ -104,6 +104,27 @@ impl GenerateParams {
         self.steps = block_length;
     }
 
+    /// One line for people: the settings a user can change.
+    pub fn describe(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "off".into());
+        format!(
+            "decoder {}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}, block cache {}",
+            self.decoder.describe(),
+            self.block_length,
+            self.steps,
+            self.gen_length,
+            self.sampling.temperature,
+            opt(self.sampling.top_k.map(|k| k.to_string())),
+            opt(self.sampling.top_p.map(|v| v.to_string())),
+            self.seed,
+            match self.block_cache {
+                BlockCache::Exact => "exact".to_string(),
+                BlockCache::Dual { refresh: 0 } => "dual".to_string(),
+                BlockCache::Dual { refresh } => format!("dual, refresh every {refresh} steps"),
+            }
+        )
+    }
+
     /// Whether `token` ends the answer.
     pub fn is_stop(&self, token: u32) -> bool {
         !self.ignore_eos && (token == self.eos_id || self.extra_stop_ids.contains(&token))

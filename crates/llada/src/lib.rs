@@ -19,6 +19,7 @@ mod load;
 mod model;
 mod quant;
 mod sampling;
+mod settings;
 mod step;
 pub mod synthetic;
 pub mod tokenizer;
@@ -44,6 +45,7 @@ pub use load::{
 pub use model::{Llada2, Llada2Model};
 pub use quant::{LinearWeight, Quant};
 pub use sampling::{Sampler, SamplingParams, MAX_TEMPERATURE};
+pub use settings::DecodeSettings;
 pub use step::SeqStep;
 pub use tokenizer::{Message, TextStream, Tokenizer};
 pub use weights::{WeightSource, WeightStore};

@@ -89,7 +89,7 @@ fn dual_refreshed_every_step_is_exact_decoding() {
         params.steps = 8;
         params.decoder = DecoderConfig::named(
             decoder,
-            llada::decode::DecoderSettings {
+            &llada::DecodeSettings {
                 threshold: Some(threshold),
                 ..Default::default()
             },

@@ -5,8 +5,7 @@
 use llada_testing as common;
 
 use common::{fixture_dir, load_fixture};
-use llada::decode::DecoderSettings;
-use llada::{generate, DecoderConfig};
+use llada::{generate, DecodeSettings, DecoderConfig};
 
 #[test]
 fn joint_decoding_equals_the_reference_semantics() {
@@ -62,7 +61,7 @@ fn dinfer_decoders_fill_every_block_and_never_emit_the_mask() {
     let loaded = load_fixture();
     for name in ["credit", "hierarchy"] {
         let mut params = loaded.default_params();
-        params.decoder = DecoderConfig::named(name, DecoderSettings::default()).unwrap();
+        params.decoder = DecoderConfig::named(name, &DecodeSettings::default()).unwrap();
         params.gen_length = 40;
         params.block_length = 8;
         params.steps = 8;

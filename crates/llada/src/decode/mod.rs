@@ -24,6 +24,7 @@ pub use threshold::Threshold;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::settings::DecodeSettings;
 
 /// A position of the current block with this step's proposal for it: a masked position
 /// (`current` is `None`), or, for decoders that edit, a decoded non-prompt position
@@ -144,22 +145,11 @@ impl DecoderDefaults {
     pub const LOW_THRESHOLD: f32 = 0.4;
 }
 
-/// Optional settings for [`DecoderConfig::named`]: what a flag or request field gave.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DecoderSettings {
-    pub threshold: Option<f32>,
-    pub editing_threshold: Option<f32>,
-    pub max_post_steps: Option<usize>,
-    pub credit_alpha: Option<f32>,
-    pub credit_gamma: Option<f32>,
-    pub credit_beta: Option<f32>,
-    pub low_threshold: Option<f32>,
-}
-
 impl DecoderConfig {
-    /// The decoder called `name` with `settings`, the rest at their defaults. A setting
-    /// that the decoder does not use is an error (it would be silently ignored).
-    pub fn named(name: &str, s: DecoderSettings) -> Result<Self> {
+    /// The decoder called `name` with the decoder settings of `s`, the rest at their
+    /// defaults. A setting that the decoder does not use is an error (it would be
+    /// silently ignored).
+    pub fn named(name: &str, s: &DecodeSettings) -> Result<Self> {
         type D = DecoderDefaults;
         let unused = |setting: &'static str, given: bool| -> Result<()> {
             if given {
@@ -214,13 +204,12 @@ impl DecoderConfig {
 
     /// This decoder with `name` (when given and different: that decoder, with `changes`
     /// and its own defaults) or with `changes` applied to its current settings.
-    pub fn with(self, name: Option<&str>, changes: DecoderSettings) -> Result<Self> {
-        let name = match name {
-            Some(n) if n != self.name() => return Self::named(n, changes),
-            _ => self.name(),
-        };
+    pub fn with(self, name: Option<&str>, changes: &DecodeSettings) -> Result<Self> {
+        if let Some(n) = name.filter(|&n| n != self.name()) {
+            return Self::named(n, changes);
+        }
         let now = self.settings();
-        let merged = DecoderSettings {
+        let merged = DecodeSettings {
             threshold: changes.threshold.or(now.threshold),
             editing_threshold: changes.editing_threshold.or(now.editing_threshold),
             max_post_steps: changes.max_post_steps.or(now.max_post_steps),
@@ -228,13 +217,14 @@ impl DecoderConfig {
             credit_gamma: changes.credit_gamma.or(now.credit_gamma),
             credit_beta: changes.credit_beta.or(now.credit_beta),
             low_threshold: changes.low_threshold.or(now.low_threshold),
+            ..Default::default()
         };
-        Self::named(name, merged)
+        Self::named(self.name(), &merged)
     }
 
     /// The settings of this decoder, each one it has as `Some`.
-    pub fn settings(&self) -> DecoderSettings {
-        let mut s = DecoderSettings {
+    pub fn settings(&self) -> DecodeSettings {
+        let mut s = DecodeSettings {
             threshold: Some(self.threshold()),
             ..Default::default()
         };
@@ -463,7 +453,7 @@ pub(crate) mod tests {
 
     #[test]
     fn decoders_are_named_with_their_defaults_and_only_their_settings() {
-        let joint = DecoderConfig::named("joint", DecoderSettings::default()).unwrap();
+        let joint = DecoderConfig::named("joint", &DecodeSettings::default()).unwrap();
         assert_eq!(
             joint,
             DecoderConfig::Joint {
@@ -472,38 +462,38 @@ pub(crate) mod tests {
                 max_post_steps: 16
             }
         );
-        let s = DecoderSettings {
+        let s = DecodeSettings {
             editing_threshold: Some(0.3),
             ..Default::default()
         };
-        let err = DecoderConfig::named("threshold", s)
+        let err = DecoderConfig::named("threshold", &s)
             .unwrap_err()
             .to_string();
         assert!(err.contains("editing_threshold"), "{err}");
-        assert!(DecoderConfig::named("magic", DecoderSettings::default()).is_err());
+        assert!(DecoderConfig::named("magic", &DecodeSettings::default()).is_err());
         for name in DECODER_NAMES {
-            let d = DecoderConfig::named(name, DecoderSettings::default()).unwrap();
+            let d = DecoderConfig::named(name, &DecodeSettings::default()).unwrap();
             assert_eq!(d.name(), *name);
         }
-        let bad = DecoderSettings {
+        let bad = DecodeSettings {
             threshold: Some(1.5),
             ..Default::default()
         };
-        assert!(DecoderConfig::named("credit", bad).is_err());
-        let bad = DecoderSettings {
+        assert!(DecoderConfig::named("credit", &bad).is_err());
+        let bad = DecodeSettings {
             credit_beta: Some(f32::NAN),
             ..Default::default()
         };
-        assert!(DecoderConfig::named("credit", bad).is_err());
+        assert!(DecoderConfig::named("credit", &bad).is_err());
     }
 
     #[test]
     fn settings_change_the_current_decoder_or_switch_to_another() {
-        let joint = DecoderConfig::named("joint", DecoderSettings::default()).unwrap();
+        let joint = DecoderConfig::named("joint", &DecodeSettings::default()).unwrap();
         let changed = joint
             .with(
                 None,
-                DecoderSettings {
+                &DecodeSettings {
                     editing_threshold: Some(0.2),
                     ..Default::default()
                 },
@@ -512,7 +502,7 @@ pub(crate) mod tests {
         assert_eq!(changed.settings().editing_threshold, Some(0.2));
         assert_eq!(changed.threshold(), 0.7);
         let credit = changed
-            .with(Some("credit"), DecoderSettings::default())
+            .with(Some("credit"), &DecodeSettings::default())
             .unwrap();
         assert_eq!(credit.name(), "credit");
         assert_eq!(credit.threshold(), 0.9);

@@ -1,0 +1,304 @@
+//! Decoding settings as people give them: flags (`--threshold 0.9`), chat commands
+//! (`/set threshold 0.9`) and request fields (`"threshold": 0.9`) are all this one type.
+//! Each setting is an optional field: clap reads them as flags, serde from a request
+//! body, [`DecodeSettings::parse`] from a key and a text value; [`DecodeSettings::apply`]
+//! changes a [`GenerateParams`] by the ones given and [`GenerateParams::validate`]
+//! checks the result. Errors name the setting by its key (the field name), which each front end
+//! spells its own way ([`Error::InvalidParam`]'s `param`).
+//!
+//! A new setting is a field here (its doc comment is the flag's help) and a line in
+//! [`DecodeSettings::apply`], or, for a decoder's setting, a field of its
+//! [`DecoderConfig`] variant.
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(doc)]
+use crate::decode::DecoderConfig;
+use crate::error::{Error, Result};
+use crate::generate::{BlockCache, GenerateParams};
+
+/// Decoding settings, each optional: what is not given keeps its current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct DecodeSettings {
+    /// Most tokens to generate (default 128).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub gen_length: Option<usize>,
+    /// Tokens per diffusion block (1 = autoregressive decoding; default: the model's
+    /// generation_config.json `block_length`, else 32). Comes with as many steps unless
+    /// steps are given.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub block_length: Option<usize>,
+    /// Denoising steps per block (at most the block length fills one token per step;
+    /// default: the block length).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub steps: Option<usize>,
+    /// Decoding strategy: threshold (the LLaDA2.0 reference rule), joint (LLaDA2.1:
+    /// also replaces decoded tokens), credit or hierarchy (dInfer's). A decoder other
+    /// than the current one starts from its own defaults.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub decoder: Option<String>,
+    /// Fill every masked position whose confidence exceeds this (default: 0.95 for
+    /// threshold, 0.7 for joint, 0.9 for credit and hierarchy).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub threshold: Option<f32>,
+    /// joint: replace a decoded token when another has a probability above this (<= 0:
+    /// no editing; default 0.5).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub editing_threshold: Option<f32>,
+    /// joint: at most this many refinement steps after a block's last mask (default 16).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub max_post_steps: Option<usize>,
+    /// credit: weight of the credit in the logits (default 0.7).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub credit_alpha: Option<f32>,
+    /// credit: exponent of the top probability a step adds (default 0.2).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub credit_gamma: Option<f32>,
+    /// credit: decay of the credit per step (default 0.8).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub credit_beta: Option<f32>,
+    /// hierarchy: the best position of a run of masks is filled above this (default 0.4).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub low_threshold: Option<f32>,
+    /// Sampling temperature, 0 = greedy (argmax; the default).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub temperature: Option<f32>,
+    /// Keep only the k most likely tokens (0: all).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches p (1: all).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub top_p: Option<f32>,
+    /// Seed for sampling; the same seed gives the same output (default 0).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub seed: Option<u64>,
+    /// Stop inside a block as soon as an EOS is placed with no mask before it.
+    #[cfg_attr(feature = "clap", arg(long, num_args = 0..=1, default_missing_value = "true"))]
+    pub eos_early_stop: Option<bool>,
+    /// Generate all gen-length tokens: EOS ends nothing (for benchmarks).
+    #[cfg_attr(feature = "clap", arg(long, num_args = 0..=1, default_missing_value = "true"))]
+    pub ignore_eos: Option<bool>,
+    /// Keys/values of the block being decoded: exact (recomputed every step; the
+    /// default) or dual (approximate: a step recomputes only masked and changed
+    /// positions).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub block_cache: Option<String>,
+    /// dual: recompute the whole block every N steps too (0: only at its first step and
+    /// after an edit).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub block_cache_refresh: Option<usize>,
+}
+
+impl DecodeSettings {
+    /// Every setting's key (the field names, as request bodies spell them).
+    pub fn keys() -> &'static [&'static str] {
+        field_names::<Self>()
+    }
+
+    /// The one setting `key` (underscores or dashes) from text, as a chat command gives
+    /// it: a number, `true`/`false`, a name; `off` turns top-k and top-p off. The value
+    /// is checked for its type here, for its range by [`GenerateParams::validate`].
+    pub fn parse(key: &str, value: &str) -> Result<Self> {
+        let wanted = key.replace('-', "_");
+        let Some(&key) = Self::keys().iter().find(|k| **k == wanted) else {
+            return Err(Error::InvalidRequest(format!(
+                "unknown setting {key:?} (settings: {})",
+                Self::keys().join(", ").replace('_', "-")
+            )));
+        };
+        let value = match (key, value) {
+            ("top_k", "off") => serde_json::json!(0),
+            ("top_p", "off") => serde_json::json!(1.0),
+            _ => serde_json::from_str(value).unwrap_or_else(|_| value.into()),
+        };
+        serde_json::from_value(serde_json::json!({ key: value }))
+            .map_err(|e| Error::param(key, format!("{value} is not a valid value ({e})")))
+    }
+
+    /// Applies the settings given to `params`. A block length without steps brings as
+    /// many steps ([`GenerateParams::set_block_length`]); decoder settings change the
+    /// current decoder, or the named one from its defaults ([`DecoderConfig::with`]).
+    /// Errors name the setting; ranges are checked by [`GenerateParams::validate`].
+    pub fn apply(&self, p: &mut GenerateParams) -> Result<()> {
+        if let Some(n) = self.gen_length {
+            p.gen_length = n;
+        }
+        if let Some(b) = self.block_length {
+            p.set_block_length(b);
+        }
+        if let Some(s) = self.steps {
+            p.steps = s;
+        }
+        p.decoder = p.decoder.with(self.decoder.as_deref(), self)?;
+        if let Some(t) = self.temperature {
+            p.sampling.temperature = t;
+        }
+        if let Some(k) = self.top_k {
+            p.sampling.top_k = (k > 0).then_some(k);
+        }
+        if let Some(top_p) = self.top_p {
+            p.sampling.top_p = (top_p != 1.0).then_some(top_p);
+        }
+        if let Some(seed) = self.seed {
+            p.seed = seed;
+        }
+        if let Some(stop) = self.eos_early_stop {
+            p.eos_early_stop = stop;
+        }
+        if let Some(ignore) = self.ignore_eos {
+            p.ignore_eos = ignore;
+        }
+        let refresh = match p.block_cache {
+            BlockCache::Dual { refresh } => refresh,
+            BlockCache::Exact => 0,
+        };
+        if let Some(name) = &self.block_cache {
+            p.block_cache = BlockCache::named(name, self.block_cache_refresh.unwrap_or(refresh))?;
+        } else if let Some(n) = self.block_cache_refresh {
+            let BlockCache::Dual { refresh } = &mut p.block_cache else {
+                return Err(Error::param(
+                    "block_cache_refresh",
+                    "needs the dual block cache",
+                ));
+            };
+            *refresh = n;
+        }
+        Ok(())
+    }
+}
+
+/// The field names serde knows a struct by, read from its `Deserialize` impl (which
+/// hands them to the deserializer): the list of keys stays the struct's own.
+fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Fields(&'static [&'static str]);
+    #[derive(Debug)]
+    struct Done;
+    impl std::fmt::Display for Done {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names read")
+        }
+    }
+    impl std::error::Error for Done {}
+    impl serde::de::Error for Done {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Done
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Fields {
+        type Error = Done;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> std::result::Result<V::Value, Done> {
+            Err(Done)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Done> {
+            self.0 = fields;
+            Err(Done)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields = Fields(&[]);
+    let _ = T::deserialize(&mut fields);
+    fields.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::DecoderConfig;
+
+    fn params() -> GenerateParams {
+        GenerateParams::new(7, 8)
+    }
+
+    #[test]
+    fn keys_are_the_fields() {
+        let keys = DecodeSettings::keys();
+        assert_eq!(keys.len(), 19);
+        assert!(keys.contains(&"editing_threshold") && keys.contains(&"block_cache_refresh"));
+    }
+
+    #[test]
+    fn parse_reads_by_type_and_names_the_key() {
+        let one = |k, v| DecodeSettings::parse(k, v).unwrap();
+        assert_eq!(one("block-length", "8").block_length, Some(8));
+        assert_eq!(one("decoder", "joint").decoder.as_deref(), Some("joint"));
+        assert_eq!(one("eos_early_stop", "true").eos_early_stop, Some(true));
+        assert_eq!(one("top-k", "off").top_k, Some(0));
+        let err = DecodeSettings::parse("threshold", "high").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidParam {
+                    param: "threshold",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(DecodeSettings::parse("steps", "-1").is_err());
+        let err = DecodeSettings::parse("thresold", "0.5")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown setting") && err.contains("threshold"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn apply_changes_only_what_is_given() {
+        let mut p = params();
+        let s = DecodeSettings {
+            block_length: Some(8),
+            threshold: Some(0.5),
+            ..Default::default()
+        };
+        s.apply(&mut p).unwrap();
+        assert_eq!((p.block_length, p.steps), (8, 8));
+        assert_eq!(p.decoder, DecoderConfig::Threshold { threshold: 0.5 });
+        assert_eq!(p.gen_length, 128);
+        // Another decoder starts from its defaults; a setting it lacks is an error.
+        let joint = DecodeSettings {
+            decoder: Some("joint".into()),
+            ..Default::default()
+        };
+        joint.apply(&mut p).unwrap();
+        assert_eq!(p.decoder.threshold(), 0.7);
+        let wrong = DecodeSettings {
+            low_threshold: Some(0.2),
+            ..Default::default()
+        };
+        let err = wrong.apply(&mut p).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidParam {
+                param: "low_threshold",
+                ..
+            }
+        ));
+        let refresh = DecodeSettings {
+            block_cache_refresh: Some(4),
+            ..Default::default()
+        };
+        assert!(refresh.apply(&mut params()).is_err());
+        let dual = DecodeSettings {
+            block_cache: Some("dual".into()),
+            ..refresh
+        };
+        let mut p = params();
+        dual.apply(&mut p).unwrap();
+        assert_eq!(p.block_cache, BlockCache::Dual { refresh: 4 });
+    }
+}
