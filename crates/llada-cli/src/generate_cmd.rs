@@ -30,12 +30,8 @@ struct GenerateJson<'a> {
     output_ids: &'a [u32],
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
-    prompt_tokens: usize,
-    tokens: usize,
-    forwards: usize,
-    denoising_steps: usize,
-    edits: usize,
-    seconds: f64,
+    #[serde(flatten)]
+    stats: llada::GenerateStats,
     tokens_per_second: f64,
     tokens_per_forward: f64,
 }
@@ -92,12 +88,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let report = GenerateJson {
             output_ids: &out.ids,
             text,
-            prompt_tokens: s.prompt_tokens,
-            tokens: s.tokens,
-            forwards: s.forwards,
-            denoising_steps: s.denoising_steps,
-            edits: s.edits,
-            seconds: s.seconds,
+            stats: s,
             tokens_per_second: s.tokens_per_second(),
             tokens_per_forward: s.tokens_per_forward(),
         };

@@ -8,7 +8,6 @@ mod default_model;
 mod download;
 mod eval;
 mod generate_cmd;
-mod limits;
 mod quantize;
 mod serve;
 mod train;
@@ -55,7 +54,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    pin_thread_count(cli.threads);
+    llada::kernels::init_thread_pool(cli.threads.map(usize::from));
     tracing_subscriber::fmt()
         .with_env_filter(
             // Warnings, and `llada serve`'s access log.
@@ -77,24 +76,5 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
-    }
-}
-
-/// Fixes the thread count before any thread exists: `--threads`, else candle's choice.
-/// candle asks for its thread count on every CPU op and, unless `RAYON_NUM_THREADS` is
-/// set, recomputes it by reading /proc/cpuinfo each time: a forward pass of the default
-/// model took 4.1 ms instead of 2.2-2.5 ms on a 2-core VM. Setting it once avoids that.
-fn pin_thread_count(threads: Option<u16>) {
-    match threads {
-        Some(n) => {
-            // candle's quantized matmuls size their own pool by CANDLE_NUM_THREADS.
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-        }
-        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => {}
-        None => {
-            let n = candle_core::utils::get_num_threads();
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
     }
 }

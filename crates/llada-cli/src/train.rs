@@ -166,14 +166,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         TrainCommand::Run(a) => {
             let recipe = Recipe::load(&a.recipe)?;
-            // Each thread trains a share of every step's examples on its own: 1.8-2.1x the
-            // tokens/s of one thread on the 2-core AMD EPYC VM (AR, block diffusion, SFT
-            // steps of the default model), where candle splitting each op over both cores
-            // gave 0.99-1.24x (a step is many small ops). candle's ops then stay on their
-            // thread.
-            let threads = candle_core::utils::get_num_threads();
-            std::env::set_var("RAYON_NUM_THREADS", "1");
-            std::env::set_var("CANDLE_NUM_THREADS", "1");
+            // Each thread trains a share of every step's examples on its own (see
+            // RunOptions::threads).
+            let threads = rayon::current_num_threads();
             let opts = RunOptions {
                 quiet: a.quiet,
                 max_steps: a.max_steps,

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use llada::backend::{
-    grouped_attention, merge_heads, split_heads, Backend, Cpu, MoeInput, Rope, Route,
+    grouped_attention, merge_heads, split_heads, AttentionOps, Backend, Cpu, MoeInput, Rope, Route,
 };
 use llada::{Heads, LinearWeight, Llada2};
 
@@ -85,7 +85,15 @@ impl Backend for Autograd {
     }
 
     fn linear(&self, x: &Tensor, w: &LinearWeight) -> llada::Result<Tensor> {
-        self.cpu.linear(x, w)
+        let LinearWeight::Dense { weight, bias } = w else {
+            // A frozen (packed or quantized) weight: the engine's product, no gradient.
+            return self.cpu.linear(x, w);
+        };
+        let y = fused::matmul(x, &weight.t()?)?;
+        Ok(match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> llada::Result<Tensor> {
@@ -117,6 +125,10 @@ impl Backend for Autograd {
         v: &Tensor,
     ) -> llada::Result<Tensor> {
         let whole = pass.rows.len() == 1;
+        let ops = AttentionOps {
+            matmul: fused::matmul,
+            softmax: fused::masked_softmax,
+        };
         let mut outputs = Vec::with_capacity(pass.rows.len());
         for (offset, len, mask) in &pass.rows {
             let narrow = |t: &Tensor| -> candle_core::Result<Tensor> {
@@ -131,7 +143,7 @@ impl Backend for Autograd {
                 &narrow(k)?,
                 &narrow(v)?,
                 Some(mask),
-                fused::masked_softmax,
+                &ops,
             )?);
         }
         let heads = if outputs.len() == 1 {
@@ -143,7 +155,9 @@ impl Backend for Autograd {
     }
 
     fn router_logits(&self, x: &Tensor, weight: &Tensor) -> llada::Result<(Tensor, Vec<f32>)> {
-        self.cpu.router_logits(x, weight)
+        let logits = fused::matmul(&x.to_dtype(DType::F32)?, &weight.t()?)?;
+        let host = logits.flatten_all()?.to_vec1::<f32>()?;
+        Ok((logits, host))
     }
 
     fn experts(&self, x: &Tensor, moe: &MoeInput<'_, Self>) -> llada::Result<Tensor> {

@@ -13,10 +13,62 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use llada::avx2_when_present;
 use llada::kernels::{
-    check_mask, contiguous_f32, exp_nonpositive, exp_sum, last_dim, max8, softmax_rows, sum8,
+    check_mask, contiguous_f32, exp_nonpositive, exp_sum, last_dim, matmul_f32, max8, softmax_rows,
+    sum8,
 };
 
 type Result<T> = candle_core::Result<T>;
+
+/// `lhs @ rhs` (rank 2 or 3, f32) with gradients, on llada's product
+/// ([`llada::kernels::matmul`]: candle's `gemm` call on llada's thread pool, so candle's
+/// results bit for bit). The backward is candle's: `g @ rhs^T` and `lhs^T @ g`.
+pub fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    lhs.apply_op2(rhs, MatMul)
+}
+
+struct MatMul;
+
+impl CustomOp2 for MatMul {
+    fn name(&self) -> &'static str {
+        "llada-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: f32 tensors only",
+                self.name()
+            )));
+        };
+        let Some((out, shape)) = matmul_f32((a, l1), (b, l2)) else {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: cannot multiply {:?} by {:?}",
+                self.name(),
+                l1.dims(),
+                l2.dims()
+            )));
+        };
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        lhs: &Tensor,
+        rhs: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let lhs_grad = llada::kernels::matmul(g, &rhs.t()?)?;
+        let rhs_grad = llada::kernels::matmul(&lhs.t()?, g)?;
+        Ok((Some(lhs_grad), Some(rhs_grad)))
+    }
+}
 
 /// Softmax over the last dimension of `x + mask`, with a gradient for `x`; `mask`
 /// (additive: 0 or -inf; no gradient) holds the last two dimensions of `x`, and repeats
@@ -526,11 +578,11 @@ mod tests {
         let (y2, g2) = run(&plain);
         assert_eq!(y1.dims(), y2.dims());
         let d = max_diff(&y1, &y2);
-        assert!(d < tol, "outputs differ by {d}");
+        assert!(d <= tol, "outputs differ by {d}");
         for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
             assert_eq!(a.dims(), b.dims());
             let d = max_diff(a, b);
-            assert!(d < tol, "gradient of input {i} differs by {d}");
+            assert!(d <= tol, "gradient of input {i} differs by {d}");
         }
     }
 
@@ -562,6 +614,22 @@ mod tests {
             |t| masked_softmax(&t[0], None),
             |t| plain_softmax(&t[0]),
             1e-5,
+        );
+    }
+
+    #[test]
+    fn matmul_equals_candles_values_and_gradients() {
+        check(
+            &[random(&[3, 5, 8], 11), random(&[3, 7, 8], 12)],
+            |t| matmul(&t[0], &t[1].t()?),
+            |t| t[0].matmul(&t[1].t()?),
+            0.0,
+        );
+        check(
+            &[random(&[6, 8], 13), random(&[4, 8], 14)],
+            |t| matmul(&t[0], &t[1].t()?),
+            |t| t[0].matmul(&t[1].t()?),
+            0.0,
         );
     }
 

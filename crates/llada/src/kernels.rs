@@ -24,9 +24,39 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+mod ceilings;
+mod matmul;
+mod q4k;
 mod softmax;
 
+pub use ceilings::{bf16_loop, fma_loop, FMA_CHAINS};
+pub use matmul::{matmul, matmul_f32};
+pub use q4k::Q4kMatrix;
+
 pub use softmax::{check_mask, contiguous_f32, last_dim, masked_softmax, max8, softmax_rows, sum8};
+
+/// Builds the thread pool llada's kernels run on (rayon's global pool) with `threads`
+/// threads, else one per physical core (`RAYON_NUM_THREADS` when set, as candle counts
+/// them). The pool is built once per process: returns its size, which is an earlier
+/// pool's where one exists. Call it first thing, before any other thread exists.
+///
+/// candle also keeps a pool of its own, for elementwise ops on 64K values or more
+/// (training's, and a block's residual adds at LLaDA2.0-mini's width), whose workers
+/// spin while they wait: beside a busy process it collapses, and two trainer shards
+/// queue on its lock. It is sized once, from `CANDLE_NUM_THREADS`, its only setting:
+/// unless the user set that variable, it is set to 1 here, so that candle's ops run in
+/// the thread that calls them and llada's pool is the only one.
+pub fn init_thread_pool(threads: Option<usize>) -> usize {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    let n = threads.unwrap_or_else(candle_core::utils::get_num_threads);
+    // An error means the pool exists already; its size is what counts.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    rayon::current_num_threads()
+}
 
 /// Runs `work` on a thread of rayon's global pool, where the parallel loops inside it
 /// (ours, candle's, gemm's) start and end without waking a sleeping caller: from a thread

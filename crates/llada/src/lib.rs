@@ -6,6 +6,7 @@
 //! path from a folder and a text prompt to a streamed answer.
 
 pub mod backend;
+pub mod bench;
 mod cache;
 mod config;
 pub mod decode;

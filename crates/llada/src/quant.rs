@@ -11,7 +11,7 @@ use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{PackedF32, Q8Matrix};
+use crate::kernels::{PackedF32, Q4kMatrix, Q8Matrix};
 
 /// The quantization a user can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +75,11 @@ pub enum LinearWeight {
         weight: Arc<Q8Matrix>,
         bias: Option<Tensor>,
     },
+    /// q4k blocks multiplied on llada's thread pool ([`Q4kMatrix`]).
+    Q4k {
+        weight: Arc<Q4kMatrix>,
+        bias: Option<Tensor>,
+    },
     /// An f32 matrix not being trained, in panels for [`crate::kernels`]' products.
     Packed {
         weight: Arc<PackedF32>,
@@ -124,6 +129,12 @@ impl LinearWeight {
     }
 
     pub fn from_qtensor(q: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        if let Some(m) = Q4kMatrix::from_qtensor(&q) {
+            return Ok(LinearWeight::Q4k {
+                weight: Arc::new(m),
+                bias,
+            });
+        }
         if q.dtype() == GgmlDType::Q8_0 {
             if let [rows, cols] = *q.shape().dims() {
                 if let Some(m) = Q8Matrix::from_ggml(&q.data()?, rows, cols) {
@@ -147,6 +158,7 @@ impl LinearWeight {
             LinearWeight::Dense { weight, .. } => LinearWeight::Dense { weight, bias },
             LinearWeight::Quantized { weight, .. } => LinearWeight::Quantized { weight, bias },
             LinearWeight::Q8 { weight, .. } => LinearWeight::Q8 { weight, bias },
+            LinearWeight::Q4k { weight, .. } => LinearWeight::Q4k { weight, bias },
             LinearWeight::Packed { weight, .. } => LinearWeight::Packed { weight, bias },
         }
     }
@@ -156,6 +168,12 @@ impl LinearWeight {
             LinearWeight::Dense { weight, bias } => (x.matmul(&weight.t()?)?, bias),
             LinearWeight::Quantized { weight, bias } => (weight.forward(x)?, bias),
             LinearWeight::Q8 { weight, bias } => (q8_forward(weight, x)?, bias),
+            LinearWeight::Q4k { weight, bias } => (
+                kernel_forward(x, weight.rows(), weight.cols(), |data, m| {
+                    weight.matmul(data, m)
+                })?,
+                bias,
+            ),
             LinearWeight::Packed { weight, bias } => (packed_forward(weight, x)?, bias),
         };
         match bias {
@@ -164,11 +182,14 @@ impl LinearWeight {
         }
     }
 
-    /// Whether [`LinearWeight::apply_rows`] runs on llada's own kernels (f32 panels and
-    /// q8_0) rather than round-tripping through candle (q4k, trained or unpackable dense
-    /// matrices), which is slower there.
+    /// Whether [`LinearWeight::apply_rows`] runs on llada's own kernels (f32 panels,
+    /// q8_0, q4k) rather than round-tripping through candle (other block types, trained
+    /// or unpackable dense matrices), which is slower there.
     pub fn runs_in_place(&self) -> bool {
-        matches!(self, LinearWeight::Q8 { .. } | LinearWeight::Packed { .. })
+        matches!(
+            self,
+            LinearWeight::Q8 { .. } | LinearWeight::Q4k { .. } | LinearWeight::Packed { .. }
+        )
     }
 
     /// `x @ W^T (+ b)` for `m` row-major f32 rows, computed in the calling thread: for
@@ -177,6 +198,7 @@ impl LinearWeight {
         let (out, _) = self.dims();
         let (mut y, bias) = match self {
             LinearWeight::Q8 { weight, bias } => (weight.matmul_serial(x, m), bias),
+            LinearWeight::Q4k { weight, bias } => (weight.matmul_serial(x, m), bias),
             LinearWeight::Packed { weight, bias } => (weight.matmul_serial(x, m), bias),
             LinearWeight::Dense { .. } | LinearWeight::Quantized { .. } => {
                 return self.apply_rows_with_candle(x, m)
@@ -209,6 +231,7 @@ impl LinearWeight {
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims(),
             },
             LinearWeight::Q8 { weight, .. } => return (weight.rows(), weight.cols()),
+            LinearWeight::Q4k { weight, .. } => return (weight.rows(), weight.cols()),
             LinearWeight::Packed { weight, .. } => return (weight.rows(), weight.cols()),
         };
         match dims {
@@ -230,6 +253,7 @@ impl LinearWeight {
                 }
             },
             LinearWeight::Q8 { weight, .. } => weight.storage_bytes(),
+            LinearWeight::Q4k { weight, .. } => weight.storage_bytes(),
             LinearWeight::Packed { weight, .. } => 4 * weight.rows() * weight.cols(),
         }
     }

@@ -255,26 +255,37 @@ pub fn split_heads(qkv: &Tensor, heads: Heads) -> Result<(Tensor, Tensor, Tensor
     Ok((first(0, query)?, first(query, kv)?, first(query + kv, kv)?))
 }
 
+/// The two ops attention is made of besides reshaping: a batched matrix product and a
+/// softmax under an additive mask (each backend brings its own: with or without
+/// gradients).
+pub struct AttentionOps<M, S> {
+    pub matmul: M,
+    pub softmax: S,
+}
+
 /// Attention of heads-first queries `[heads, len, d]` over keys and values
 /// `[kv_heads, keys, d]` under an additive mask (`[group * len, keys]`, the mask
-/// repeated for the query heads of one KV group), with `softmax` applying it. Returns
-/// `[heads, len, d]`.
-pub fn grouped_attention(
+/// repeated for the query heads of one KV group). Returns `[heads, len, d]`.
+pub fn grouped_attention<M, S>(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
-    softmax: impl Fn(&Tensor, Option<&Tensor>) -> candle_core::Result<Tensor>,
-) -> Result<Tensor> {
+    ops: &AttentionOps<M, S>,
+) -> Result<Tensor>
+where
+    M: Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    S: Fn(&Tensor, Option<&Tensor>) -> candle_core::Result<Tensor>,
+{
     let (heads, len, d) = q.dims3()?;
     let kv_heads = k.dim(0)?;
     // GQA without copying K/V: query heads of one KV group are adjacent, so
     // [heads, len, d] regroups to [kv_heads, group * len, d].
     let group = heads / kv_heads;
     let q = q.contiguous()?.reshape((kv_heads, group * len, d))?;
-    let scores = q.matmul(&k.t()?)?;
-    let probs = softmax(&scores, mask)?;
-    Ok(probs.matmul(v)?.reshape((heads, len, d))?)
+    let scores = (ops.matmul)(&q, &k.t()?)?;
+    let probs = (ops.softmax)(&scores, mask)?;
+    Ok((ops.matmul)(&probs, v)?.reshape((heads, len, d))?)
 }
 
 /// `[heads, n, d]` per-head outputs to `[n, heads * d]`, the input of the output
@@ -393,12 +404,16 @@ impl Backend for Cpu {
             self.meter.add(2 * heads * seq.len * k_all.dim(1)? * d, 0);
             // One pass over the scores with a vectorized exp (candle's softmax calls
             // libm's expf per score after a separate mask add).
+            let ops = AttentionOps {
+                matmul: kernels::matmul,
+                softmax: kernels::masked_softmax,
+            };
             outputs.push(grouped_attention(
                 &q,
                 &k_all,
                 &v_all,
                 seq.mask.as_ref(),
-                kernels::masked_softmax,
+                &ops,
             )?);
         }
         let heads = if outputs.len() == 1 {
@@ -413,7 +428,7 @@ impl Backend for Cpu {
         let (experts, hidden) = weight.dims2()?;
         self.meter
             .add(x.dim(0)? * experts * hidden, 4 * experts * hidden);
-        let logits = x.to_dtype(DType::F32)?.matmul(&weight.t()?)?;
+        let logits = kernels::matmul(&x.to_dtype(DType::F32)?, &weight.t()?)?;
         let host = logits.flatten_all()?.to_vec1::<f32>()?;
         Ok((logits, host))
     }

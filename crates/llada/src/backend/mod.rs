@@ -17,7 +17,9 @@
 
 mod cpu;
 
-pub use cpu::{grouped_attention, merge_heads, split_heads, Cpu, CpuPass, ForwardCost, Rope};
+pub use cpu::{
+    grouped_attention, merge_heads, split_heads, AttentionOps, Cpu, CpuPass, ForwardCost, Rope,
+};
 
 pub use crate::config::Heads;
 use crate::error::Result;

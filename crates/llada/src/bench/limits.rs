@@ -1,14 +1,16 @@
-//! The machine's physical limits, measured in-process: how fast it reads memory and how
-//! fast llada's linear layers multiply matrices (f32, q8_0, q4k), so that `llada
-//! bench --limits` can say how far a forward pass is from the floor its weight bytes and
-//! multiply-accumulates impose.
+//! The machine's physical limits, measured in-process: how fast it reads memory, how many
+//! multiply-adds its cores can issue and how fast llada's linear layers multiply
+//! matrices (f32, q8_0, q4k), so that a benchmark can say how far a forward pass is from
+//! the floor its weight bytes and multiply-accumulates impose.
 
 use std::time::Instant;
 
-use anyhow::Result;
 use candle_core::{Device, Tensor};
-use llada::{LinearWeight, Quant};
 use serde::Serialize;
+
+use crate::error::Result;
+use crate::kernels::{bf16_loop, fma_loop, FMA_CHAINS};
+use crate::quant::{LinearWeight, Quant};
 
 /// What this machine sustains.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -126,76 +128,6 @@ fn register_peak(
     Ok((threads * ITERS * macs_per_iter) as f64 / seconds / 1e9)
 }
 
-/// Independent accumulators: more than an FMA's latency times the FMAs issued per cycle.
-const FMA_CHAINS: usize = 12;
-
-/// `iters` rounds of `FMA_CHAINS` 8-lane multiply-adds; `None` without AVX2 and FMA.
-fn fma_loop(iters: usize) -> Option<f32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
-            return Some(unsafe { fma_loop_avx2(iters) });
-        }
-    }
-    let _ = iters;
-    None
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fma_loop_avx2(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let a = _mm256_set1_ps(0.999_999);
-    let b = _mm256_set1_ps(1e-7);
-    let mut acc = [_mm256_setzero_ps(); FMA_CHAINS];
-    for _ in 0..iters {
-        for x in acc.iter_mut() {
-            *x = _mm256_fmadd_ps(*x, a, b);
-        }
-    }
-    let mut lanes = [0f32; 8];
-    let mut sum = _mm256_setzero_ps();
-    for x in acc {
-        sum = _mm256_add_ps(sum, x);
-    }
-    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-    lanes.iter().sum()
-}
-
-/// `iters` rounds of `FMA_CHAINS` 16-lane bf16 pair dot products (32 MACs each); `None`
-/// without AVX-512 BF16.
-fn bf16_loop(iters: usize) -> Option<f32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
-            // SAFETY: the features were just detected.
-            return Some(unsafe { bf16_loop_avx512(iters) });
-        }
-    }
-    let _ = iters;
-    None
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn bf16_loop_avx512(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    // 1.0 in bf16 in both halves of every lane.
-    let one: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
-    let mut acc = [_mm512_setzero_ps(); FMA_CHAINS];
-    for _ in 0..iters {
-        for x in acc.iter_mut() {
-            *x = _mm512_dpbf16_ps(*x, one, one);
-        }
-    }
-    let mut sum = _mm512_setzero_ps();
-    for x in acc {
-        sum = _mm512_add_ps(sum, x);
-    }
-    _mm512_reduce_add_ps(sum)
-}
-
 /// MAC/s of `[m, k] x [k, n]^T` through the linear layers llada runs (`quant` None: f32).
 fn matmul_rate(m: usize, k: usize, n: usize, quant: Option<Quant>) -> Result<f64> {
     let dev = Device::Cpu;
@@ -211,7 +143,7 @@ fn matmul_rate(m: usize, k: usize, n: usize, quant: Option<Quant>) -> Result<f64
 
 /// Measures the machine (several seconds).
 pub fn measure() -> Result<Machine> {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = rayon::current_num_threads();
     Ok(Machine {
         threads,
         read_gb_per_s: read_bandwidth(threads, 512, 1)?,
@@ -238,7 +170,7 @@ pub struct Floor {
 
 impl Floor {
     pub fn of(
-        cost: llada::ForwardCost,
+        cost: crate::ForwardCost,
         passes: usize,
         ms: f64,
         machine: &Machine,
