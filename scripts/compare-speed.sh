@@ -5,8 +5,9 @@
 #
 #   scripts/compare-speed.sh OLD_BINARY NEW_BINARY [ROUNDS]
 #
-# Workloads: the default model (models/default) and random weights of llada2-63m in f32,
-# q8_0 and q4k (`llada bench --synthetic`). With CONTENDED=1 a busy process runs on the
+# Workloads: the default model (models/default), random weights of llada2-63m in f32,
+# q8_0 and q4k, and of LLaDA2.0-mini's shapes cut to 4 layers at q4k (`llada bench
+# --synthetic`). With CONTENDED=1 a busy process runs on the
 # side throughout (one spinning shell loop), as a server sharing its machine sees it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ workloads=(
     "63m-f32|--synthetic llada2-63m"
     "63m-q8_0|--synthetic llada2-63m --quant q8_0"
     "63m-q4k|--synthetic llada2-63m --quant q4k"
+    "mini4-q4k|--synthetic llada2-mini --layers 4 --quant q4k"
 )
 for round in $(seq "$ROUNDS"); do
     for w in "${workloads[@]}"; do
@@ -45,7 +47,7 @@ python3 - "$out" "$ROUNDS" <<'EOF'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 print(f"{'workload':<10} {'block old':>10} {'block new':>10} {'ratio':>6} {'AR old':>8} {'AR new':>8} {'ratio':>6}   (ms, median of {rounds})")
-for name in ["default", "63m-f32", "63m-q8_0", "63m-q4k"]:
+for name in ["default", "63m-f32", "63m-q8_0", "63m-q4k", "mini4-q4k"]:
     med = {}
     for side in ["old", "new"]:
         block, ar = [], []

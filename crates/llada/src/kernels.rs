@@ -26,12 +26,12 @@ use rayon::prelude::*;
 
 mod ceilings;
 mod matmul;
-mod q4k;
+mod qrows;
 mod softmax;
 
 pub use ceilings::{bf16_loop, fma_loop, FMA_CHAINS};
 pub use matmul::{matmul, matmul_f32};
-pub use q4k::Q4kMatrix;
+pub use qrows::QuantizedRows;
 
 pub use softmax::{check_mask, contiguous_f32, last_dim, masked_softmax, max8, softmax_rows, sum8};
 

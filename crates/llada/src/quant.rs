@@ -6,12 +6,12 @@ use std::str::FromStr;
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{PackedF32, Q4kMatrix, Q8Matrix};
+use crate::kernels::{PackedF32, Q8Matrix, QuantizedRows};
 
 /// The quantization a user can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,18 +66,14 @@ pub enum LinearWeight {
         weight: Tensor,
         bias: Option<Tensor>,
     },
+    /// Other ggml blocks (q4k, ...): candle's kernels in row chunks on llada's pool.
     Quantized {
-        weight: QMatMul,
+        weight: Arc<QuantizedRows>,
         bias: Option<Tensor>,
     },
     /// q8_0 blocks multiplied by [`crate::kernels`] (candle's q8_0 product is slow).
     Q8 {
         weight: Arc<Q8Matrix>,
-        bias: Option<Tensor>,
-    },
-    /// q4k blocks multiplied on llada's thread pool ([`Q4kMatrix`]).
-    Q4k {
-        weight: Arc<Q4kMatrix>,
         bias: Option<Tensor>,
     },
     /// An f32 matrix not being trained, in panels for [`crate::kernels`]' products.
@@ -129,12 +125,6 @@ impl LinearWeight {
     }
 
     pub fn from_qtensor(q: QTensor, bias: Option<Tensor>) -> Result<Self> {
-        if let Some(m) = Q4kMatrix::from_qtensor(&q) {
-            return Ok(LinearWeight::Q4k {
-                weight: Arc::new(m),
-                bias,
-            });
-        }
         if q.dtype() == GgmlDType::Q8_0 {
             if let [rows, cols] = *q.shape().dims() {
                 if let Some(m) = Q8Matrix::from_ggml(&q.data()?, rows, cols) {
@@ -146,7 +136,7 @@ impl LinearWeight {
             }
         }
         Ok(LinearWeight::Quantized {
-            weight: QMatMul::from_qtensor(q)?,
+            weight: Arc::new(QuantizedRows::new(q, rayon::current_num_threads())?),
             bias,
         })
     }
@@ -158,7 +148,6 @@ impl LinearWeight {
             LinearWeight::Dense { weight, .. } => LinearWeight::Dense { weight, bias },
             LinearWeight::Quantized { weight, .. } => LinearWeight::Quantized { weight, bias },
             LinearWeight::Q8 { weight, .. } => LinearWeight::Q8 { weight, bias },
-            LinearWeight::Q4k { weight, .. } => LinearWeight::Q4k { weight, bias },
             LinearWeight::Packed { weight, .. } => LinearWeight::Packed { weight, bias },
         }
     }
@@ -168,12 +157,6 @@ impl LinearWeight {
             LinearWeight::Dense { weight, bias } => (x.matmul(&weight.t()?)?, bias),
             LinearWeight::Quantized { weight, bias } => (weight.forward(x)?, bias),
             LinearWeight::Q8 { weight, bias } => (q8_forward(weight, x)?, bias),
-            LinearWeight::Q4k { weight, bias } => (
-                kernel_forward(x, weight.rows(), weight.cols(), |data, m| {
-                    weight.matmul(data, m)
-                })?,
-                bias,
-            ),
             LinearWeight::Packed { weight, bias } => (packed_forward(weight, x)?, bias),
         };
         match bias {
@@ -182,13 +165,13 @@ impl LinearWeight {
         }
     }
 
-    /// Whether [`LinearWeight::apply_rows`] runs on llada's own kernels (f32 panels,
-    /// q8_0, q4k) rather than round-tripping through candle (other block types, trained
-    /// or unpackable dense matrices), which is slower there.
+    /// Whether [`LinearWeight::apply_rows`] runs its product in the calling thread
+    /// without candle's dense matmul (f32 panels, q8_0, other ggml blocks): not trained
+    /// or unpackable dense matrices, whose candle product is slower there.
     pub fn runs_in_place(&self) -> bool {
         matches!(
             self,
-            LinearWeight::Q8 { .. } | LinearWeight::Q4k { .. } | LinearWeight::Packed { .. }
+            LinearWeight::Q8 { .. } | LinearWeight::Quantized { .. } | LinearWeight::Packed { .. }
         )
     }
 
@@ -198,11 +181,13 @@ impl LinearWeight {
         let (out, _) = self.dims();
         let (mut y, bias) = match self {
             LinearWeight::Q8 { weight, bias } => (weight.matmul_serial(x, m), bias),
-            LinearWeight::Q4k { weight, bias } => (weight.matmul_serial(x, m), bias),
             LinearWeight::Packed { weight, bias } => (weight.matmul_serial(x, m), bias),
-            LinearWeight::Dense { .. } | LinearWeight::Quantized { .. } => {
-                return self.apply_rows_with_candle(x, m)
+            LinearWeight::Quantized { weight, bias } => {
+                let x = Tensor::from_slice(x, (m, weight.cols()), &candle_core::Device::Cpu)?;
+                let y = weight.forward_serial(&x)?.flatten_all()?.to_vec1::<f32>()?;
+                (y, bias)
             }
+            LinearWeight::Dense { .. } => return self.apply_rows_with_candle(x, m),
         };
         if let Some(b) = bias {
             let b = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
@@ -226,12 +211,8 @@ impl LinearWeight {
     pub fn dims(&self) -> (usize, usize) {
         let dims = match self {
             LinearWeight::Dense { weight, .. } => weight.dims(),
-            LinearWeight::Quantized { weight, .. } => match weight {
-                QMatMul::QTensor(q) => q.shape().dims(),
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims(),
-            },
+            LinearWeight::Quantized { weight, .. } => return (weight.rows(), weight.cols()),
             LinearWeight::Q8 { weight, .. } => return (weight.rows(), weight.cols()),
-            LinearWeight::Q4k { weight, .. } => return (weight.rows(), weight.cols()),
             LinearWeight::Packed { weight, .. } => return (weight.rows(), weight.cols()),
         };
         match dims {
@@ -246,14 +227,8 @@ impl LinearWeight {
             LinearWeight::Dense { weight, .. } => {
                 weight.elem_count() * weight.dtype().size_in_bytes()
             }
-            LinearWeight::Quantized { weight, .. } => match weight {
-                QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-                    t.elem_count() * t.dtype().size_in_bytes()
-                }
-            },
+            LinearWeight::Quantized { weight, .. } => weight.storage_bytes(),
             LinearWeight::Q8 { weight, .. } => weight.storage_bytes(),
-            LinearWeight::Q4k { weight, .. } => weight.storage_bytes(),
             LinearWeight::Packed { weight, .. } => 4 * weight.rows() * weight.cols(),
         }
     }
