@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::optim::AdamW;
 use crate::params::save_weights;
-use crate::{Result, TrainError};
+use crate::{read_json, Result, TrainError};
 
 /// Where a stage stands, saved with every checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,15 +51,6 @@ pub fn latest(stage_dir: &Path) -> Result<Option<(PathBuf, TrainerState)>> {
     let dir = stage_dir.join(name.trim());
     let state = read_json(&dir.join("trainer_state.json"))?;
     Ok(Some((dir, state)))
-}
-
-/// Reads and parses a JSON file; errors name the file.
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// Loads the optimizer moments saved in checkpoint `dir` into `opt`.

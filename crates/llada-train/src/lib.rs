@@ -22,7 +22,7 @@ pub mod tasks;
 pub mod tokenizer;
 pub mod trainer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -53,3 +53,12 @@ impl From<candle_core::Error> for TrainError {
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// Reads and parses a JSON file; errors name the file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}

@@ -198,7 +198,7 @@ pub fn export(checkpoint: &Path, out: &Path, bf16: bool) -> Result<u64> {
 /// generation config.
 fn complete_exported_config(dir: &Path) -> Result<()> {
     let path = dir.join("config.json");
-    let mut cfg: serde_json::Value = crate::checkpoint::read_json(&path)?;
+    let mut cfg: serde_json::Value = crate::read_json(&path)?;
     let generation = llada::GenerationConfig::from_dir(dir)?;
     let (Some(eos), Some(mask)) = (generation.eos_id(), generation.mask_token_id) else {
         return Err(TrainError::Invalid(format!(

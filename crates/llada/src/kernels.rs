@@ -29,7 +29,7 @@ mod matmul;
 mod qrows;
 mod softmax;
 
-pub use ceilings::{bf16_loop, fma_loop, FMA_CHAINS};
+pub(crate) use ceilings::{bf16_loop, fma_loop, FMA_CHAINS};
 pub use matmul::{matmul, matmul_f32};
 pub use qrows::QuantizedRows;
 
@@ -62,7 +62,7 @@ pub fn init_thread_pool(threads: Option<usize>) -> usize {
 /// (ours, candle's, gemm's) start and end without waking a sleeping caller: from a thread
 /// outside the pool each of them is a hand-off through the kernel (futex wake and wait),
 /// dozens per forward pass of a small model.
-pub fn on_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn on_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         work()
     } else {

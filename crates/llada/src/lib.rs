@@ -3,7 +3,31 @@
 //! A model folder in Hugging Face layout is opened with [`load_model`] (or a model held
 //! in memory with [`load_embedded`]); [`generate`] runs the reference block-diffusion
 //! decoding with a KV cache of finished blocks. `examples/generate.rs` shows the whole
-//! path from a folder and a text prompt to a streamed answer.
+//! path from a folder and a text prompt to a streamed answer; `docs/architecture.md`
+//! how the parts fit.
+//!
+//! The public API, by job:
+//! - Loading: [`load_model`], [`load_model_with`] (quantize at load), [`load_embedded`],
+//!   [`load_synthetic`] (random weights of a known shape) give a [`LoadedModel`]: its
+//!   [`ModelFiles`] ([`Llada2Config`], [`GenerationConfig`]), [`Llada2Model`],
+//!   [`Tokenizer`] and [`Weights`] ([`WeightFormat`], [`Quant`]). [`hub`] finds models in
+//!   the Hugging Face cache and downloads them; [`quantize_checkpoint`] writes a q8_0/q4k
+//!   GGUF copy; [`files`] writes files atomically.
+//! - Decoding: [`GenerateParams`] (set from [`DecodeSettings`], the settings flags, chat
+//!   commands and requests give), then [`generate`] / [`generate_observed`] (an
+//!   [`Observer`] sees commits and steps), or [`Generation`] with [`step_batch`] /
+//!   [`run_batch`] to decode several answers in shared forward passes. [`decode`] holds
+//!   the [`Decoder`] trait and its rules, selected by [`DecoderConfig`];
+//!   [`SamplingParams`] and [`Sampler`] pick tokens.
+//! - The model and its seam: [`Llada2`] is the model's math, generic over a
+//!   [`backend::Backend`] (the op set; [`Cpu`] is the CPU one, with its [`ForwardCost`]);
+//!   [`Llada2::forward`] runs [`SeqStep`]s over [`KvCache`]s. Weights come from a
+//!   [`WeightSource`] ([`WeightStore`] for safetensors, [`synthetic`] for random ones) as
+//!   [`LinearWeight`]s. [`kernels`] are the CPU kernels, for backends in other crates
+//!   (the trainer's); [`kernels::init_thread_pool`] sets the thread count.
+//! - Measuring: [`mod@bench`] times decoding settings side by side and measures the
+//!   machine's limits.
+//! - Text: [`tokenizer`] ([`Tokenizer`], chat templates, [`Message`], [`TextStream`]).
 
 pub mod backend;
 pub mod bench;
@@ -18,6 +42,7 @@ pub mod hub;
 pub mod kernels;
 mod load;
 mod model;
+mod params;
 mod quant;
 mod sampling;
 mod settings;
@@ -35,8 +60,8 @@ pub use config::{
 pub use decode::{Decoder, DecoderConfig};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_observed, run_batch, step_batch, BlockCache, BlockView, GenerateOutput,
-    GenerateParams, GenerateStats, Generation, Observer,
+    generate, generate_observed, run_batch, step_batch, BlockView, GenerateOutput, GenerateStats,
+    Generation, Observer,
 };
 pub use gguf::{quantize_checkpoint, QuantizeReport};
 pub use load::{
@@ -44,6 +69,7 @@ pub use load::{
     WeightFormat, Weights,
 };
 pub use model::{Llada2, Llada2Model};
+pub use params::{BlockCache, GenerateParams};
 pub use quant::{LinearWeight, Quant};
 pub use sampling::{Sampler, SamplingParams, MAX_TEMPERATURE};
 pub use settings::DecodeSettings;

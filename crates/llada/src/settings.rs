@@ -12,10 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(doc)]
-use crate::decode::DecoderConfig;
+use crate::decode::{DecoderConfig, DecoderDefaults, DECODER_NAMES};
 use crate::error::{Error, Result};
-use crate::generate::{BlockCache, GenerateParams};
+use crate::params::{BlockCache, GenerateParams};
 
 /// Decoding settings, each optional: what is not given keeps its current value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -118,7 +117,7 @@ impl DecodeSettings {
 
     /// Applies the settings given to `params`. A block length without steps brings as
     /// many steps ([`GenerateParams::set_block_length`]); decoder settings change the
-    /// current decoder, or the named one from its defaults ([`DecoderConfig::with`]).
+    /// current decoder, or the named one from its defaults ([`DecodeSettings::decoder_from`]).
     /// Errors name the setting; ranges are checked by [`GenerateParams::validate`].
     pub fn apply(&self, p: &mut GenerateParams) -> Result<()> {
         if let Some(n) = self.gen_length {
@@ -130,7 +129,7 @@ impl DecodeSettings {
         if let Some(s) = self.steps {
             p.steps = s;
         }
-        p.decoder = p.decoder.with(self.decoder.as_deref(), self)?;
+        p.decoder = self.decoder_from(&p.decoder)?;
         if let Some(t) = self.temperature {
             p.sampling.temperature = t;
         }
@@ -165,6 +164,115 @@ impl DecodeSettings {
             *refresh = n;
         }
         Ok(())
+    }
+}
+
+impl DecodeSettings {
+    /// The decoder called `name` with these settings' decoder settings, the rest at
+    /// their defaults. A setting that the decoder does not use is an error (it would be
+    /// silently ignored).
+    fn decoder_named(&self, name: &str) -> Result<DecoderConfig> {
+        let s = self;
+        type D = DecoderDefaults;
+        let unused = |setting: &'static str, given: bool| -> Result<()> {
+            if given {
+                return Err(Error::param(
+                    setting,
+                    format!("is not a setting of the {name} decoder"),
+                ));
+            }
+            Ok(())
+        };
+        let config = match name {
+            "threshold" => DecoderConfig::Threshold {
+                threshold: s.threshold.unwrap_or(D::THRESHOLD),
+            },
+            "joint" => DecoderConfig::Joint {
+                threshold: s.threshold.unwrap_or(D::JOINT_THRESHOLD),
+                editing_threshold: s.editing_threshold.unwrap_or(D::EDITING_THRESHOLD),
+                max_post_steps: s.max_post_steps.unwrap_or(D::MAX_POST_STEPS),
+            },
+            "credit" => DecoderConfig::Credit {
+                threshold: s.threshold.unwrap_or(D::CREDIT_THRESHOLD),
+                alpha: s.credit_alpha.unwrap_or(D::CREDIT_ALPHA),
+                gamma: s.credit_gamma.unwrap_or(D::CREDIT_GAMMA),
+                beta: s.credit_beta.unwrap_or(D::CREDIT_BETA),
+            },
+            "hierarchy" => DecoderConfig::Hierarchy {
+                threshold: s.threshold.unwrap_or(D::HIERARCHY_THRESHOLD),
+                low_threshold: s.low_threshold.unwrap_or(D::LOW_THRESHOLD),
+            },
+            other => {
+                return Err(Error::param(
+                    "decoder",
+                    format!(
+                        "unknown decoder `{other}` (known: {})",
+                        DECODER_NAMES.join(", ")
+                    ),
+                ))
+            }
+        };
+        let joint = matches!(config, DecoderConfig::Joint { .. });
+        let credit = matches!(config, DecoderConfig::Credit { .. });
+        unused("editing_threshold", !joint && s.editing_threshold.is_some())?;
+        unused("max_post_steps", !joint && s.max_post_steps.is_some())?;
+        unused("credit_alpha", !credit && s.credit_alpha.is_some())?;
+        unused("credit_gamma", !credit && s.credit_gamma.is_some())?;
+        unused("credit_beta", !credit && s.credit_beta.is_some())?;
+        let hierarchy = matches!(config, DecoderConfig::Hierarchy { .. });
+        unused("low_threshold", !hierarchy && s.low_threshold.is_some())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The decoder these settings ask for, from `current`: the one they name, when it
+    /// is another, with these settings and its own defaults; else `current` with these
+    /// settings changed.
+    pub fn decoder_from(&self, current: &DecoderConfig) -> Result<DecoderConfig> {
+        let changes = self;
+        if let Some(n) = changes.decoder.as_deref().filter(|&n| n != current.name()) {
+            return changes.decoder_named(n);
+        }
+        let now = Self::of_decoder(current);
+        let merged = DecodeSettings {
+            threshold: changes.threshold.or(now.threshold),
+            editing_threshold: changes.editing_threshold.or(now.editing_threshold),
+            max_post_steps: changes.max_post_steps.or(now.max_post_steps),
+            credit_alpha: changes.credit_alpha.or(now.credit_alpha),
+            credit_gamma: changes.credit_gamma.or(now.credit_gamma),
+            credit_beta: changes.credit_beta.or(now.credit_beta),
+            low_threshold: changes.low_threshold.or(now.low_threshold),
+            ..Default::default()
+        };
+        merged.decoder_named(current.name())
+    }
+
+    /// The settings of decoder `d`, each one it has as `Some`.
+    pub fn of_decoder(d: &DecoderConfig) -> DecodeSettings {
+        let mut s = DecodeSettings {
+            threshold: Some(d.threshold()),
+            ..Default::default()
+        };
+        match *d {
+            DecoderConfig::Threshold { .. } => {}
+            DecoderConfig::Joint {
+                editing_threshold,
+                max_post_steps,
+                ..
+            } => {
+                s.editing_threshold = Some(editing_threshold);
+                s.max_post_steps = Some(max_post_steps);
+            }
+            DecoderConfig::Credit {
+                alpha, gamma, beta, ..
+            } => {
+                s.credit_alpha = Some(alpha);
+                s.credit_gamma = Some(gamma);
+                s.credit_beta = Some(beta);
+            }
+            DecoderConfig::Hierarchy { low_threshold, .. } => s.low_threshold = Some(low_threshold),
+        }
+        s
     }
 }
 
@@ -216,7 +324,11 @@ fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::DecoderConfig;
+
+    /// The decoder called `name` with `s`'s settings.
+    fn named(name: &str, s: &DecodeSettings) -> Result<DecoderConfig> {
+        s.decoder_named(name)
+    }
 
     fn params() -> GenerateParams {
         GenerateParams::new(7, 8)
@@ -300,5 +412,64 @@ mod tests {
         let mut p = params();
         dual.apply(&mut p).unwrap();
         assert_eq!(p.block_cache, BlockCache::Dual { refresh: 4 });
+    }
+
+    #[test]
+    fn decoders_are_named_with_their_defaults_and_only_their_settings() {
+        let joint = named("joint", &DecodeSettings::default()).unwrap();
+        assert_eq!(
+            joint,
+            DecoderConfig::Joint {
+                threshold: 0.7,
+                editing_threshold: 0.5,
+                max_post_steps: 16
+            }
+        );
+        let s = DecodeSettings {
+            editing_threshold: Some(0.3),
+            ..Default::default()
+        };
+        let err = named("threshold", &s).unwrap_err().to_string();
+        assert!(err.contains("editing_threshold"), "{err}");
+        assert!(named("magic", &DecodeSettings::default()).is_err());
+        for name in DECODER_NAMES {
+            let d = named(name, &DecodeSettings::default()).unwrap();
+            assert_eq!(d.name(), *name);
+        }
+        let bad = DecodeSettings {
+            threshold: Some(1.5),
+            ..Default::default()
+        };
+        assert!(named("credit", &bad).is_err());
+        let bad = DecodeSettings {
+            credit_beta: Some(f32::NAN),
+            ..Default::default()
+        };
+        assert!(named("credit", &bad).is_err());
+    }
+
+    #[test]
+    fn settings_change_the_current_decoder_or_switch_to_another() {
+        let joint = named("joint", &DecodeSettings::default()).unwrap();
+        let changed = DecodeSettings {
+            editing_threshold: Some(0.2),
+            ..Default::default()
+        }
+        .decoder_from(&joint)
+        .unwrap();
+        assert_eq!(
+            DecodeSettings::of_decoder(&changed).editing_threshold,
+            Some(0.2)
+        );
+        assert_eq!(changed.threshold(), 0.7);
+        let credit = DecodeSettings {
+            decoder: Some("credit".into()),
+            ..Default::default()
+        }
+        .decoder_from(&changed)
+        .unwrap();
+        assert_eq!(credit.name(), "credit");
+        assert_eq!(credit.threshold(), 0.9);
+        assert!(credit.describe().starts_with("credit"));
     }
 }

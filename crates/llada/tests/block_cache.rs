@@ -87,14 +87,12 @@ fn dual_refreshed_every_step_is_exact_decoding() {
         params.gen_length = 40;
         params.block_length = 8;
         params.steps = 8;
-        params.decoder = DecoderConfig::named(
-            decoder,
-            &llada::DecodeSettings {
-                threshold: Some(threshold),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let settings = llada::DecodeSettings {
+            decoder: Some(decoder.to_string()),
+            threshold: Some(threshold),
+            ..Default::default()
+        };
+        params.decoder = settings.decoder_from(&DecoderConfig::default()).unwrap();
         let exact = generate(&loaded.model, &prompt, &params, &mut |_| {}).unwrap();
         params.block_cache = BlockCache::Dual { refresh: 1 };
         let dual = generate(&loaded.model, &prompt, &params, &mut |_| {}).unwrap();

@@ -61,7 +61,11 @@ fn dinfer_decoders_fill_every_block_and_never_emit_the_mask() {
     let loaded = load_fixture();
     for name in ["credit", "hierarchy"] {
         let mut params = loaded.default_params();
-        params.decoder = DecoderConfig::named(name, &DecodeSettings::default()).unwrap();
+        let named = DecodeSettings {
+            decoder: Some(name.to_string()),
+            ..Default::default()
+        };
+        params.decoder = named.decoder_from(&DecoderConfig::default()).unwrap();
         params.gen_length = 40;
         params.block_length = 8;
         params.steps = 8;

@@ -1,5 +1,5 @@
 //! The operations a forward pass is made of, one implementation per device: the seam
-//! between the model's math ([`crate::model`], which says in which order a layer calls
+//! between the model's math ([`crate::Llada2`], which says in which order a layer calls
 //! them) and the kernels that run them.
 //!
 //! [`Backend`] is the op set (ggml's idea: one set of ops, several devices). A backend

@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use crate::backend::ForwardCost;
 use crate::error::{Error, Result};
-use crate::generate::{generate, run_batch, BlockCache, GenerateParams, GenerateStats, Generation};
+use crate::generate::{generate, run_batch, GenerateStats, Generation};
 use crate::model::Llada2Model;
+use crate::params::{BlockCache, GenerateParams};
 
 /// The label of the cached row (the reference decoding with llada's KV cache).
 pub const CACHED: &str = "cached";

@@ -24,7 +24,6 @@ pub use threshold::Threshold;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::settings::DecodeSettings;
 
 /// A position of the current block with this step's proposal for it: a masked position
 /// (`current` is `None`), or, for decoders that edit, a decoded non-prompt position
@@ -124,6 +123,15 @@ pub enum DecoderConfig {
     Hierarchy { threshold: f32, low_threshold: f32 },
 }
 
+impl Default for DecoderConfig {
+    /// The reference rule at the reference threshold.
+    fn default() -> Self {
+        DecoderConfig::Threshold {
+            threshold: DecoderDefaults::THRESHOLD,
+        }
+    }
+}
+
 /// The decoders by name, as flags and request fields spell them.
 pub const DECODER_NAMES: &[&str] = &["threshold", "joint", "credit", "hierarchy"];
 
@@ -146,110 +154,6 @@ impl DecoderDefaults {
 }
 
 impl DecoderConfig {
-    /// The decoder called `name` with the decoder settings of `s`, the rest at their
-    /// defaults. A setting that the decoder does not use is an error (it would be
-    /// silently ignored).
-    pub fn named(name: &str, s: &DecodeSettings) -> Result<Self> {
-        type D = DecoderDefaults;
-        let unused = |setting: &'static str, given: bool| -> Result<()> {
-            if given {
-                return Err(Error::param(
-                    setting,
-                    format!("is not a setting of the {name} decoder"),
-                ));
-            }
-            Ok(())
-        };
-        let config = match name {
-            "threshold" => DecoderConfig::Threshold {
-                threshold: s.threshold.unwrap_or(D::THRESHOLD),
-            },
-            "joint" => DecoderConfig::Joint {
-                threshold: s.threshold.unwrap_or(D::JOINT_THRESHOLD),
-                editing_threshold: s.editing_threshold.unwrap_or(D::EDITING_THRESHOLD),
-                max_post_steps: s.max_post_steps.unwrap_or(D::MAX_POST_STEPS),
-            },
-            "credit" => DecoderConfig::Credit {
-                threshold: s.threshold.unwrap_or(D::CREDIT_THRESHOLD),
-                alpha: s.credit_alpha.unwrap_or(D::CREDIT_ALPHA),
-                gamma: s.credit_gamma.unwrap_or(D::CREDIT_GAMMA),
-                beta: s.credit_beta.unwrap_or(D::CREDIT_BETA),
-            },
-            "hierarchy" => DecoderConfig::Hierarchy {
-                threshold: s.threshold.unwrap_or(D::HIERARCHY_THRESHOLD),
-                low_threshold: s.low_threshold.unwrap_or(D::LOW_THRESHOLD),
-            },
-            other => {
-                return Err(Error::param(
-                    "decoder",
-                    format!(
-                        "unknown decoder `{other}` (known: {})",
-                        DECODER_NAMES.join(", ")
-                    ),
-                ))
-            }
-        };
-        let joint = matches!(config, DecoderConfig::Joint { .. });
-        let credit = matches!(config, DecoderConfig::Credit { .. });
-        unused("editing_threshold", !joint && s.editing_threshold.is_some())?;
-        unused("max_post_steps", !joint && s.max_post_steps.is_some())?;
-        unused("credit_alpha", !credit && s.credit_alpha.is_some())?;
-        unused("credit_gamma", !credit && s.credit_gamma.is_some())?;
-        unused("credit_beta", !credit && s.credit_beta.is_some())?;
-        let hierarchy = matches!(config, DecoderConfig::Hierarchy { .. });
-        unused("low_threshold", !hierarchy && s.low_threshold.is_some())?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// This decoder with `name` (when given and different: that decoder, with `changes`
-    /// and its own defaults) or with `changes` applied to its current settings.
-    pub fn with(self, name: Option<&str>, changes: &DecodeSettings) -> Result<Self> {
-        if let Some(n) = name.filter(|&n| n != self.name()) {
-            return Self::named(n, changes);
-        }
-        let now = self.settings();
-        let merged = DecodeSettings {
-            threshold: changes.threshold.or(now.threshold),
-            editing_threshold: changes.editing_threshold.or(now.editing_threshold),
-            max_post_steps: changes.max_post_steps.or(now.max_post_steps),
-            credit_alpha: changes.credit_alpha.or(now.credit_alpha),
-            credit_gamma: changes.credit_gamma.or(now.credit_gamma),
-            credit_beta: changes.credit_beta.or(now.credit_beta),
-            low_threshold: changes.low_threshold.or(now.low_threshold),
-            ..Default::default()
-        };
-        Self::named(self.name(), &merged)
-    }
-
-    /// The settings of this decoder, each one it has as `Some`.
-    pub fn settings(&self) -> DecodeSettings {
-        let mut s = DecodeSettings {
-            threshold: Some(self.threshold()),
-            ..Default::default()
-        };
-        match *self {
-            DecoderConfig::Threshold { .. } => {}
-            DecoderConfig::Joint {
-                editing_threshold,
-                max_post_steps,
-                ..
-            } => {
-                s.editing_threshold = Some(editing_threshold);
-                s.max_post_steps = Some(max_post_steps);
-            }
-            DecoderConfig::Credit {
-                alpha, gamma, beta, ..
-            } => {
-                s.credit_alpha = Some(alpha);
-                s.credit_gamma = Some(gamma);
-                s.credit_beta = Some(beta);
-            }
-            DecoderConfig::Hierarchy { low_threshold, .. } => s.low_threshold = Some(low_threshold),
-        }
-        s
-    }
-
     /// One line for people: the decoder and its settings.
     pub fn describe(&self) -> String {
         match *self {
@@ -449,64 +353,6 @@ pub(crate) mod tests {
         assert_eq!(transfer_schedule(32, 32), vec![1; 32]);
         assert_eq!(transfer_schedule(4, 8), vec![1, 1, 1, 1, 0, 0, 0, 0]);
         assert!(transfer_schedule(4, 0).is_empty());
-    }
-
-    #[test]
-    fn decoders_are_named_with_their_defaults_and_only_their_settings() {
-        let joint = DecoderConfig::named("joint", &DecodeSettings::default()).unwrap();
-        assert_eq!(
-            joint,
-            DecoderConfig::Joint {
-                threshold: 0.7,
-                editing_threshold: 0.5,
-                max_post_steps: 16
-            }
-        );
-        let s = DecodeSettings {
-            editing_threshold: Some(0.3),
-            ..Default::default()
-        };
-        let err = DecoderConfig::named("threshold", &s)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("editing_threshold"), "{err}");
-        assert!(DecoderConfig::named("magic", &DecodeSettings::default()).is_err());
-        for name in DECODER_NAMES {
-            let d = DecoderConfig::named(name, &DecodeSettings::default()).unwrap();
-            assert_eq!(d.name(), *name);
-        }
-        let bad = DecodeSettings {
-            threshold: Some(1.5),
-            ..Default::default()
-        };
-        assert!(DecoderConfig::named("credit", &bad).is_err());
-        let bad = DecodeSettings {
-            credit_beta: Some(f32::NAN),
-            ..Default::default()
-        };
-        assert!(DecoderConfig::named("credit", &bad).is_err());
-    }
-
-    #[test]
-    fn settings_change_the_current_decoder_or_switch_to_another() {
-        let joint = DecoderConfig::named("joint", &DecodeSettings::default()).unwrap();
-        let changed = joint
-            .with(
-                None,
-                &DecodeSettings {
-                    editing_threshold: Some(0.2),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(changed.settings().editing_threshold, Some(0.2));
-        assert_eq!(changed.threshold(), 0.7);
-        let credit = changed
-            .with(Some("credit"), &DecodeSettings::default())
-            .unwrap();
-        assert_eq!(credit.name(), "credit");
-        assert_eq!(credit.threshold(), 0.9);
-        assert!(credit.describe().starts_with("credit"));
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! what the cores can do at all.
 
 /// Independent accumulators: more than an FMA's latency times the FMAs issued per cycle.
-pub const FMA_CHAINS: usize = 12;
+pub(crate) const FMA_CHAINS: usize = 12;
 
 /// `iters` rounds of `FMA_CHAINS` 8-lane multiply-adds; `None` without AVX2 and FMA.
-pub fn fma_loop(iters: usize) -> Option<f32> {
+pub(crate) fn fma_loop(iters: usize) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -41,7 +41,7 @@ unsafe fn fma_loop_avx2(iters: usize) -> f32 {
 
 /// `iters` rounds of `FMA_CHAINS` 16-lane bf16 pair dot products (32 MACs each); `None`
 /// without AVX-512 BF16.
-pub fn bf16_loop(iters: usize) -> Option<f32> {
+pub(crate) fn bf16_loop(iters: usize) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
