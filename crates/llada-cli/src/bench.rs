@@ -71,11 +71,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bench::synthetic_prompt(args.prompt_length, loaded.model.config().vocab_size, &base)
         }
     };
-    let plans =
-        bench::plan(&args.modes, &base, refresh, args.batch as usize).map_err(flag_error)?;
-    let mut rows = plans
+    let modes =
+        bench::modes(&args.modes, &base, refresh, args.batch as usize).map_err(flag_error)?;
+    let mut rows = modes
         .iter()
-        .map(|plan| bench::measure(&loaded.model, &prompt, plan, args.runs))
+        .map(|mode| bench::measure(&loaded.model, &prompt, mode, args.runs))
         .collect::<llada::Result<Vec<Row>>>()
         .map_err(flag_error)?;
     let machine = if args.limits {

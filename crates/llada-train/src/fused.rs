@@ -3,10 +3,8 @@
 //!
 //! candle composes them from elementwise ops (softmax: max, sub, exp, sum, div, and a
 //! backward of about three ops per op), each a pass over memory with a fresh allocation;
-//! attention's `[heads, n, n]` scores made them the larger part of a training step. A
-//! single-thread profile of a block-diffusion step (default model, 8 x 256 positions) had
-//! 26% of its samples in gemm and most of the rest in candle's elementwise maps, memset,
-//! memmove and malloc. The softmax's forward rows are the engine's
+//! attention's `[heads, n, n]` scores made them the larger part of a training step
+//! (docs/training-speed.md has the profile). The softmax's forward rows are the engine's
 //! ([`llada::kernels::softmax_rows`], which inference runs too). Each op here is tested
 //! against the plain candle composition, values and gradients.
 

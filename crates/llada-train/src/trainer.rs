@@ -34,11 +34,10 @@ pub struct RunOptions {
     pub max_steps: Option<usize>,
     /// Threads a step's examples are split over (0 or 1: one). Each thread runs forward
     /// and backward of its share in a thread pool of its own, so that its ops stay on
-    /// it; the gradients are summed. 1.8-2.1x the tokens/s of one thread on the 2-core
-    /// AMD EPYC VM (AR, block diffusion, SFT steps of the default model), where splitting
-    /// each op over both cores gave 0.99-1.24x (a step is many small ops). The sums'
-    /// order follows the thread count, so runs with different counts differ in the last
-    /// bits.
+    /// it; the gradients are summed. A step is many small ops: splitting each of them over
+    /// the cores gains little, splitting the examples nearly the thread count
+    /// (docs/training-speed.md). The sums' order follows the thread count, so runs with
+    /// different counts differ in the last bits.
     pub threads: usize,
 }
 

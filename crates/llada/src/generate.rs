@@ -117,38 +117,57 @@ pub fn generate_observed(
 /// drive several of them through shared (batched) forward passes.
 pub struct Generation {
     params: GenerateParams,
-    x: Vec<u32>,
+    /// Prompt, then the answer's blocks of masks as they are filled.
+    tokens: Vec<u32>,
     prompt_len: usize,
+    /// `prompt_len + gen_length`: the answer never reaches past it.
     answer_end: usize,
-    num_blocks: usize,
-    /// Current block, mask-filling steps taken in it, and refinement steps taken after
-    /// its last mask (editing decoders).
-    block: usize,
-    step: usize,
-    post_step: usize,
-    /// Whether the last step replaced a decoded token.
-    last_edited: bool,
-    schedule: Vec<usize>,
+    cursor: BlockCursor,
+    output: Output,
+    dual: DualCache,
     decoder: Box<dyn Decoder + Send>,
     sampler: Sampler,
     cache: KvCache,
     stats: GenerateStats,
-    /// Answer tokens before this are final and reported.
-    committed: usize,
-    /// A stop token has been reported: nothing after it will be.
-    stopped: bool,
-    /// Set once the answer is decided.
-    result: Option<Vec<u32>>,
-    /// Approximate block caching: the current block's tokens as its keys/values were
-    /// last computed (empty before its first pass), and partial passes since the last
-    /// full one.
-    block_kv: Vec<u32>,
-    partial_passes: usize,
     started: Instant,
 }
 
+/// Where decoding stands: the block being decoded and the steps taken in it.
+struct BlockCursor {
+    block: usize,
+    blocks: usize,
+    /// Mask-filling steps taken in the current block.
+    step: usize,
+    /// Refinement steps taken after the block's last mask (editing decoders).
+    post_step: usize,
+    /// Whether the last step replaced a decoded token.
+    last_edited: bool,
+    /// Tokens each mask-filling step of a block fills at least.
+    schedule: Vec<usize>,
+}
+
+/// What of the answer is decided and reported.
+struct Output {
+    /// Answer tokens before this position are final and reported.
+    committed: usize,
+    /// A stop token has been reported: nothing after it will block_end.
+    stopped: bool,
+    /// Set once the answer is decided.
+    result: Option<Vec<u32>>,
+}
+
+/// Approximate block caching ([`BlockCache::Dual`]): what the cache holds for the
+/// current block.
+struct DualCache {
+    /// The block's tokens as its keys/values were last computed (empty before its first
+    /// pass).
+    computed: Vec<u32>,
+    /// Partial passes since the last full one.
+    partial_passes: usize,
+}
+
 /// What one pending forward pass of a [`Generation`] reads and writes.
-struct Plan {
+struct PendingPass {
     start: usize,
     end: usize,
     commit: usize,
@@ -175,7 +194,7 @@ impl Generation {
                 vocab: cfg.vocab_size,
             });
         }
-        // A mask in the prompt would be decoded over, changing the prompt.
+        // A mask in the prompt would block_end decoded over, changing the prompt.
         if let Some(at) = prompt.iter().position(|&t| t == params.mask_id) {
             return Err(Error::param(
                 "prompt",
@@ -197,46 +216,52 @@ impl Generation {
             });
         }
         let schedule = transfer_schedule(b, params.steps.min(params.gen_length));
-        let mut x = prompt.to_vec();
-        x.resize(total, params.mask_id);
+        let mut tokens = prompt.to_vec();
+        tokens.resize(total, params.mask_id);
         let mut decoder = params.decoder.build(params.mask_id);
         decoder.begin_block();
         Ok(Self {
             decoder,
             sampler: Sampler::new(params.sampling, params.seed),
             answer_end: p + params.gen_length,
-            num_blocks: total / b,
-            block: p / b,
-            step: 0,
-            post_step: 0,
-            last_edited: false,
-            schedule,
+            cursor: BlockCursor {
+                block: p / b,
+                blocks: total / b,
+                step: 0,
+                post_step: 0,
+                last_edited: false,
+                schedule,
+            },
+            output: Output {
+                committed: p,
+                stopped: false,
+                result: None,
+            },
+            dual: DualCache {
+                computed: Vec::new(),
+                partial_passes: 0,
+            },
             cache: model.new_cache_for(total),
             stats: GenerateStats {
                 prompt_tokens: p,
                 ..Default::default()
             },
-            committed: p,
-            stopped: false,
-            result: None,
-            block_kv: Vec::new(),
-            partial_passes: 0,
             started: Instant::now(),
             prompt_len: p,
-            x,
+            tokens,
             params,
         })
     }
 
     pub fn is_finished(&self) -> bool {
-        self.result.is_some()
+        self.output.result.is_some()
     }
 
     /// Whether the answer can no longer change: finished, or its stop token is final
     /// with everything before it (the reference may still fill the rest of the block,
     /// which changes nothing in the answer).
     pub fn answer_is_final(&self) -> bool {
-        self.result.is_some() || self.stopped
+        self.output.result.is_some() || self.output.stopped
     }
 
     pub fn params(&self) -> &GenerateParams {
@@ -246,9 +271,9 @@ impl Generation {
     /// Statistics so far (final once [`Generation::is_finished`]).
     pub fn stats(&self) -> GenerateStats {
         let mut stats = self.stats;
-        stats.tokens = match &self.result {
+        stats.tokens = match &self.output.result {
             Some(ids) => ids.len(),
-            None => self.committed - self.prompt_len,
+            None => self.output.committed - self.prompt_len,
         };
         stats.seconds = self.started.elapsed().as_secs_f64();
         stats
@@ -262,19 +287,23 @@ impl Generation {
         let mut seq = [self.seq_step(&plan)];
         let logits = model.forward(&mut seq)?.pop().flatten();
         self.stats.forwards += 1;
-        self.absorb(&plan, logits, observer)?;
+        self.apply_logits(&plan, logits, observer)?;
         Ok(!self.is_finished())
     }
 
     /// The answer and its statistics (the answer so far if called before the end).
     pub fn finish(mut self) -> GenerateOutput {
         let stats = self.stats();
-        let ids = self.result.take().unwrap_or_else(|| self.answer_so_far());
+        let ids = self
+            .output
+            .result
+            .take()
+            .unwrap_or_else(|| self.answer_so_far());
         GenerateOutput { ids, stats }
     }
 
     fn answer_so_far(&self) -> Vec<u32> {
-        let mut answer = self.x[self.prompt_len..self.answer_end].to_vec();
+        let mut answer = self.tokens[self.prompt_len..self.answer_end].to_vec();
         if let Some(eos) = answer.iter().position(|&t| self.params.is_stop(t)) {
             answer.truncate(eos + 1);
         }
@@ -284,49 +313,50 @@ impl Generation {
     /// The next forward pass, moving on to the next block when this one is done; `None`
     /// (and the result set) when the answer is finished. A closing block's tokens are
     /// reported to `observer` (for editing decoders that is when they become final).
-    fn plan(&mut self, observer: &mut dyn Observer) -> Option<Plan> {
-        if self.result.is_some() {
+    fn plan(&mut self, observer: &mut dyn Observer) -> Option<PendingPass> {
+        if self.output.result.is_some() {
             return None;
         }
         let b = self.params.block_length;
         let mask = self.params.mask_id;
         loop {
-            if self.block >= self.num_blocks {
-                self.result = Some(self.answer_so_far());
+            if self.cursor.block >= self.cursor.blocks {
+                self.output.result = Some(self.answer_so_far());
                 return None;
             }
-            let (bs, be) = (self.block * b, (self.block + 1) * b);
-            let masked = self.x[bs..be].contains(&mask);
+            let (block_start, block_end) = (self.cursor.block * b, (self.cursor.block + 1) * b);
+            let masked = self.tokens[block_start..block_end].contains(&mask);
             let open = if masked {
-                self.step < self.schedule.len()
+                self.cursor.step < self.cursor.schedule.len()
             } else if !self.decoder.edits() {
                 false
-            } else if self.post_step == 0 {
+            } else if self.cursor.post_step == 0 {
                 // The masks ran out before the schedule did: refinement steps follow (as
                 // in diffusers; a block filled by its last scheduled step closes).
-                self.step < self.schedule.len()
+                self.cursor.step < self.cursor.schedule.len()
             } else {
-                self.decoder.keep_refining(self.post_step, self.last_edited)
+                self.decoder
+                    .keep_refining(self.cursor.post_step, self.cursor.last_edited)
             };
             if !open {
-                self.report_commits(be, observer);
-                if self.x[self.prompt_len..be]
+                self.report_commits(block_end, observer);
+                if self.tokens[self.prompt_len..block_end]
                     .iter()
                     .any(|&t| self.params.is_stop(t))
                 {
-                    self.result = Some(self.answer_so_far());
+                    self.output.result = Some(self.answer_so_far());
                     return None;
                 }
-                self.block += 1;
-                self.step = 0;
-                self.post_step = 0;
-                self.last_edited = false;
+                self.cursor.block += 1;
+                self.cursor.step = 0;
+                self.cursor.post_step = 0;
+                self.cursor.last_edited = false;
                 self.decoder.begin_block();
-                self.block_kv.clear();
+                self.dual.computed.clear();
                 continue;
             }
             if !masked {
-                self.post_step += 1;
+                self.cursor.post_step += 1;
             }
             // With the cache, the first step of a block also commits what the cache
             // lacks (the previous block, or the prompt's full blocks): one pass, not two.
@@ -339,29 +369,33 @@ impl Generation {
                 self.cache.clear();
                 0
             };
-            let commit = if self.params.use_cache { bs - start } else { 0 };
+            let commit = if self.params.use_cache {
+                block_start - start
+            } else {
+                0
+            };
             let edits = self.decoder.edits();
-            let positions: Vec<usize> = (bs..be)
-                .filter(|&i| self.x[i] == mask || (edits && i >= self.prompt_len))
+            let positions: Vec<usize> = (block_start..block_end)
+                .filter(|&i| self.tokens[i] == mask || (edits && i >= self.prompt_len))
                 .collect();
             let rows: Vec<usize> = positions.iter().map(|&i| i - start).collect();
-            let compute = self.rows_to_compute(start, be, commit, &rows);
+            let compute = self.rows_to_compute(start, block_end, commit, &rows);
             // The keys/values this pass leaves for the block's positions.
             match &compute {
                 Some(computed) => {
                     for &r in computed {
-                        self.block_kv[start + r - bs] = self.x[start + r];
+                        self.dual.computed[start + r - block_start] = self.tokens[start + r];
                     }
-                    self.partial_passes += 1;
+                    self.dual.partial_passes += 1;
                 }
                 None => {
-                    self.block_kv = self.x[bs..be].to_vec();
-                    self.partial_passes = 0;
+                    self.dual.computed = self.tokens[block_start..block_end].to_vec();
+                    self.dual.partial_passes = 0;
                 }
             }
-            return Some(Plan {
+            return Some(PendingPass {
                 start,
-                end: be,
+                end: block_end,
                 commit,
                 positions,
                 rows,
@@ -370,7 +404,7 @@ impl Generation {
         }
     }
 
-    /// Approximate block caching: the rows of the coming pass that must be computed, or
+    /// Approximate block caching: the rows of the coming pass that must block_end computed, or
     /// `None` for a full pass.
     fn rows_to_compute(
         &self,
@@ -382,13 +416,13 @@ impl Generation {
         let BlockCache::Dual { refresh } = self.params.block_cache else {
             return None;
         };
-        let bs = self.block * self.params.block_length;
-        let refresh_due = refresh > 0 && self.partial_passes + 1 >= refresh;
+        let block_start = self.cursor.block * self.params.block_length;
+        let refresh_due = refresh > 0 && self.dual.partial_passes + 1 >= refresh;
         if !self.params.use_cache
             || commit > 0
-            || start != bs
-            || self.block_kv.len() != end - bs
-            || self.last_edited
+            || start != block_start
+            || self.dual.computed.len() != end - block_start
+            || self.cursor.last_edited
             || refresh_due
         {
             return None;
@@ -396,16 +430,18 @@ impl Generation {
         let mask = self.params.mask_id;
         let rows: Vec<usize> = (0..end - start)
             .filter(|&r| {
-                let token = self.x[start + r];
-                token == mask || token != self.block_kv[r] || logit_rows.binary_search(&r).is_ok()
+                let token = self.tokens[start + r];
+                token == mask
+                    || token != self.dual.computed[r]
+                    || logit_rows.binary_search(&r).is_ok()
             })
             .collect();
         (!rows.is_empty() && rows.len() < end - start).then_some(rows)
     }
 
-    fn seq_step<'a>(&'a mut self, plan: &'a Plan) -> SeqStep<'a> {
+    fn seq_step<'a>(&'a mut self, plan: &'a PendingPass) -> SeqStep<'a> {
         SeqStep {
-            tokens: &self.x[plan.start..plan.end],
+            tokens: &self.tokens[plan.start..plan.end],
             start: plan.start,
             block_length: self.params.block_length,
             commit: plan.commit,
@@ -417,9 +453,9 @@ impl Generation {
 
     /// Takes this step's logits: picks candidates, lets the decoder fill and edit, reports
     /// what became final.
-    fn absorb(
+    fn apply_logits(
         &mut self,
-        plan: &Plan,
+        plan: &PendingPass,
         logits: Option<Tensor>,
         observer: &mut dyn Observer,
     ) -> Result<()> {
@@ -429,32 +465,32 @@ impl Generation {
         let vocab = logits.len() / plan.positions.len();
         let b = self.params.block_length;
         let mask = self.params.mask_id;
-        let (bs, be) = (self.block * b, plan.end);
+        let (block_start, block_end) = (self.cursor.block * b, plan.end);
         self.decoder.begin_step();
         let mut candidates = Vec::with_capacity(plan.positions.len());
         for (&pos, row) in plan.positions.iter().zip(logits.chunks_exact_mut(vocab)) {
-            let masked = self.x[pos] == mask;
-            self.decoder.adjust_logits(pos - bs, masked, row);
+            let masked = self.tokens[pos] == mask;
+            self.decoder.adjust_logits(pos - block_start, masked, row);
             let (token, confidence) = self.sampler.pick(row);
             candidates.push(Candidate {
-                offset: pos - bs,
+                offset: pos - block_start,
                 token,
                 confidence,
-                current: (!masked).then_some(self.x[pos]),
+                current: (!masked).then_some(self.tokens[pos]),
             });
         }
         let info = StepInfo {
-            step: self.step,
-            scheduled: if self.post_step == 0 {
-                self.schedule[self.step]
+            step: self.cursor.step,
+            scheduled: if self.cursor.post_step == 0 {
+                self.cursor.schedule[self.cursor.step]
             } else {
                 0
             },
-            post_step: self.post_step,
+            post_step: self.cursor.post_step,
         };
         let selection = self.decoder.select(info, &candidates);
-        if self.post_step == 0 {
-            self.step += 1;
+        if self.cursor.post_step == 0 {
+            self.cursor.step += 1;
         }
         let mut placed_eos = false;
         let mut filled = Vec::with_capacity(selection.fill.len());
@@ -464,7 +500,7 @@ impl Generation {
         for &i in &selection.fill {
             let Some(c) = candidates.get(i) else { continue };
             if c.is_masked() && c.token != mask {
-                self.x[bs + c.offset] = c.token;
+                self.tokens[block_start + c.offset] = c.token;
                 placed_eos |= self.params.is_stop(c.token);
                 filled.push(c.offset);
             }
@@ -472,23 +508,27 @@ impl Generation {
         for &i in &selection.edit {
             let Some(c) = candidates.get(i) else { continue };
             if c.current.is_some_and(|t| t != c.token) && c.token != mask {
-                self.x[bs + c.offset] = c.token;
+                self.tokens[block_start + c.offset] = c.token;
                 placed_eos |= self.params.is_stop(c.token);
                 edited.push(c.offset);
             }
         }
         self.stats.edits += edited.len();
-        self.last_edited = !edited.is_empty();
+        self.cursor.last_edited = !edited.is_empty();
         observer.on_step(&BlockView {
-            index: self.block,
+            index: self.cursor.block,
             step: info.step + info.post_step,
-            tokens: &self.x[bs..be],
+            tokens: &self.tokens[block_start..block_end],
             filled: &filled,
             edited: &edited,
             mask_id: mask,
         });
         // An editing decoder may still change this block: only what precedes it is final.
-        let window = if self.decoder.edits() { bs } else { be };
+        let window = if self.decoder.edits() {
+            block_start
+        } else {
+            block_end
+        };
         self.report_commits(window, observer);
         // The reference searches for the EOS from position 0 and up to the end of the
         // block; we search the answer only (an EOS inside the prompt would make it
@@ -497,10 +537,10 @@ impl Generation {
         if self.params.eos_early_stop && placed_eos {
             let p = self.prompt_len;
             if let Some(eos) =
-                (p..be.min(self.answer_end)).find(|&i| self.params.is_stop(self.x[i]))
+                (p..block_end.min(self.answer_end)).find(|&i| self.params.is_stop(self.tokens[i]))
             {
-                if self.x[p..eos].iter().all(|&t| t != mask) {
-                    self.result = Some(self.x[p..=eos].to_vec());
+                if self.tokens[p..eos].iter().all(|&t| t != mask) {
+                    self.output.result = Some(self.tokens[p..=eos].to_vec());
                     // The answer is decided: report it even inside an editing block.
                     self.report_commits(eos + 1, observer);
                 }
@@ -511,20 +551,22 @@ impl Generation {
 
     /// Reports the answer's final, left-contiguous prefix as it grows.
     fn report_commits(&mut self, window_end: usize, observer: &mut dyn Observer) {
-        if self.stopped {
+        if self.output.stopped {
             return;
         }
-        let from = self.committed;
+        let from = self.output.committed;
         let limit = window_end.min(self.answer_end);
-        while self.committed < limit && self.x[self.committed] != self.params.mask_id {
-            self.committed += 1;
-            if self.params.is_stop(self.x[self.committed - 1]) {
-                self.stopped = true;
+        while self.output.committed < limit
+            && self.tokens[self.output.committed] != self.params.mask_id
+        {
+            self.output.committed += 1;
+            if self.params.is_stop(self.tokens[self.output.committed - 1]) {
+                self.output.stopped = true;
                 break;
             }
         }
-        if self.committed > from {
-            observer.on_commit(&self.x[from..self.committed]);
+        if self.output.committed > from {
+            observer.on_commit(&self.tokens[from..self.output.committed]);
         }
     }
 }
@@ -538,10 +580,10 @@ pub fn step_batch(
     batch: &mut [&mut Generation],
     on_commit: &mut dyn FnMut(usize, &[u32]),
 ) -> Result<usize> {
-    let plans: Vec<Option<Plan>> = batch
+    let plans: Vec<Option<PendingPass>> = batch
         .iter_mut()
         .enumerate()
-        .map(|(i, g)| g.plan(&mut Indexed(i, on_commit)))
+        .map(|(i, g)| g.plan(&mut BatchMember(i, on_commit)))
         .collect();
     let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(batch.len());
     let mut members = Vec::with_capacity(batch.len());
@@ -559,8 +601,8 @@ pub fn step_batch(
     for (&i, logits) in members.iter().zip(logits) {
         let plan = plans[i].as_ref().expect("planned member");
         batch[i].stats.forwards += 1;
-        let mut report = Indexed(i, on_commit);
-        batch[i].absorb(plan, logits, &mut report)?;
+        let mut report = BatchMember(i, on_commit);
+        batch[i].apply_logits(plan, logits, &mut report)?;
     }
     Ok(members.len())
 }
@@ -589,9 +631,9 @@ pub fn run_batch(
 }
 
 /// Forwards commits to a callback together with the sequence's index in its batch.
-struct Indexed<'a>(usize, &'a mut dyn FnMut(usize, &[u32]));
+struct BatchMember<'a>(usize, &'a mut dyn FnMut(usize, &[u32]));
 
-impl Observer for Indexed<'_> {
+impl Observer for BatchMember<'_> {
     fn on_commit(&mut self, ids: &[u32]) {
         (self.1)(self.0, ids)
     }

@@ -1,14 +1,14 @@
-//! CPU kernels of our own, where a profile showed candle to be the bottleneck. Each has a
-//! plain scalar version that the fast one is tested against.
+//! The CPU backend's kernels, where a profile showed candle to be the bottleneck. Each has
+//! a plain version that the fast one is tested against; docs/performance.md has the
+//! measurements that led to each.
 //!
 //! Greedy confidence: the probability of the argmax is 1 / Σ exp(l - max) over the whole
 //! vocabulary (157,184 logits per masked position for LLaDA2.0-mini): [`exp_sum`] computes
 //! that sum with a polynomial exp the compiler vectorizes, instead of one libm call per
-//! logit (11.7% of a block forward's samples on the default model went to `expf`).
+//! logit.
 //!
-//! q8_0 matrix products: candle 0.11 multiplies q8_0 blocks at 12.5 GMAC/s on the 2-core
-//! AMD EPYC VM (against 104 for its q4k and 80 for f32 at 512 x 2048 x 2048; `llada bench
-//! --limits`): it converts two f16 scales per 32-element block in software. Here the
+//! q8_0 matrix products: candle converts two f16 scales per 32-element block in software,
+//! which made its q8_0 product several times slower than its f32 and q4k ones. Here the
 //! scales are kept in f32 (converted once, exactly), the activations are quantized once
 //! per row, and the 32-element int8 dot products use AVX2 (`maddubs`/`madd`), detected at
 //! run time.
@@ -16,9 +16,11 @@
 //! f32 products at inference: candle's gemm repacks the whole weight on every call and
 //! hands each small product to its thread pool (a MoE expert gets ~8 rows of a 32-token
 //! block). Weights are packed once at load in panels of four rows ([`PackedF32`]) and
-//! multiplied four rows by three activation rows at a time. llada2-63m f32 block forward:
-//! 74.7 ms through candle, 26.1 ms on the panels with the experts side by side (measured
-//! step by step, each build against the previous one).
+//! multiplied four rows by three activation rows at a time.
+//!
+//! Other products: activations by activations (attention) and the router through `gemm`
+//! on llada's pool ([`matmul`]); other ggml blocks (q4k) by candle's kernels in row
+//! chunks on llada's pool ([`QuantizedRows`]).
 
 use std::ops::Range;
 
@@ -86,8 +88,8 @@ pub struct Q8Matrix {
 
 /// Quantizes one row to q8_0 exactly as ggml does: scale = max|x| / 127 rounded to f16,
 /// bytes = round(x / scale), halves away from zero. Activations are quantized before
-/// every product: with libm's `roundf` per element this took 12% of a q8_0 block forward
-/// of llada2-63m; the rounding below vectorizes.
+/// every product, so this is on the hot path: the rounding below vectorizes, libm's
+/// `roundf` per element does not.
 fn quantize_row(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -295,8 +297,9 @@ const PANEL: usize = 4;
 /// A dense f32 matrix `[rows, cols]` stored for inference products: panels of four rows
 /// interleaved per 8 columns (`[panel][cols / 8][4][8]`, the last panel padded with zero
 /// rows), so that a pass over a panel reads one sequential stream. Row-major rows are four
-/// streams at a stride, which this VM's core read at 10-16 GB/s against 26-29 GB/s for
-/// the panels (products of 1-2 rows, as in an AR step or an expert with few tokens).
+/// streams at a stride, which a core reads at about half the bandwidth of one stream:
+/// that is the limit of products of 1-2 rows, as in an AR step or an expert with few
+/// tokens.
 #[derive(Debug, Clone)]
 pub struct PackedF32 {
     rows: usize,

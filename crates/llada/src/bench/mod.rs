@@ -20,36 +20,37 @@ pub const CACHED: &str = "cached";
 pub const AR: &str = "AR: block 1, cached";
 
 /// The rows a benchmark can run, by name.
-pub const MODES: &[&str] = &["cached", "dual", "no-cache", "ar"];
+pub const MODE_NAMES: &[&str] = &["cached", "dual", "no-cache", "ar"];
 
-/// One row to measure.
+/// One row to measure: a decoding setting and how many copies of the prompt decode
+/// together.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct Mode {
     pub label: &'static str,
     pub params: GenerateParams,
     /// Copies of the prompt decoded together, one batched forward pass per step.
     pub copies: usize,
 }
 
-/// The rows `modes` name ([`MODES`]), each `base` with what the mode changes (`dual`: the
+/// The rows `names` name ([`MODE_NAMES`]), each `base` with what the mode changes (`dual`: the
 /// approximate block cache refreshed every `refresh` steps), after a batched row of
 /// `batch` copies when `batch` > 1.
-pub fn plan(
-    modes: &[String],
+pub fn modes(
+    names: &[String],
     base: &GenerateParams,
     refresh: usize,
     batch: usize,
-) -> Result<Vec<Plan>> {
-    let mut plans = Vec::new();
+) -> Result<Vec<Mode>> {
+    let mut modes = Vec::new();
     if batch > 1 {
-        plans.push(Plan {
+        modes.push(Mode {
             label: "cached, batched (below)",
             params: base.clone(),
             copies: batch,
         });
     }
-    for mode in modes {
-        let (label, params) = match mode.as_str() {
+    for name in names {
+        let (label, params) = match name.as_str() {
             "cached" => (CACHED, base.clone()),
             "dual" => (
                 "cached, dual block cache",
@@ -78,20 +79,20 @@ pub fn plan(
             other => {
                 return Err(Error::param(
                     "modes",
-                    format!("unknown mode {other:?} (known: {})", MODES.join(", ")),
+                    format!("unknown mode {other:?} (known: {})", MODE_NAMES.join(", ")),
                 ))
             }
         };
-        plans.push(Plan {
+        modes.push(Mode {
             label,
             params,
             copies: 1,
         });
     }
-    if plans.is_empty() {
+    if modes.is_empty() {
         return Err(Error::param("modes", "no row to run"));
     }
-    Ok(plans)
+    Ok(modes)
 }
 
 /// One measured row.
@@ -111,16 +112,16 @@ pub struct Row {
     pub limits: Option<Floor>,
 }
 
-/// Runs `plan` once untimed, then `runs` timed times.
-pub fn measure(model: &Llada2Model, prompt: &[u32], plan: &Plan, runs: usize) -> Result<Row> {
+/// Runs `mode` once untimed, then `runs` timed times.
+pub fn measure(model: &Llada2Model, prompt: &[u32], mode: &Mode, runs: usize) -> Result<Row> {
     if runs == 0 {
         return Err(Error::param("runs", "must be at least 1"));
     }
     let decode = || -> Result<(GenerateStats, usize)> {
-        if plan.copies > 1 {
-            return decode_together(model, prompt, &plan.params, plan.copies);
+        if mode.copies > 1 {
+            return decode_together(model, prompt, &mode.params, mode.copies);
         }
-        let s = generate(model, prompt, &plan.params, &mut |_| {})?.stats;
+        let s = generate(model, prompt, &mode.params, &mut |_| {})?.stats;
         Ok((s, s.forwards))
     };
     decode()?;
@@ -134,7 +135,7 @@ pub fn measure(model: &Llada2Model, prompt: &[u32], plan: &Plan, runs: usize) ->
         passes += p;
     }
     Ok(Row {
-        mode: plan.label,
+        mode: mode.label,
         tokens: total.tokens / runs,
         forwards: passes / runs,
         tokens_per_forward: total.tokens_per_forward(),

@@ -1,9 +1,9 @@
 //! f32 matrix products of activations (attention's scores and weighted values, the
 //! router) through the `gemm` crate, the one candle's CPU matmul calls, with the same
 //! arguments, so the results are candle's bit for bit. What differs is the thread count:
-//! candle asks for it on every product (it reads `RAYON_NUM_THREADS`, or counts the
-//! cores in /proc/cpuinfo each time, which cost a forward of the default model 4.1 ms
-//! instead of 2.2-2.5); here it is the size of the rayon pool the product runs on.
+//! candle asks for it on every product (it reads `RAYON_NUM_THREADS`, or else counts the
+//! cores in /proc/cpuinfo each time, a system call per product); here it is the size of
+//! the rayon pool the product runs on.
 
 use candle_core::{CpuStorage, Layout, Tensor};
 

@@ -2,9 +2,9 @@
 //! multiplied by candle's quantized kernels (its AVX2 / AVX-512 VNNI / AMX tiles) but
 //! on llada's thread pool: the rows are split into chunks, each its own candle matrix,
 //! and the chunks' products run side by side on rayon's pool while candle's own pool,
-//! whose workers spin as they wait, stays at one thread (`init_thread_pool`). With
-//! busy processes beside it on two cores, candle's pool took a q4k block forward of
-//! llada2-63m from 14.4 to 175.7 ms and an AR step from 2.6 to 68.6 ms.
+//! whose workers spin as they wait, stays at one thread (`init_thread_pool`): beside a
+//! busy process, a spinning worker waits for one that is not running, and q4k forwards
+//! slowed ten-fold (docs/performance.md).
 //!
 //! Chunks hold whole 16-row tiles of candle's repacked layout, so every output is the
 //! value candle computes for the whole matrix (when its rows are whole tiles too, as

@@ -1,7 +1,7 @@
 //! Softmax under an additive attention mask, one pass per row with a vectorized exp
-//! (candle's softmax calls libm's `expf` per score after a separate mask add: 8.9% of a
-//! block forward of the default model in one thread), and the helpers CPU custom ops
-//! share (the trainer's ops with gradients, in `llada-train`, use them too).
+//! (candle's softmax adds the mask in a pass of its own, then calls libm's `expf` per
+//! score), and the helpers CPU custom ops share (the trainer's ops with gradients, in
+//! `llada-train`, use them too).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
