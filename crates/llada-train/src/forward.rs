@@ -4,7 +4,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use llada::backend::{
-    grouped_attention, merge_heads, split_heads, AttentionOps, Backend, Cpu, MoeInput, Rope, Route,
+    attend_by_sequence, grouped_attention, split_heads, AttentionOps, Backend, Cpu, MoeInput, Rope,
+    Route,
 };
 use llada::{Heads, LinearWeight, Llada2};
 
@@ -124,34 +125,14 @@ impl Backend for Autograd {
         k: &Tensor,
         v: &Tensor,
     ) -> llada::Result<Tensor> {
-        let whole = pass.rows.len() == 1;
         let ops = AttentionOps {
             matmul: fused::matmul,
             softmax: fused::masked_softmax,
         };
-        let mut outputs = Vec::with_capacity(pass.rows.len());
-        for (offset, len, mask) in &pass.rows {
-            let narrow = |t: &Tensor| -> candle_core::Result<Tensor> {
-                if whole {
-                    Ok(t.clone())
-                } else {
-                    t.narrow(1, *offset, *len)
-                }
-            };
-            outputs.push(grouped_attention(
-                &narrow(q)?,
-                &narrow(k)?,
-                &narrow(v)?,
-                Some(mask),
-                &ops,
-            )?);
-        }
-        let heads = if outputs.len() == 1 {
-            outputs.pop().expect("one row")
-        } else {
-            Tensor::cat(&outputs, 1)?
-        };
-        merge_heads(&heads)
+        let spans: Vec<(usize, usize)> = pass.rows.iter().map(|&(o, n, _)| (o, n)).collect();
+        attend_by_sequence(&spans, q, k, v, |i, q, k, v| {
+            grouped_attention(q, k, v, Some(&pass.rows[i].2), &ops)
+        })
     }
 
     fn router_logits(&self, x: &Tensor, weight: &Tensor) -> llada::Result<(Tensor, Vec<f32>)> {

@@ -4,15 +4,15 @@
 //! candle composes them from elementwise ops (softmax: max, sub, exp, sum, div, and a
 //! backward of about three ops per op), each a pass over memory with a fresh allocation;
 //! attention's `[heads, n, n]` scores made them the larger part of a training step
-//! (docs/training-speed.md has the profile). The softmax's forward rows are the engine's
-//! ([`llada::kernels::softmax_rows`], which inference runs too). Each op here is tested
+//! (docs/training-speed.md has the profile). The softmax's forward is the engine's
+//! ([`SoftmaxOp`], [`MaskedSoftmaxOp`], which inference runs too). Each op here is tested
 //! against the plain candle composition, values and gradients.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use llada::avx2_when_present;
 use llada::kernels::{
-    check_mask, contiguous_f32, exp_nonpositive, exp_sum, last_dim, matmul_f32, max8, softmax_rows,
-    sum8,
+    contiguous_f32, exp_nonpositive, exp_sum, last_dim, matmul_f32, max8, sum8, MaskedSoftmaxOp,
+    SoftmaxOp,
 };
 
 type Result<T> = candle_core::Result<T>;
@@ -101,6 +101,7 @@ fn softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBackward)
 }
 
+/// The engine's softmax op with a backward.
 struct Softmax;
 
 impl CustomOp1 for Softmax {
@@ -109,9 +110,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        let d = last_dim(l, self.name())?;
-        Ok((CpuStorage::F32(softmax_rows(x, None, d)), l.shape().clone()))
+        SoftmaxOp.cpu_fwd(s, l)
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
@@ -119,6 +118,7 @@ impl CustomOp1 for Softmax {
     }
 }
 
+/// The engine's masked softmax op with a backward (none for the mask).
 struct MaskedSoftmax;
 
 impl CustomOp2 for MaskedSoftmax {
@@ -133,14 +133,7 @@ impl CustomOp2 for MaskedSoftmax {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let mask = contiguous_f32(s2, l2, self.name())?;
-        check_mask(l1, l2, mask, x, self.name())?;
-        let d = last_dim(l1, self.name())?;
-        Ok((
-            CpuStorage::F32(softmax_rows(x, Some(mask), d)),
-            l1.shape().clone(),
-        ))
+        MaskedSoftmaxOp.cpu_fwd(s1, l1, s2, l2)
     }
 
     fn bwd(

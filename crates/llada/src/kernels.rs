@@ -35,7 +35,9 @@ pub(crate) use ceilings::{bf16_loop, fma_loop, FMA_CHAINS};
 pub use matmul::{matmul, matmul_f32};
 pub use qrows::QuantizedRows;
 
-pub use softmax::{check_mask, contiguous_f32, last_dim, masked_softmax, max8, softmax_rows, sum8};
+pub use softmax::{
+    contiguous_f32, last_dim, masked_softmax, max8, softmax_rows, sum8, MaskedSoftmaxOp, SoftmaxOp,
+};
 
 /// Builds the thread pool llada's kernels run on (rayon's global pool) with `threads`
 /// threads, else one per physical core (`RAYON_NUM_THREADS` when set, as candle counts

@@ -288,6 +288,37 @@ where
     Ok((ops.matmul)(&probs, v)?.reshape((heads, len, d))?)
 }
 
+/// Attention of each sequence of a pass within itself: `one(i, q, k, v)` gives the
+/// per-head outputs `[heads, len, d]` of sequence `i` (`spans[i]`: its first token and
+/// length) from its own queries, keys and values; returns them one after another as
+/// `[tokens, heads * d]`.
+pub fn attend_by_sequence(
+    spans: &[(usize, usize)],
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mut one: impl FnMut(usize, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let whole = spans.len() == 1;
+    let mut outputs = Vec::with_capacity(spans.len());
+    for (i, &(offset, len)) in spans.iter().enumerate() {
+        let narrow = |t: &Tensor| -> Result<Tensor> {
+            Ok(if whole {
+                t.clone()
+            } else {
+                t.narrow(1, offset, len)?
+            })
+        };
+        outputs.push(one(i, &narrow(q)?, &narrow(k)?, &narrow(v)?)?);
+    }
+    let heads = if outputs.len() == 1 {
+        outputs.pop().expect("one sequence")
+    } else {
+        Tensor::cat(&outputs, 1)?
+    };
+    merge_heads(&heads)
+}
+
 /// `[heads, n, d]` per-head outputs to `[n, heads * d]`, the input of the output
 /// projection.
 pub fn merge_heads(out: &Tensor) -> Result<Tensor> {
@@ -385,43 +416,23 @@ impl Backend for Cpu {
         v: &Tensor,
     ) -> Result<Tensor> {
         let (heads, _, d) = q.dims3()?;
-        let whole = pass.seqs.len() == 1;
-        let mut outputs = Vec::with_capacity(pass.seqs.len());
-        for seq in &mut pass.seqs {
-            let narrow = |t: &Tensor| -> Result<Tensor> {
-                Ok(if whole {
-                    t.clone()
-                } else {
-                    t.narrow(1, seq.offset, seq.len)?
-                })
-            };
-            let (q, k, v) = (narrow(q)?, narrow(k)?, narrow(v)?);
+        // One pass over the scores with a vectorized exp (candle's softmax calls libm's
+        // expf per score after a separate mask add).
+        let ops = AttentionOps {
+            matmul: kernels::matmul,
+            softmax: kernels::masked_softmax,
+        };
+        let spans: Vec<(usize, usize)> = pass.seqs.iter().map(|s| (s.offset, s.len)).collect();
+        attend_by_sequence(&spans, q, k, v, |i, q, k, v| {
+            let seq = &mut pass.seqs[i];
             let (k_all, v_all) = match seq.rows {
-                None => seq.cache.write_and_view(layer, &k, &v)?,
-                Some((rows, total)) => seq.cache.write_rows_and_view(layer, &k, &v, rows, total)?,
+                None => seq.cache.write_and_view(layer, k, v)?,
+                Some((rows, total)) => seq.cache.write_rows_and_view(layer, k, v, rows, total)?,
             };
             // Scores and the weighted sum of values: 2 * heads * len * keys * d.
             self.meter.add(2 * heads * seq.len * k_all.dim(1)? * d, 0);
-            // One pass over the scores with a vectorized exp (candle's softmax calls
-            // libm's expf per score after a separate mask add).
-            let ops = AttentionOps {
-                matmul: kernels::matmul,
-                softmax: kernels::masked_softmax,
-            };
-            outputs.push(grouped_attention(
-                &q,
-                &k_all,
-                &v_all,
-                seq.mask.as_ref(),
-                &ops,
-            )?);
-        }
-        let heads = if outputs.len() == 1 {
-            outputs.pop().expect("one sequence")
-        } else {
-            Tensor::cat(&outputs, 1)?
-        };
-        merge_heads(&heads)
+            grouped_attention(q, &k_all, &v_all, seq.mask.as_ref(), &ops)
+        })
     }
 
     fn router_logits(&self, x: &Tensor, weight: &Tensor) -> Result<(Tensor, Vec<f32>)> {

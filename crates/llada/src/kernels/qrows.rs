@@ -104,24 +104,27 @@ impl QuantizedRows {
 
     /// `x @ self^T` for `x` `[.., cols]`, the chunks side by side on the thread pool.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.chunks.len() == 1 {
-            return self.chunks[0].1.forward(x);
-        }
-        let parts = self
-            .chunks
-            .par_iter()
-            .map(|(_, m)| m.forward(x))
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, candle_core::D::Minus1)
+        self.product(x, true)
     }
 
     /// [`QuantizedRows::forward`] in the calling thread.
     pub fn forward_serial(&self, x: &Tensor) -> Result<Tensor> {
-        let parts = self
-            .chunks
-            .iter()
-            .map(|(_, m)| m.forward(x))
-            .collect::<Result<Vec<_>>>()?;
+        self.product(x, false)
+    }
+
+    fn product(&self, x: &Tensor, side_by_side: bool) -> Result<Tensor> {
+        if let [(_, whole)] = self.chunks.as_slice() {
+            return whole.forward(x);
+        }
+        let chunk = |(_, m): &(usize, QMatMul)| m.forward(x);
+        let parts = if side_by_side {
+            self.chunks
+                .par_iter()
+                .map(chunk)
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            self.chunks.iter().map(chunk).collect::<Result<Vec<_>>>()?
+        };
         Tensor::cat(&parts, candle_core::D::Minus1)
     }
 }

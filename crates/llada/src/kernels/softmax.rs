@@ -61,8 +61,8 @@ macro_rules! avx2_when_present {
 pub fn masked_softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let x = x.contiguous()?;
     match mask {
-        Some(mask) => x.apply_op2_no_bwd(&mask.contiguous()?, &MaskedSoftmax),
-        None => x.apply_op1_no_bwd(&Softmax),
+        Some(mask) => x.apply_op2_no_bwd(&mask.contiguous()?, &MaskedSoftmaxOp),
+        None => x.apply_op1_no_bwd(&SoftmaxOp),
     }
 }
 
@@ -137,7 +137,7 @@ avx2_when_present! {
 }
 
 /// Checks that `mask` (layout `lm`) repeats over scores of layout `lx`.
-pub fn check_mask(lx: &Layout, lm: &Layout, mask: &[f32], x: &[f32], op: &str) -> Result<()> {
+fn check_mask(lx: &Layout, lm: &Layout, mask: &[f32], x: &[f32], op: &str) -> Result<()> {
     if last_dim(lm, op)? != last_dim(lx, op)?
         || mask.is_empty()
         || !x.len().is_multiple_of(mask.len())
@@ -151,9 +151,11 @@ pub fn check_mask(lx: &Layout, lm: &Layout, mask: &[f32], x: &[f32], op: &str) -
     Ok(())
 }
 
-struct Softmax;
+/// Softmax over the last dimension as a candle op without a backward (a training op
+/// adds one around its forward).
+pub struct SoftmaxOp;
 
-impl CustomOp1 for Softmax {
+impl CustomOp1 for SoftmaxOp {
     fn name(&self) -> &'static str {
         "llada-softmax"
     }
@@ -165,9 +167,11 @@ impl CustomOp1 for Softmax {
     }
 }
 
-struct MaskedSoftmax;
+/// Softmax of scores plus a repeating additive mask (the second operand) as a candle op
+/// without a backward.
+pub struct MaskedSoftmaxOp;
 
-impl CustomOp2 for MaskedSoftmax {
+impl CustomOp2 for MaskedSoftmaxOp {
     fn name(&self) -> &'static str {
         "llada-masked-softmax"
     }
@@ -195,49 +199,45 @@ mod tests {
     use super::*;
     use candle_core::{Device, D};
 
-    fn random(shape: &[usize], seed: u64) -> Tensor {
-        let n = shape.iter().product();
-        let v = crate::synthetic::gaussian(n, 1.5, seed);
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
+    /// Largest |a - b| between llada's softmax and candle's on `x` (+ `mask`).
+    fn gap(x: &Tensor, mask: Option<&Tensor>) -> f32 {
+        let masked = match mask {
+            Some(m) => x.broadcast_add(m).unwrap(),
+            None => x.clone(),
+        };
+        let plain = candle_nn::ops::softmax(&masked, D::Minus1).unwrap();
+        let ours = masked_softmax(x, mask).unwrap();
+        (ours - plain)
             .unwrap()
             .abs()
             .unwrap()
-            .flatten_all()
+            .max_all()
             .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
+            .to_scalar()
             .unwrap()
     }
 
     #[test]
     fn masked_softmax_equals_candles() {
-        // Block-causal-like mask over 6 keys, 2 query heads stacked (12 rows), 3 groups.
-        let mut m = vec![0f32; 12 * 6];
-        for r in 0..12 {
-            for k in 0..6 {
-                if k > r % 6 {
-                    m[r * 6 + k] = f32::NEG_INFINITY;
+        // A block-causal-like mask over 6 keys for 2 query heads stacked (12 rows),
+        // repeated over 3 groups of scores.
+        let rows: Vec<f32> = (0..12 * 6)
+            .map(|i| {
+                if i % 6 > (i / 6) % 6 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
                 }
-            }
-        }
-        let mask = Tensor::from_vec(m, (12, 6), &Device::Cpu).unwrap();
-        let x = random(&[3, 12, 6], 1);
-        let plain = candle_nn::ops::softmax(&x.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
-        assert!(max_diff(&masked_softmax(&x, Some(&mask)).unwrap(), &plain) < 1e-5);
-        let x = random(&[5, 37], 2);
-        let plain = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
-        assert!(max_diff(&masked_softmax(&x, None).unwrap(), &plain) < 1e-5);
-    }
-
-    #[test]
-    fn masked_softmax_refuses_a_mask_that_does_not_repeat() {
-        let x = random(&[2, 5, 6], 3);
-        let mask = Tensor::zeros((4, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(masked_softmax(&x, Some(&mask)).is_err());
+            })
+            .collect();
+        let mask = Tensor::from_vec(rows, (12, 6), &Device::Cpu).unwrap();
+        let scores = Tensor::randn(0f32, 1.5, (3, 12, 6), &Device::Cpu).unwrap();
+        assert!(gap(&scores, Some(&mask)) < 1e-5);
+        let scores = Tensor::randn(0f32, 1.5, (5, 37), &Device::Cpu).unwrap();
+        assert!(gap(&scores, None) < 1e-5);
+        // A mask that does not repeat over the scores is refused.
+        let wrong = Tensor::zeros((4, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let scores = Tensor::randn(0f32, 1.5, (2, 5, 6), &Device::Cpu).unwrap();
+        assert!(masked_softmax(&scores, Some(&wrong)).is_err());
     }
 }
