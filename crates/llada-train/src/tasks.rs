@@ -102,7 +102,7 @@ impl std::str::FromStr for Mix {
 }
 
 /// A random task of the mix: for [`Mix::All`] a short kind with probability
-/// [`SHORT_SHARE`], else a long one.
+/// `SHORT_SHARE`, else a long one.
 pub fn sample(rng: &mut impl Rng, mix: Mix) -> Task {
     if mix == Mix::Short || rng.random_bool(SHORT_SHARE) {
         sample_short(rng)

@@ -28,7 +28,7 @@ pub const SPECIAL_TOKENS: &[&str] = &[
 pub struct TokenizerTraining {
     pub vocab_size: usize,
     pub min_frequency: u64,
-    /// Every digit its own piece (see [`pre_tokenizer`]); false keeps GPT-2's whole
+    /// Every digit its own piece (see `pre_tokenizer`); false keeps GPT-2's whole
     /// numbers (the earlier default model's tokenizer).
     pub split_digits: bool,
 }
