@@ -20,12 +20,13 @@ type Result<T> = candle_core::Result<T>;
 /// Rows per chunk are a multiple of this (candle's x86 tiles are 16 rows).
 const TILE_ROWS: usize = 16;
 /// No chunk holds fewer weights than this: each chunk quantizes the activations again
-/// (candle's scalar q8k quantization was a fifth of a q4k AR step of llada2-63m with
-/// 256-row chunks), and a smaller product is over before a thread hand-off pays off.
-const MIN_CHUNK_WEIGHTS: usize = 1 << 20;
+/// (candle's scalar q8k quantization is a large part of a q4k forward), and a smaller
+/// product is over before a thread hand-off pays off.
+const MIN_CHUNK_WEIGHTS: usize = 1 << 18;
 /// Large matrices (an LLaDA2.0-mini lm_head has 322M weights) are cut into chunks of at
-/// most this many, so that the threads share them out evenly as they come free.
-const MAX_CHUNK_WEIGHTS: usize = 1 << 23;
+/// most this many, so that the threads share them out evenly as they come free; not
+/// smaller, as every chunk quantizes the activations again (docs/performance.md).
+const MAX_CHUNK_WEIGHTS: usize = 1 << 26;
 
 /// A `[rows, cols]` matrix in ggml blocks, in row chunks.
 pub struct QuantizedRows {
@@ -48,8 +49,8 @@ impl std::fmt::Debug for QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Splits a 2-D quantized tensor into chunks for `threads` threads (two per thread at
-    /// least, so that an uneven share evens out).
+    /// Splits a 2-D quantized tensor into chunks for `threads` threads (one per thread at
+    /// least).
     pub fn new(q: QTensor, threads: usize) -> Result<Self> {
         let &[rows, cols] = q.shape().dims() else {
             candle_core::bail!(
@@ -58,7 +59,7 @@ impl QuantizedRows {
             );
         };
         let bytes = q.storage_size_in_bytes();
-        let wanted = (2 * threads).max(rows * cols / MAX_CHUNK_WEIGHTS).max(1);
+        let wanted = threads.max(rows * cols / MAX_CHUNK_WEIGHTS).max(1);
         let per_chunk = rows
             .div_ceil(wanted)
             .max(MIN_CHUNK_WEIGHTS.div_ceil(cols.max(1)))
@@ -152,7 +153,7 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let rows = QuantizedRows::new(q(), 2).unwrap();
-            assert_eq!(rows.chunks.len(), 4, "{dtype:?}");
+            assert_eq!(rows.chunks.len(), 2, "{dtype:?}");
             assert_eq!(rows.storage_bytes(), q().storage_size_in_bytes());
             for got in [rows.forward(&x).unwrap(), rows.forward_serial(&x).unwrap()] {
                 assert_eq!(got.dims(), [m, n]);
