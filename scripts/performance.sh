@@ -186,7 +186,9 @@ L += ["## Why the kernels are as they are", "",
       "  default model took 4.1 ms instead of 2.2-2.5 ms, which is why attention and the router call `gemm` directly.",
       "- q4k: llada's own AVX2 q4k kernel (unpacking a block once for four rows) ran a single-thread llada2-63m block",
       "  forward in 38.8 ms against 24-25 ms for candle's repacked kernels (Intel Xeon, this session), so q4k runs on",
-      "  candle's kernels in row chunks on llada's pool.", ""]
+      "  candle's kernels in row chunks on llada's pool. Each chunk quantizes the activations again with candle's scalar",
+      "  q8k code: 21% of a q4k block forward of LLaDA2.0-mini's shapes with 8M-weight chunks, hence one chunk per",
+      "  thread (at most 64M weights); it was 29% of llada2-63m's q4k block forward already before the chunks.", ""]
 pathlib.Path("docs/performance.md").write_text("\n".join(L) + "\n")
 print("\n".join(L))
 PY
