@@ -1,6 +1,6 @@
 //! `llada bench`: the cached engine next to its baselines, measured in the same run.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use llada::bench::{self, BreakEven, Machine, Row};
 
@@ -51,6 +51,20 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    // Before the model loads (a large one takes a while).
+    if args.runs == 0 {
+        bail!("invalid --runs: must be at least 1");
+    }
+    if let Some(bad) = args
+        .modes
+        .iter()
+        .find(|m| !bench::MODE_NAMES.contains(&m.as_str()))
+    {
+        bail!(
+            "invalid --modes: unknown mode {bad:?} (known: {})",
+            bench::MODE_NAMES.join(", ")
+        );
+    }
     let started = std::time::Instant::now();
     let loaded = match &args.synthetic {
         Some(name) => llada::load_synthetic(name, args.layers, args.model.quant, 0)?,

@@ -29,9 +29,9 @@ const HELP: &str = "commands:
   /reset                 forget the conversation
   /system TEXT           set the system prompt (and reset)
   /set KEY VALUE         change a decoding setting: KEY is a decoding flag of
-                         llada chat --help without its leading dashes, e.g.
-                         /set decoder joint, /set threshold 0.8, /set block-cache dual
-                         (top-k/top-p: 'off' clears)
+                         llada chat --help without its leading dashes (not mask-id,
+                         eos-id), e.g. /set decoder joint, /set threshold 0.8,
+                         /set block-cache dual (top-k/top-p: 'off' clears)
   /show                  show the decoding settings
   /unmask on|off         draw the unmasking of each block
   /help                  this text

@@ -150,7 +150,7 @@ struct BlockCursor {
 struct Output {
     /// Answer tokens before this position are final and reported.
     committed: usize,
-    /// A stop token has been reported: nothing after it will block_end.
+    /// A stop token has been reported: nothing after it will be.
     stopped: bool,
     /// Set once the answer is decided.
     result: Option<Vec<u32>>,
@@ -194,7 +194,7 @@ impl Generation {
                 vocab: cfg.vocab_size,
             });
         }
-        // A mask in the prompt would block_end decoded over, changing the prompt.
+        // A mask in the prompt would be decoded over, changing the prompt.
         if let Some(at) = prompt.iter().position(|&t| t == params.mask_id) {
             return Err(Error::param(
                 "prompt",
@@ -404,7 +404,7 @@ impl Generation {
         }
     }
 
-    /// Approximate block caching: the rows of the coming pass that must block_end computed, or
+    /// Approximate block caching: the rows of the coming pass that must be computed, or
     /// `None` for a full pass.
     fn rows_to_compute(
         &self,

@@ -36,7 +36,7 @@ pub use matmul::{matmul, matmul_f32};
 pub use qrows::QuantizedRows;
 
 pub use softmax::{
-    contiguous_f32, last_dim, masked_softmax, max8, softmax_rows, sum8, MaskedSoftmaxOp, SoftmaxOp,
+    contiguous_f32, last_dim, masked_softmax, max8, sum8, MaskedSoftmaxOp, SoftmaxOp,
 };
 
 /// Builds the thread pool llada's kernels run on (rayon's global pool) with `threads`

@@ -165,14 +165,16 @@ impl LinearWeight {
         }
     }
 
-    /// Whether [`LinearWeight::apply_rows`] runs its product in the calling thread
-    /// without candle's dense matmul (f32 panels, q8_0, other ggml blocks): not trained
-    /// or unpackable dense matrices, whose candle product is slower there.
+    /// Whether [`LinearWeight::apply_rows`] runs its product in the calling thread as
+    /// well as [`LinearWeight::forward`] does: f32 panels, q8_0, and other ggml blocks
+    /// small enough to be one chunk (a chunked one quantizes its input once per chunk);
+    /// not trained or unpackable dense matrices, whose candle product is slower there.
     pub fn runs_in_place(&self) -> bool {
-        matches!(
-            self,
-            LinearWeight::Q8 { .. } | LinearWeight::Quantized { .. } | LinearWeight::Packed { .. }
-        )
+        match self {
+            LinearWeight::Q8 { .. } | LinearWeight::Packed { .. } => true,
+            LinearWeight::Quantized { weight, .. } => weight.chunks() == 1,
+            LinearWeight::Dense { .. } => false,
+        }
     }
 
     /// `x @ W^T (+ b)` for `m` row-major f32 rows, computed in the calling thread: for

@@ -7,8 +7,9 @@
 //! spells its own way ([`Error::InvalidParam`]'s `param`).
 //!
 //! A new setting is a field here (its doc comment is the flag's help) and a line in
-//! [`DecodeSettings::apply`], or, for a decoder's setting, a field of its
-//! [`DecoderConfig`] variant.
+//! [`DecodeSettings::apply`]; a decoder's setting is a field of its [`DecoderConfig`]
+//! variant instead of that line, mapped both ways below (`decoder_named`,
+//! `of_decoder`).
 
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +110,8 @@ impl DecodeSettings {
         let value = match (key, value) {
             ("top_k", "off") => serde_json::json!(0),
             ("top_p", "off") => serde_json::json!(1.0),
+            // `null` would read as "not given" and change nothing.
+            (_, "null") => value.into(),
             _ => serde_json::from_str(value).unwrap_or_else(|_| value.into()),
         };
         serde_json::from_value(serde_json::json!({ key: value }))
@@ -168,10 +171,10 @@ impl DecodeSettings {
 }
 
 impl DecodeSettings {
-    /// The decoder called `name` with these settings' decoder settings, the rest at
-    /// their defaults. A setting that the decoder does not use is an error (it would be
-    /// silently ignored).
-    fn decoder_named(&self, name: &str) -> Result<DecoderConfig> {
+    /// The decoder called `name` with these settings' decoder settings, else `base`'s,
+    /// else its defaults. A setting given here that the decoder does not use is an error
+    /// (it would be silently ignored).
+    fn decoder_named(&self, name: &str, base: &DecodeSettings) -> Result<DecoderConfig> {
         let s = self;
         type D = DecoderDefaults;
         let unused = |setting: &'static str, given: bool| -> Result<()> {
@@ -185,22 +188,43 @@ impl DecodeSettings {
         };
         let config = match name {
             "threshold" => DecoderConfig::Threshold {
-                threshold: s.threshold.unwrap_or(D::THRESHOLD),
+                threshold: s.threshold.or(base.threshold).unwrap_or(D::THRESHOLD),
             },
             "joint" => DecoderConfig::Joint {
-                threshold: s.threshold.unwrap_or(D::JOINT_THRESHOLD),
-                editing_threshold: s.editing_threshold.unwrap_or(D::EDITING_THRESHOLD),
-                max_post_steps: s.max_post_steps.unwrap_or(D::MAX_POST_STEPS),
+                threshold: s.threshold.or(base.threshold).unwrap_or(D::JOINT_THRESHOLD),
+                editing_threshold: s
+                    .editing_threshold
+                    .or(base.editing_threshold)
+                    .unwrap_or(D::EDITING_THRESHOLD),
+                max_post_steps: s
+                    .max_post_steps
+                    .or(base.max_post_steps)
+                    .unwrap_or(D::MAX_POST_STEPS),
             },
             "credit" => DecoderConfig::Credit {
-                threshold: s.threshold.unwrap_or(D::CREDIT_THRESHOLD),
-                alpha: s.credit_alpha.unwrap_or(D::CREDIT_ALPHA),
-                gamma: s.credit_gamma.unwrap_or(D::CREDIT_GAMMA),
-                beta: s.credit_beta.unwrap_or(D::CREDIT_BETA),
+                threshold: s
+                    .threshold
+                    .or(base.threshold)
+                    .unwrap_or(D::CREDIT_THRESHOLD),
+                alpha: s
+                    .credit_alpha
+                    .or(base.credit_alpha)
+                    .unwrap_or(D::CREDIT_ALPHA),
+                gamma: s
+                    .credit_gamma
+                    .or(base.credit_gamma)
+                    .unwrap_or(D::CREDIT_GAMMA),
+                beta: s.credit_beta.or(base.credit_beta).unwrap_or(D::CREDIT_BETA),
             },
             "hierarchy" => DecoderConfig::Hierarchy {
-                threshold: s.threshold.unwrap_or(D::HIERARCHY_THRESHOLD),
-                low_threshold: s.low_threshold.unwrap_or(D::LOW_THRESHOLD),
+                threshold: s
+                    .threshold
+                    .or(base.threshold)
+                    .unwrap_or(D::HIERARCHY_THRESHOLD),
+                low_threshold: s
+                    .low_threshold
+                    .or(base.low_threshold)
+                    .unwrap_or(D::LOW_THRESHOLD),
             },
             other => {
                 return Err(Error::param(
@@ -229,26 +253,14 @@ impl DecodeSettings {
     /// is another, with these settings and its own defaults; else `current` with these
     /// settings changed.
     pub fn decoder_from(&self, current: &DecoderConfig) -> Result<DecoderConfig> {
-        let changes = self;
-        if let Some(n) = changes.decoder.as_deref().filter(|&n| n != current.name()) {
-            return changes.decoder_named(n);
+        match self.decoder.as_deref().filter(|&n| n != current.name()) {
+            Some(other) => self.decoder_named(other, &DecodeSettings::default()),
+            None => self.decoder_named(current.name(), &Self::of_decoder(current)),
         }
-        let now = Self::of_decoder(current);
-        let merged = DecodeSettings {
-            threshold: changes.threshold.or(now.threshold),
-            editing_threshold: changes.editing_threshold.or(now.editing_threshold),
-            max_post_steps: changes.max_post_steps.or(now.max_post_steps),
-            credit_alpha: changes.credit_alpha.or(now.credit_alpha),
-            credit_gamma: changes.credit_gamma.or(now.credit_gamma),
-            credit_beta: changes.credit_beta.or(now.credit_beta),
-            low_threshold: changes.low_threshold.or(now.low_threshold),
-            ..Default::default()
-        };
-        merged.decoder_named(current.name())
     }
 
     /// The settings of decoder `d`, each one it has as `Some`.
-    pub fn of_decoder(d: &DecoderConfig) -> DecodeSettings {
+    fn of_decoder(d: &DecoderConfig) -> DecodeSettings {
         let mut s = DecodeSettings {
             threshold: Some(d.threshold()),
             ..Default::default()
@@ -327,7 +339,7 @@ mod tests {
 
     /// The decoder called `name` with `s`'s settings.
     fn named(name: &str, s: &DecodeSettings) -> Result<DecoderConfig> {
-        s.decoder_named(name)
+        s.decoder_named(name, &DecodeSettings::default())
     }
 
     fn params() -> GenerateParams {

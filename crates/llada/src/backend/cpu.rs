@@ -321,7 +321,7 @@ pub fn attend_by_sequence(
 
 /// `[heads, n, d]` per-head outputs to `[n, heads * d]`, the input of the output
 /// projection.
-pub fn merge_heads(out: &Tensor) -> Result<Tensor> {
+fn merge_heads(out: &Tensor) -> Result<Tensor> {
     let (heads, n, d) = out.dims3()?;
     Ok(out.transpose(0, 1)?.reshape((n, heads * d))?)
 }

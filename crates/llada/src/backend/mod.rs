@@ -18,8 +18,8 @@
 mod cpu;
 
 pub use cpu::{
-    attend_by_sequence, grouped_attention, merge_heads, split_heads, AttentionOps, Cpu, CpuPass,
-    ForwardCost, Rope,
+    attend_by_sequence, grouped_attention, split_heads, AttentionOps, Cpu, CpuPass, ForwardCost,
+    Rope,
 };
 
 pub use crate::config::Heads;

@@ -46,6 +46,11 @@ pub fn matmul_f32(
         return None;
     }
     let skips = batch_skips(ll, rl, m, k, n)?;
+    // gemm reads through raw pointers: every element the layouts reach must lie in the
+    // buffers.
+    if !within(ll, l.len(), batch, skips.0) || !within(rl, r.len(), batch, skips.1) {
+        return None;
+    }
     let out = product(
         &l[ll.start_offset()..],
         ll.stride(),
@@ -71,6 +76,18 @@ fn batch_skips(ll: &Layout, rl: &Layout, m: usize, k: usize, n: usize) -> Option
         _ => None,
     };
     Some((skip(ll, m * k)?, skip(rl, n * k)?))
+}
+
+/// Whether every element `layout` reaches (its last two dimensions, `batch` matrices
+/// `skip` apart) lies inside a buffer of `len` elements.
+fn within(layout: &Layout, len: usize, batch: usize, skip: usize) -> bool {
+    let (dims, stride) = (layout.dims(), layout.stride());
+    if dims.contains(&0) {
+        return true;
+    }
+    let rank = dims.len();
+    let last: usize = (rank - 2..rank).map(|d| (dims[d] - 1) * stride[d]).sum();
+    layout.start_offset() + last + (batch - 1) * skip < len
 }
 
 /// The product, batch by batch, as candle's CPU matmul calls `gemm`.

@@ -22,7 +22,7 @@ const TILE_ROWS: usize = 16;
 /// No chunk holds fewer weights than this: each chunk quantizes the activations again
 /// (candle's scalar q8k quantization is a large part of a q4k forward), and a smaller
 /// product is over before a thread hand-off pays off.
-const MIN_CHUNK_WEIGHTS: usize = 1 << 18;
+const MIN_CHUNK_WEIGHTS: usize = 1 << 20;
 /// Large matrices (an LLaDA2.0-mini lm_head has 322M weights) are cut into chunks of at
 /// most this many, so that the threads share them out evenly as they come free; not
 /// smaller, as every chunk quantizes the activations again (docs/performance.md).
@@ -59,7 +59,9 @@ impl QuantizedRows {
             );
         };
         let bytes = q.storage_size_in_bytes();
-        let wanted = threads.max(rows * cols / MAX_CHUNK_WEIGHTS).max(1);
+        let wanted = threads
+            .max((rows * cols).div_ceil(MAX_CHUNK_WEIGHTS))
+            .max(1);
         let per_chunk = rows
             .div_ceil(wanted)
             .max(MIN_CHUNK_WEIGHTS.div_ceil(cols.max(1)))
@@ -96,6 +98,11 @@ impl QuantizedRows {
 
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Into how many chunks the rows are cut (1: the whole matrix, in one product).
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
     }
 
     /// Bytes of the blocks.

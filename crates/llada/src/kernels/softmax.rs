@@ -125,7 +125,7 @@ fn softmax_row(x: &[f32], mask: Option<&[f32]>, out: &mut [f32]) {
 
 avx2_when_present! {
     /// softmax(row + mask row) of every row of `x` (rows of `d`); the mask's rows repeat.
-    pub fn softmax_rows(x: &[f32], mask: Option<&[f32]>, d: usize) -> Vec<f32> {
+    fn softmax_rows(x: &[f32], mask: Option<&[f32]>, d: usize) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
         let mask_rows = mask.map_or(1, |m| m.len() / d);
         for (r, (row, o)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
