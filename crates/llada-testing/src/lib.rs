@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use llada::{load_model, DecoderConfig, GenerateParams, LoadedModel};
+use llada::{load_model, load_model_on, DecoderConfig, DeviceChoice, GenerateParams, LoadedModel};
 
 /// The golden fixture the repository carries (`fixtures/golden/llada2-tiny`, copied
 /// from the reference outputs by `scripts/sync-golden.sh`).
@@ -25,6 +25,15 @@ pub fn repo_root() -> PathBuf {
 
 pub fn load_fixture() -> LoadedModel {
     load_model(&fixture_dir()).expect("fixture loads")
+}
+
+/// The golden fixture on the GPU backend (`--device gpu`: the best adapter, lavapipe on
+/// a machine without a GPU); panics with the backend's message when there is none.
+pub fn load_fixture_on_gpu() -> LoadedModel {
+    let loaded = load_model_on(&fixture_dir(), None, DeviceChoice::Gpu)
+        .unwrap_or_else(|e| panic!("the GPU backend cannot load the fixture: {e}"));
+    assert!(matches!(loaded.model, llada::Model::Gpu(_)));
+    loaded
 }
 
 /// Largest absolute elementwise difference of two tensors of one shape.

@@ -17,12 +17,24 @@ struct LayerKv {
     v: Tensor,
 }
 
-/// The cache of one sequence: one buffer per layer, all holding the same positions.
-#[derive(Debug, Clone)]
+/// The cache of one sequence: one buffer per layer, all holding the same positions
+/// (in host memory, or on the device of the backend that runs the sequence).
 pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
     len: usize,
     capacity_hint: usize,
+    /// A device backend's buffers for this sequence (see [`KvCache::device_state`]).
+    device: Option<crate::backend::gpu::DeviceState>,
+}
+
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("len", &self.len)
+            .field("layers", &self.layers.len())
+            .field("on_device", &self.device.is_some())
+            .finish()
+    }
 }
 
 impl KvCache {
@@ -36,7 +48,29 @@ impl KvCache {
             layers: vec![None; num_layers],
             len: 0,
             capacity_hint: positions,
+            device: None,
         }
+    }
+
+    pub(crate) fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Positions the buffers are sized for up front.
+    pub(crate) fn capacity_hint(&self) -> usize {
+        self.capacity_hint
+    }
+
+    /// A device backend's state for this sequence (its buffers), created on first use.
+    pub(crate) fn device_state<T: std::any::Any + Send + Sync + Default>(&mut self) -> &mut T {
+        let fresh = !self.device.as_ref().is_some_and(|d| d.is::<T>());
+        if fresh {
+            self.device = Some(Box::new(T::default()));
+        }
+        self.device
+            .as_mut()
+            .and_then(|d| d.downcast_mut::<T>())
+            .expect("created above")
     }
 
     /// Number of committed positions (always the positions `0..len`).

@@ -69,6 +69,10 @@ pub enum Error {
     #[error("downloading {repo} failed: {message}")]
     Download { repo: String, message: String },
 
+    /// No usable GPU, or the GPU failed (out of memory, lost device).
+    #[error("GPU: {0}")]
+    Device(String),
+
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use crate::cache::KvCache;
 use crate::decode::{transfer_schedule, Candidate, Decoder, StepInfo};
 use crate::error::{Error, Result};
-use crate::model::Llada2Model;
+use crate::model::Model;
 use crate::params::{BlockCache, GenerateParams};
 use crate::sampling::Sampler;
 use crate::step::SeqStep;
@@ -92,7 +92,7 @@ impl Observer for Commits<'_> {
 /// Generates an answer to `prompt`. `on_commit` receives answer tokens as soon as they
 /// are final and everything to their left is too.
 pub fn generate(
-    model: &Llada2Model,
+    model: &Model,
     prompt: &[u32],
     params: &GenerateParams,
     on_commit: &mut dyn FnMut(&[u32]),
@@ -102,7 +102,7 @@ pub fn generate(
 
 /// [`generate`] with an [`Observer`] that also sees every step.
 pub fn generate_observed(
-    model: &Llada2Model,
+    model: &Model,
     prompt: &[u32],
     params: &GenerateParams,
     observer: &mut dyn Observer,
@@ -182,7 +182,7 @@ struct PendingPass {
 
 impl Generation {
     /// Validates the request and lays out prompt + masks; no forward pass yet.
-    pub fn new(model: &Llada2Model, prompt: &[u32], params: GenerateParams) -> Result<Self> {
+    pub fn new(model: &Model, prompt: &[u32], params: GenerateParams) -> Result<Self> {
         let cfg = model.config();
         params.validate(cfg.vocab_size)?;
         if prompt.is_empty() {
@@ -280,7 +280,7 @@ impl Generation {
     }
 
     /// Runs one forward pass of this sequence alone; false once the answer is finished.
-    pub fn step(&mut self, model: &Llada2Model, observer: &mut dyn Observer) -> Result<bool> {
+    pub fn step(&mut self, model: &Model, observer: &mut dyn Observer) -> Result<bool> {
         let Some(plan) = self.plan(observer) else {
             return Ok(false);
         };
@@ -576,7 +576,7 @@ impl Generation {
 /// sequence). `on_commit(i, ids)` receives `batch[i]`'s newly final answer tokens.
 /// Returns how many sequences took part.
 pub fn step_batch(
-    model: &Llada2Model,
+    model: &Model,
     batch: &mut [&mut Generation],
     on_commit: &mut dyn FnMut(usize, &[u32]),
 ) -> Result<usize> {
@@ -610,7 +610,7 @@ pub fn step_batch(
 /// Decodes every generation of `gens` to its end, the unfinished ones sharing one
 /// batched forward pass per step ([`step_batch`]). Returns the number of passes.
 pub fn run_batch(
-    model: &Llada2Model,
+    model: &Model,
     gens: &mut [Generation],
     on_commit: &mut dyn FnMut(usize, &[u32]),
 ) -> Result<usize> {

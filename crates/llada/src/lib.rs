@@ -8,8 +8,10 @@
 //!
 //! The public API, by job:
 //! - Loading: [`load_model`], [`load_model_with`] (quantize at load), [`load_embedded`],
-//!   [`load_synthetic`] (random weights of a known shape) give a [`LoadedModel`]: its
-//!   [`ModelFiles`] ([`Llada2Config`], [`GenerationConfig`]), [`Llada2Model`],
+//!   [`load_synthetic`] (random weights of a known shape) give a [`LoadedModel`] on the
+//!   CPU; their `_on` forms ([`load_model_on`], ...) take a [`DeviceChoice`] (CPU, GPU or
+//!   auto). A [`LoadedModel`] holds its [`ModelFiles`] ([`Llada2Config`],
+//!   [`GenerationConfig`]), the [`Model`] on its device,
 //!   [`Tokenizer`] and [`Weights`] ([`WeightFormat`], [`Quant`]). [`hub`] finds models in
 //!   the Hugging Face cache and downloads them; [`quantize_checkpoint`] writes a q8_0/q4k
 //!   GGUF copy; [`files`] writes files atomically.
@@ -20,7 +22,8 @@
 //!   the [`Decoder`] trait and its rules, selected by [`DecoderConfig`];
 //!   [`SamplingParams`] and [`Sampler`] pick tokens.
 //! - The model and its seam: [`Llada2`] is the model's math, generic over a
-//!   [`backend::Backend`] (the op set; [`Cpu`] is the CPU one, with its [`ForwardCost`]);
+//!   [`backend::Backend`] (the op set; [`Cpu`] is the CPU one, with its [`ForwardCost`],
+//!   [`Gpu`] the wgpu one; [`Llada2Model`] is the model on the CPU);
 //!   [`Llada2::forward`] runs [`SeqStep`]s over [`KvCache`]s. Weights come from a
 //!   [`WeightSource`] ([`WeightStore`] for safetensors, [`synthetic`] for random ones) as
 //!   [`LinearWeight`]s. [`kernels`] are the CPU kernels, for backends in other crates
@@ -51,7 +54,7 @@ pub mod synthetic;
 pub mod tokenizer;
 mod weights;
 
-pub use backend::{Cpu, ForwardCost};
+pub use backend::{Cpu, DeviceChoice, ForwardCost, Gpu};
 pub use cache::KvCache;
 pub use config::{
     GenerationConfig, Heads, Llada2Config, ModelFiles, MoeShape, COMPANION_FILES, DEFAULT_EOS_ID,
@@ -65,10 +68,10 @@ pub use generate::{
 };
 pub use gguf::{quantize_checkpoint, QuantizeReport};
 pub use load::{
-    load_embedded, load_model, load_model_with, load_synthetic, EmbeddedModel, LoadedModel,
-    WeightFormat, Weights,
+    load_embedded, load_embedded_on, load_model, load_model_on, load_model_with, load_synthetic,
+    load_synthetic_on, EmbeddedModel, LoadedModel, WeightFormat, Weights,
 };
-pub use model::{Llada2, Llada2Model};
+pub use model::{Llada2, Llada2Model, Model};
 pub use params::{BlockCache, GenerateParams};
 pub use quant::{LinearWeight, Quant};
 pub use sampling::{Sampler, SamplingParams, MAX_TEMPERATURE};

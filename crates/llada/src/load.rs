@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use crate::backend::{Backend, Cpu};
+use crate::backend::{Backend, Cpu, DeviceChoice, Gpu};
 use crate::config::{self, GenerationConfig, Llada2Config, ModelFiles};
 use crate::error::Result;
 use crate::gguf::{self, GgufStore};
-use crate::model::{Llada2, Llada2Model};
+use crate::model::{Llada2, Model};
 use crate::params::GenerateParams;
 use crate::quant::Quant;
 use crate::synthetic::SyntheticSource;
@@ -130,7 +130,7 @@ impl Origin {
 /// A loaded model with the files it came from.
 pub struct LoadedModel {
     pub files: ModelFiles,
-    pub model: Llada2Model,
+    pub model: Model,
     /// Present when the folder has a `tokenizer.json`.
     pub tokenizer: Option<Tokenizer>,
     pub weights: Weights,
@@ -138,15 +138,25 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// The one constructor: the model's weights from `origin` onto the CPU backend.
+    /// The one constructor: the model's weights from `origin` onto the device `device`
+    /// picks (see [`DeviceChoice`]).
     fn assemble(
         files: ModelFiles,
         origin: Origin,
         tokenizer: Option<Tokenizer>,
         quant: Option<Quant>,
+        device: DeviceChoice,
     ) -> Result<Self> {
         let (source, format) = origin.open()?;
-        let model = Llada2::load(&files.config, source.as_ref(), quant, Cpu::new())?;
+        let model = match Gpu::open(device)? {
+            Some(gpu) => Model::Gpu(Llada2::load(&files.config, source.as_ref(), quant, gpu)?),
+            None => Model::Cpu(Llada2::load(
+                &files.config,
+                source.as_ref(),
+                quant,
+                Cpu::new(),
+            )?),
+        };
         Ok(Self {
             files,
             model,
@@ -207,18 +217,42 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
 
 /// As [`load_model`], quantizing the linear layers at load time when `quant` is given.
 pub fn load_model_with(dir: &Path, quant: Option<Quant>) -> Result<LoadedModel> {
+    load_model_on(dir, quant, DeviceChoice::Cpu)
+}
+
+/// As [`load_model_with`], on the device `device` picks.
+pub fn load_model_on(
+    dir: &Path,
+    quant: Option<Quant>,
+    device: DeviceChoice,
+) -> Result<LoadedModel> {
     let files = ModelFiles::open(dir)?;
     let tokenizer = if dir.join("tokenizer.json").is_file() {
         Some(Tokenizer::from_dir(dir)?)
     } else {
         None
     };
-    LoadedModel::assemble(files, Origin::Dir(dir.to_path_buf()), tokenizer, quant)
+    LoadedModel::assemble(
+        files,
+        Origin::Dir(dir.to_path_buf()),
+        tokenizer,
+        quant,
+        device,
+    )
 }
 
 /// Loads an [`EmbeddedModel`] exactly as [`load_model_with`] loads a folder holding the
 /// same files.
 pub fn load_embedded(embedded: &EmbeddedModel, quant: Option<Quant>) -> Result<LoadedModel> {
+    load_embedded_on(embedded, quant, DeviceChoice::Cpu)
+}
+
+/// As [`load_embedded`], on the device `device` picks.
+pub fn load_embedded_on(
+    embedded: &EmbeddedModel,
+    quant: Option<Quant>,
+    device: DeviceChoice,
+) -> Result<LoadedModel> {
     let origin = PathBuf::from(embedded.name);
     let files = ModelFiles {
         config: Llada2Config::parse(embedded.config, &origin.join("config.json"))?,
@@ -232,7 +266,7 @@ pub fn load_embedded(embedded: &EmbeddedModel, quant: Option<Quant>) -> Result<L
         .tokenizer
         .map(|json| Tokenizer::from_parts(json, embedded.tokenizer_config, None, &origin))
         .transpose()?;
-    LoadedModel::assemble(files, Origin::Embedded(*embedded), tokenizer, quant)
+    LoadedModel::assemble(files, Origin::Embedded(*embedded), tokenizer, quant, device)
 }
 
 /// A model of a known architecture's exact shapes ([`crate::synthetic::preset`]) with
@@ -242,6 +276,17 @@ pub fn load_synthetic(
     layers: Option<usize>,
     quant: Option<Quant>,
     seed: u64,
+) -> Result<LoadedModel> {
+    load_synthetic_on(name, layers, quant, seed, DeviceChoice::Cpu)
+}
+
+/// As [`load_synthetic`], on the device `device` picks.
+pub fn load_synthetic_on(
+    name: &str,
+    layers: Option<usize>,
+    quant: Option<Quant>,
+    seed: u64,
+    device: DeviceChoice,
 ) -> Result<LoadedModel> {
     let origin = PathBuf::from(format!("synthetic:{name}"));
     let config = Llada2Config::from_json(crate::synthetic::preset(name, layers)?, &origin)?;
@@ -262,5 +307,5 @@ pub fn load_synthetic(
         config,
         generation,
     };
-    LoadedModel::assemble(files, Origin::Synthetic { seed }, None, quant)
+    LoadedModel::assemble(files, Origin::Synthetic { seed }, None, quant, device)
 }

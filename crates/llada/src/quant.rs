@@ -224,6 +224,40 @@ impl LinearWeight {
     }
 
     /// Bytes the weight occupies in memory.
+    /// The matrix's values, row-major, when it is dense (`None` when quantized).
+    pub fn dense_values(&self) -> Result<Option<Vec<f32>>> {
+        Ok(match self {
+            LinearWeight::Dense { weight, .. } => Some(
+                weight
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            LinearWeight::Packed { weight, .. } => Some(weight.unpack()),
+            LinearWeight::Quantized { .. } | LinearWeight::Q8 { .. } => None,
+        })
+    }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        match self {
+            LinearWeight::Dense { bias, .. }
+            | LinearWeight::Quantized { bias, .. }
+            | LinearWeight::Q8 { bias, .. }
+            | LinearWeight::Packed { bias, .. } => bias.as_ref(),
+        }
+    }
+
+    /// What the matrix holds: "f32", "q8_0", "q4k", ...
+    pub fn kind(&self) -> String {
+        match self {
+            LinearWeight::Dense { weight, .. } => format!("{:?}", weight.dtype()).to_lowercase(),
+            LinearWeight::Packed { .. } => "f32".into(),
+            LinearWeight::Q8 { .. } => "q8_0".into(),
+            LinearWeight::Quantized { .. } => "k-quant".into(),
+        }
+    }
+
     pub fn memory_bytes(&self) -> usize {
         match self {
             LinearWeight::Dense { weight, .. } => {

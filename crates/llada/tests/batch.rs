@@ -15,7 +15,7 @@ fn all_golden_cases_decoded_together_match_the_reference() {
         .map(|c| Generation::new(&loaded.model, &c.prompt, c.params.clone()).unwrap())
         .collect();
     let mut streamed = vec![Vec::new(); gens.len()];
-    let before = loaded.model.backend().cost().sequence_passes as usize;
+    let before = loaded.model.cost().sequence_passes as usize;
     let passes = run_batch(&loaded.model, &mut gens, &mut |i, ids| {
         streamed[i].extend_from_slice(ids)
     })
@@ -44,7 +44,7 @@ fn all_golden_cases_decoded_together_match_the_reference() {
         assert_eq!(streamed[i], expected_stream, "case {i}: streamed commits");
     }
     assert_eq!(
-        loaded.model.backend().cost().sequence_passes as usize - before,
+        loaded.model.cost().sequence_passes as usize - before,
         forwards,
         "sequences the model ran vs forwards counted in the statistics"
     );

@@ -115,9 +115,9 @@ fn dual_does_less_work_and_fills_every_position() {
     params.decoder = DecoderConfig::Threshold { threshold: 1.0 };
     params.ignore_eos = true;
     let macs = |params: &llada::GenerateParams| {
-        let before = model.backend().cost().macs;
+        let before = model.cost().macs;
         let out = generate(model, &prompt, params, &mut |_| {}).unwrap();
-        (out, model.backend().cost().macs - before)
+        (out, model.cost().macs - before)
     };
     let (exact, exact_macs) = macs(&params);
     params.block_cache = BlockCache::Dual { refresh: 0 };

@@ -47,12 +47,12 @@ fn generate_matches_the_reference_with_and_without_cache() {
         for use_cache in [false, true] {
             params.use_cache = use_cache;
             let mut streamed = Vec::new();
-            let before = loaded.model.backend().cost().sequence_passes as usize;
+            let before = loaded.model.cost().sequence_passes as usize;
             let out = generate(&loaded.model, &prompt, &params, &mut |t| {
                 streamed.extend_from_slice(t)
             })
             .unwrap();
-            let ran = loaded.model.backend().cost().sequence_passes as usize - before;
+            let ran = loaded.model.cost().sequence_passes as usize - before;
             assert_eq!(out.ids, want, "case {n} (cache: {use_cache})");
             assert_eq!(
                 out.stats.denoising_steps, want_steps,

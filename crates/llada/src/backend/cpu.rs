@@ -46,17 +46,29 @@ impl std::ops::Sub for ForwardCost {
 }
 
 #[derive(Default)]
-struct CostMeter {
+pub(super) struct CostMeter {
     macs: AtomicU64,
     weight_bytes: AtomicU64,
     sequence_passes: AtomicUsize,
 }
 
 impl CostMeter {
-    fn add(&self, macs: usize, weight_bytes: usize) {
+    pub(super) fn add(&self, macs: usize, weight_bytes: usize) {
         self.macs.fetch_add(macs as u64, Ordering::Relaxed);
         self.weight_bytes
             .fetch_add(weight_bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn sequences(&self, n: usize) {
+        self.sequence_passes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn total(&self) -> ForwardCost {
+        ForwardCost {
+            macs: self.macs.load(Ordering::Relaxed),
+            weight_bytes: self.weight_bytes.load(Ordering::Relaxed),
+            sequence_passes: self.sequence_passes.load(Ordering::Relaxed) as u64,
+        }
     }
 
     /// `rows` rows through `w`: the matrix is read once, each row costs in * out MACs.
@@ -79,11 +91,7 @@ impl Cpu {
 
     /// The work of every op this backend ran so far.
     pub fn cost(&self) -> ForwardCost {
-        ForwardCost {
-            macs: self.meter.macs.load(Ordering::Relaxed),
-            weight_bytes: self.meter.weight_bytes.load(Ordering::Relaxed),
-            sequence_passes: self.meter.sequence_passes.load(Ordering::Relaxed) as u64,
-        }
+        self.meter.total()
     }
 
     /// The experts of a MoE layer, expert after expert as tensor ops, mixed with
@@ -477,9 +485,7 @@ impl Inference for Cpu {
         let device = candle_core::Device::Cpu;
         // Query heads of one KV group are stacked in attention: a mask repeats for each.
         let group = heads.query / heads.kv;
-        self.meter
-            .sequence_passes
-            .fetch_add(batch.len(), Ordering::Relaxed);
+        self.meter.sequences(batch.len());
         let mut ids = Vec::new();
         let mut outputs = Vec::new();
         let mut outputs_per_seq = Vec::with_capacity(batch.len());

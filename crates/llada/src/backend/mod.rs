@@ -9,6 +9,8 @@
 //! each sequence's logits back on the host.
 //!
 //! - [`Cpu`]: candle tensors and llada's CPU kernels (`crate::kernels`).
+//! - [`Gpu`]: WGSL compute shaders through `wgpu` (Vulkan, Metal, DX12), weights and KV
+//!   caches on the device.
 //! - The trainer (crate `llada-train`) implements [`Backend`] for training: the same ops
 //!   with gradients, no cache.
 //!
@@ -16,6 +18,7 @@
 //! the model file stays as it is.
 
 mod cpu;
+pub mod gpu;
 
 pub use cpu::{
     attend_by_sequence, grouped_attention, split_heads, AttentionOps, Cpu, CpuPass, ForwardCost,
@@ -26,6 +29,7 @@ pub use crate::config::Heads;
 use crate::error::Result;
 use crate::quant::LinearWeight;
 use crate::step::SeqStep;
+pub use gpu::{DeviceChoice, Gpu};
 
 /// A SwiGLU MLP: `down(silu(gate(x)) * up(x))` (dense layers, experts, shared experts).
 pub struct Mlp<B: Backend> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::backend::ForwardCost;
 use crate::error::{Error, Result};
 use crate::generate::{generate, run_batch, GenerateStats, Generation};
-use crate::model::Llada2Model;
+use crate::model::Model;
 use crate::params::{BlockCache, GenerateParams};
 
 /// The label of the cached row (the reference decoding with llada's KV cache).
@@ -113,7 +113,7 @@ pub struct Row {
 }
 
 /// Runs `mode` once untimed, then `runs` timed times.
-pub fn measure(model: &Llada2Model, prompt: &[u32], mode: &Mode, runs: usize) -> Result<Row> {
+pub fn measure(model: &Model, prompt: &[u32], mode: &Mode, runs: usize) -> Result<Row> {
     if runs == 0 {
         return Err(Error::param("runs", "must be at least 1"));
     }
@@ -125,7 +125,7 @@ pub fn measure(model: &Llada2Model, prompt: &[u32], mode: &Mode, runs: usize) ->
         Ok((s, s.forwards))
     };
     decode()?;
-    let before = model.backend().cost();
+    let before = model.cost();
     let (mut total, mut passes) = (GenerateStats::default(), 0);
     for _ in 0..runs {
         let (s, p) = decode()?;
@@ -141,7 +141,7 @@ pub fn measure(model: &Llada2Model, prompt: &[u32], mode: &Mode, runs: usize) ->
         tokens_per_forward: total.tokens_per_forward(),
         ms_per_forward: 1e3 * total.seconds / passes.max(1) as f64,
         tokens_per_second: total.tokens_per_second(),
-        cost: model.backend().cost() - before,
+        cost: model.cost() - before,
         limits: None,
     })
 }
@@ -149,7 +149,7 @@ pub fn measure(model: &Llada2Model, prompt: &[u32], mode: &Mode, runs: usize) ->
 /// Decodes `n` copies of `prompt` through shared forward passes. Returns the summed
 /// per-sequence statistics (wall time once) and the number of batched passes.
 fn decode_together(
-    model: &Llada2Model,
+    model: &Model,
     prompt: &[u32],
     params: &GenerateParams,
     n: usize,

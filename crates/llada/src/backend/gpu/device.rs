@@ -1,0 +1,111 @@
+//! Which device runs a model: the `--device` choice and the adapter behind `gpu`.
+
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// Where a model runs (`--device`, `LLADA_DEVICE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// A hardware GPU when there is one, else the CPU; never a software adapter.
+    #[default]
+    Auto,
+    Cpu,
+    /// The best adapter there is: hardware first, a software one with a warning.
+    Gpu,
+}
+
+impl DeviceChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Gpu => "gpu",
+        }
+    }
+
+    /// `LLADA_DEVICE` when set (and valid), else `auto`.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("LLADA_DEVICE") {
+            Ok(v) if !v.trim().is_empty() => v.parse(),
+            _ => Ok(DeviceChoice::Auto),
+        }
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "gpu" => Ok(DeviceChoice::Gpu),
+            other => Err(Error::InvalidRequest(format!(
+                "unknown device {other:?} (use cpu, gpu or auto)"
+            ))),
+        }
+    }
+}
+
+/// One adapter wgpu found.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    /// A CPU implementation (lavapipe, WARP, SwiftShader).
+    pub software: bool,
+}
+
+pub(super) fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Lower is better: discrete before integrated before virtual, software last.
+fn rank(kind: wgpu::DeviceType) -> u8 {
+    match kind {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// The best adapter, hardware first; `None` when there is none at all.
+pub(super) fn best_adapter(hardware_only: bool) -> Option<wgpu::Adapter> {
+    let instance = instance();
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.retain(|a| !hardware_only || a.get_info().device_type != wgpu::DeviceType::Cpu);
+    adapters.sort_by_key(|a| rank(a.get_info().device_type));
+    adapters.into_iter().next()
+}
+
+/// Every adapter wgpu finds on this machine, best first.
+pub fn adapters() -> Vec<AdapterSummary> {
+    let instance = instance();
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.sort_by_key(|a| rank(a.get_info().device_type));
+    adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            AdapterSummary {
+                name: info.name,
+                backend: format!("{:?}", info.backend),
+                software: info.device_type == wgpu::DeviceType::Cpu,
+            }
+        })
+        .collect()
+}
+
+/// The error for `--device gpu` on a machine without any adapter.
+pub(super) fn no_adapter() -> Error {
+    Error::Device(
+        "no GPU adapter found: llada's GPU backend needs a Vulkan (Linux, Windows), Metal \
+         (macOS) or DX12 (Windows) driver; on Linux install your GPU's Vulkan driver, or \
+         Mesa's software one (Debian/Ubuntu: apt-get install libvulkan1 mesa-vulkan-drivers), \
+         or run with --device cpu"
+            .into(),
+    )
+}

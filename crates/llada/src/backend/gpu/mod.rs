@@ -1,0 +1,586 @@
+//! The GPU backend: every op of a forward pass as a WGSL compute shader run through
+//! `wgpu` (Vulkan, Metal, DX12), weights resident on the device, each sequence's KV cache
+//! on the device, and only router logits (a few numbers per token, for the host's expert
+//! choice) and the head's output rows read back.
+//!
+//! Activations are f32 and token-major (`[tokens, width]`; a layer's heads side by side
+//! in a row), so splitting the fused QKV output and merging heads need no transposes.
+//! Weights keep bf16 when their values are bf16 (checked, not assumed) and are widened
+//! inside the kernels; f32 otherwise.
+
+mod device;
+mod kernels;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+pub use device::{adapters, AdapterSummary, DeviceChoice};
+use kernels::{grid, Kernels, Variant};
+
+use super::cpu::CostMeter;
+use super::{Backend, Heads, Inference, MoeInput, RopeTables};
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+use crate::quant::LinearWeight;
+use crate::step::SeqStep;
+use crate::ForwardCost;
+
+/// The largest head size the attention kernel holds in a workgroup.
+const MAX_HEAD_DIM: usize = 256;
+
+/// The GPU backend (see the module docs).
+pub struct Gpu {
+    kernels: Kernels,
+    info: wgpu::AdapterInfo,
+    meter: CostMeter,
+}
+
+/// An f32 activation on the device, or a weight (f32 or bf16).
+#[derive(Clone)]
+pub struct GpuTensor {
+    buffer: Arc<wgpu::Buffer>,
+    rows: usize,
+    cols: usize,
+    bf16: bool,
+}
+
+impl GpuTensor {
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// A linear layer's weight `[out, in]` on the device.
+pub struct GpuLinear {
+    weight: GpuTensor,
+    bias: Option<wgpu::Buffer>,
+}
+
+impl Gpu {
+    /// The GPU for `choice`: `Ok(None)` when the model should run on the CPU (`cpu`, or
+    /// `auto` without a hardware adapter); an error for `gpu` without any adapter.
+    pub fn open(choice: DeviceChoice) -> Result<Option<Gpu>> {
+        let adapter = match choice {
+            DeviceChoice::Cpu => return Ok(None),
+            DeviceChoice::Auto => match device::best_adapter(true) {
+                Some(a) => a,
+                None => return Ok(None),
+            },
+            DeviceChoice::Gpu => device::best_adapter(false).ok_or_else(device::no_adapter)?,
+        };
+        let info = adapter.get_info();
+        if info.device_type == wgpu::DeviceType::Cpu {
+            tracing::warn!(
+                "{} is a software adapter (the CPU emulating a GPU): correct but slow; \
+                 --device cpu runs faster",
+                info.name
+            );
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("llada"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Device(format!("cannot open {}: {e}", info.name)))?;
+        Ok(Some(Gpu {
+            kernels: Kernels::new(device, queue),
+            info,
+            meter: CostMeter::default(),
+        }))
+    }
+
+    /// The adapter's name and API, e.g. "NVIDIA H100 (Vulkan)".
+    pub fn name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// Whether the adapter is a software one (the CPU emulating a GPU).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The work of every op this backend ran so far.
+    pub fn cost(&self) -> ForwardCost {
+        self.meter.total()
+    }
+
+    fn activation(&self, rows: usize, cols: usize) -> GpuTensor {
+        GpuTensor {
+            buffer: Arc::new(self.kernels.zeros("activation", rows * cols * 4)),
+            rows,
+            cols,
+            bf16: false,
+        }
+    }
+
+    /// Uploads f32 values, as bf16 when every value is one (lossless) and `allow_bf16`.
+    fn weight(&self, values: &[f32], rows: usize, cols: usize, allow_bf16: bool) -> GpuTensor {
+        let bf16 = allow_bf16
+            && cols.is_multiple_of(2)
+            && values.iter().all(|v| v.to_bits() & 0xffff == 0);
+        let buffer = if bf16 {
+            let halves: Vec<u16> = values.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            self.kernels.upload("weight", &halves)
+        } else {
+            self.kernels.upload("weight", values)
+        };
+        GpuTensor {
+            buffer: Arc::new(buffer),
+            rows,
+            cols,
+            bf16,
+        }
+    }
+
+    fn elementwise(&self, op: u32, a: &GpuTensor, b: Option<&GpuTensor>, scale: f32) -> GpuTensor {
+        let out = self.activation(a.rows, a.cols);
+        let n = a.len();
+        let b = b.map_or(self.kernels.empty(), |b| &*b.buffer);
+        self.kernels.dispatch(
+            &Variant::plain("elementwise").with("OP", op),
+            &[n as u32, scale.to_bits()],
+            &[&a.buffer, b, &out.buffer],
+            grid(n),
+        );
+        out
+    }
+
+    /// Rows `rows` of `x`, columns `offset..offset + cols`.
+    fn gather(
+        &self,
+        x: &GpuTensor,
+        rows: &wgpu::Buffer,
+        count: usize,
+        offset: usize,
+        cols: usize,
+    ) -> GpuTensor {
+        let out = self.activation(count, cols);
+        self.kernels.dispatch(
+            &Variant::plain("gather"),
+            &[count as u32, cols as u32, x.cols as u32, offset as u32],
+            &[&x.buffer, rows, &out.buffer],
+            grid(count * cols),
+        );
+        out
+    }
+
+    fn columns(&self, x: &GpuTensor, offset: usize, cols: usize) -> GpuTensor {
+        let rows: Vec<u32> = (0..x.rows as u32).collect();
+        let index = self.kernels.upload("rows", &rows);
+        self.gather(x, &index, x.rows, offset, cols)
+    }
+
+    fn product(&self, x: &GpuTensor, w: &GpuTensor, bias: Option<&wgpu::Buffer>) -> GpuTensor {
+        let (m, k, n) = (x.rows, x.cols, w.rows);
+        let out = self.activation(m, n);
+        let variant = Variant::plain("linear")
+            .with("WEIGHT_BF16", u32::from(w.bf16))
+            .with("HAS_BIAS", u32::from(bias.is_some()));
+        self.kernels.dispatch(
+            &variant,
+            &[m as u32, n as u32, k as u32],
+            &[
+                &x.buffer,
+                &w.buffer,
+                bias.unwrap_or(self.kernels.empty()),
+                &out.buffer,
+            ],
+            (n.div_ceil(4) as u32, m.div_ceil(8) as u32, 1),
+        );
+        out
+    }
+
+    fn read(&self, x: &GpuTensor) -> Result<Vec<f32>> {
+        self.kernels
+            .read_f32(&x.buffer, x.len())
+            .map_err(Error::Device)
+    }
+}
+
+/// A layer's keys and values of one sequence on the device: `[capacity, kv_heads * dim]`.
+struct LayerKv {
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    capacity: usize,
+}
+
+/// A sequence's KV cache on the device, kept in its [`KvCache`].
+#[derive(Default)]
+struct DeviceKv {
+    layers: Vec<Option<LayerKv>>,
+}
+
+/// One sequence's share of a GPU pass.
+struct GpuSeq<'p> {
+    offset: usize,
+    len: usize,
+    /// Positions the attention reads: the committed ones plus the step's.
+    keys: usize,
+    block_length: usize,
+    /// Cache position of each computed row.
+    slots: wgpu::Buffer,
+    /// A partial pass: it needs the buffers a full pass of its positions wrote.
+    partial: bool,
+    cache: &'p mut KvCache,
+}
+
+/// A GPU inference pass.
+pub struct GpuPass<'p> {
+    ids: wgpu::Buffer,
+    tokens: usize,
+    positions: wgpu::Buffer,
+    cos: wgpu::Buffer,
+    sin: wgpu::Buffer,
+    rope_dim: usize,
+    head_dim: usize,
+    seqs: Vec<GpuSeq<'p>>,
+    outputs: wgpu::Buffer,
+    outputs_per_seq: Vec<usize>,
+}
+
+impl Backend for Gpu {
+    type Tensor = GpuTensor;
+    type Linear = GpuLinear;
+    type Pass<'p> = GpuPass<'p>;
+
+    fn tensor(&self, t: Tensor) -> Result<GpuTensor> {
+        let (rows, cols) = match *t.dims() {
+            [n] => (1, n),
+            [r, c] => (r, c),
+            ref d => {
+                return Err(Error::Device(format!(
+                    "the GPU backend holds matrices and vectors, not shape {d:?}"
+                )))
+            }
+        };
+        let values = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        // Only matrices read by the product and embedding kernels may be bf16.
+        Ok(self.weight(&values, rows, cols, rows > 1))
+    }
+
+    fn linear_weight(&self, w: LinearWeight) -> Result<GpuLinear> {
+        let (rows, cols) = w.dims();
+        let Some(values) = w.dense_values()? else {
+            return Err(Error::Device(format!(
+                "{} weights do not run on the GPU backend yet: load the model unquantized \
+                 (safetensors) for --device gpu, or use --device cpu",
+                w.kind()
+            )));
+        };
+        let bias = w
+            .bias()
+            .map(|b| -> Result<wgpu::Buffer> {
+                let b = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                Ok(self.kernels.upload("bias", &b))
+            })
+            .transpose()?;
+        Ok(GpuLinear {
+            weight: self.weight(&values, rows, cols, true),
+            bias,
+        })
+    }
+
+    fn tensor_bytes(&self, t: &GpuTensor) -> usize {
+        t.len() * if t.bf16 { 2 } else { 4 }
+    }
+
+    fn linear_bytes(&self, w: &GpuLinear) -> usize {
+        self.tensor_bytes(&w.weight) + w.bias.as_ref().map_or(0, |_| 4 * w.weight.rows)
+    }
+
+    fn embed(&self, table: &GpuTensor, pass: &GpuPass<'_>) -> Result<GpuTensor> {
+        let out = self.activation(pass.tokens, table.cols);
+        self.kernels.dispatch(
+            &Variant::plain("embed").with("WEIGHT_BF16", u32::from(table.bf16)),
+            &[pass.tokens as u32, table.cols as u32],
+            &[&pass.ids, &table.buffer, &out.buffer],
+            grid(out.len()),
+        );
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &GpuTensor, weight: &GpuTensor, eps: f64) -> Result<GpuTensor> {
+        // Rows of the weight's width: tokens, or every head of every token (QK-norm).
+        let cols = weight.cols;
+        let rows = x.len() / cols;
+        let out = self.activation(x.rows, x.cols);
+        let (gx, gy) = (rows.min(65535), rows.div_ceil(65535));
+        self.kernels.dispatch(
+            &Variant::plain("rms_norm"),
+            &[rows as u32, cols as u32, (eps as f32).to_bits()],
+            &[&x.buffer, &weight.buffer, &out.buffer],
+            (gx as u32, gy as u32, 1),
+        );
+        Ok(out)
+    }
+
+    fn linear(&self, x: &GpuTensor, w: &GpuLinear) -> Result<GpuTensor> {
+        self.meter
+            .add(x.rows * w.weight.len(), self.linear_bytes(w));
+        Ok(self.product(x, &w.weight, w.bias.as_ref()))
+    }
+
+    fn add(&self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
+        Ok(self.elementwise(0, a, Some(b), 0.0))
+    }
+
+    fn swiglu(&self, gate: &GpuTensor, up: &GpuTensor) -> Result<GpuTensor> {
+        Ok(self.elementwise(1, gate, Some(up), 0.0))
+    }
+
+    fn split_heads(
+        &self,
+        qkv: &GpuTensor,
+        heads: Heads,
+    ) -> Result<(GpuTensor, GpuTensor, GpuTensor)> {
+        let (q, kv) = (heads.query * heads.dim, heads.kv * heads.dim);
+        Ok((
+            self.columns(qkv, 0, q),
+            self.columns(qkv, q, kv),
+            self.columns(qkv, q + kv, kv),
+        ))
+    }
+
+    fn rope(&self, x: &GpuTensor, pass: &GpuPass<'_>) -> Result<GpuTensor> {
+        if pass.rope_dim == 0 {
+            return Ok(x.clone());
+        }
+        let out = self.activation(x.rows, x.cols);
+        let dim = pass.head_dim;
+        self.kernels.dispatch(
+            &Variant::plain("rope"),
+            &[
+                x.rows as u32,
+                (x.cols / dim) as u32,
+                dim as u32,
+                pass.rope_dim as u32,
+            ],
+            &[&x.buffer, &pass.cos, &pass.sin, &out.buffer],
+            grid(x.len()),
+        );
+        Ok(out)
+    }
+
+    fn scale(&self, x: &GpuTensor, factor: f64) -> Result<GpuTensor> {
+        Ok(self.elementwise(2, x, None, factor as f32))
+    }
+
+    fn attend(
+        &self,
+        pass: &mut GpuPass<'_>,
+        layer: usize,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        let dim = pass.head_dim;
+        let (heads, kv_heads) = (q.cols / dim, k.cols / dim);
+        let width = k.cols;
+        let out = self.activation(q.rows, q.cols);
+        for seq in &mut pass.seqs {
+            let committed = seq.cache.len();
+            let hint = seq.cache.capacity_hint();
+            let num_layers = seq.cache.num_layers();
+            let state = seq.cache.device_state::<DeviceKv>();
+            state.layers.resize_with(num_layers, || None);
+            let entry = &mut state.layers[layer];
+            let capacity = entry.as_ref().map_or(0, |kv| kv.capacity);
+            if capacity < seq.keys {
+                if seq.partial {
+                    return Err(Error::InvalidRequest(
+                        "a partial pass needs a full pass over its positions first".into(),
+                    ));
+                }
+                let new_capacity = seq.keys.max(2 * capacity).max(hint);
+                let grow = |old: Option<&wgpu::Buffer>| {
+                    let buf = self.kernels.zeros("kv cache", new_capacity * width * 4);
+                    if let Some(old) = old {
+                        self.kernels.copy(old, &buf, committed * width * 4);
+                    }
+                    buf
+                };
+                *entry = Some(LayerKv {
+                    k: grow(entry.as_ref().map(|e| &e.k)),
+                    v: grow(entry.as_ref().map(|e| &e.v)),
+                    capacity: new_capacity,
+                });
+            }
+            let kv = entry.as_ref().expect("allocated above");
+            for (from, to) in [(k, &kv.k), (v, &kv.v)] {
+                self.kernels.dispatch(
+                    &Variant::plain("kv_write"),
+                    &[seq.len as u32, width as u32, seq.offset as u32],
+                    &[&from.buffer, &seq.slots, to],
+                    grid(seq.len * width),
+                );
+            }
+            self.meter.add(2 * heads * seq.len * seq.keys * dim, 0);
+            self.kernels.dispatch(
+                &Variant::plain("attention"),
+                &[
+                    seq.len as u32,
+                    seq.keys as u32,
+                    heads as u32,
+                    kv_heads as u32,
+                    dim as u32,
+                    seq.block_length as u32,
+                    seq.offset as u32,
+                ],
+                &[&q.buffer, &kv.k, &kv.v, &pass.positions, &out.buffer],
+                (heads as u32, seq.len as u32, 1),
+            );
+        }
+        Ok(out)
+    }
+
+    fn router_logits(&self, x: &GpuTensor, weight: &GpuTensor) -> Result<(GpuTensor, Vec<f32>)> {
+        self.meter
+            .add(x.rows * weight.len(), self.tensor_bytes(weight));
+        let logits = self.product(x, weight, None);
+        let host = self.read(&logits)?;
+        Ok((logits, host))
+    }
+
+    fn experts(&self, x: &GpuTensor, moe: &MoeInput<'_, Self>) -> Result<GpuTensor> {
+        let (n, h) = (x.rows, x.cols);
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); moe.experts.len()];
+        let mut gates: Vec<Vec<f32>> = vec![Vec::new(); moe.experts.len()];
+        for (token, route) in moe.routes.iter().enumerate() {
+            for (&e, &w) in route.experts.iter().zip(&route.weights) {
+                rows[e].push(token as u32);
+                gates[e].push(w);
+            }
+        }
+        // Summed expert by expert in index order, then the shared expert: the CPU's order.
+        let y = self.activation(n, h);
+        for (e, expert) in moe.experts.iter().enumerate() {
+            if rows[e].is_empty() {
+                continue;
+            }
+            let count = rows[e].len();
+            let index = self.kernels.upload("expert rows", &rows[e]);
+            let input = self.gather(x, &index, count, 0, h);
+            let out = self.mlp(expert, &input)?;
+            let gate = self.kernels.upload("expert gates", &gates[e]);
+            self.kernels.dispatch(
+                &Variant::plain("scatter_add"),
+                &[count as u32, h as u32],
+                &[&out.buffer, &index, &gate, &y.buffer],
+                grid(count * h),
+            );
+        }
+        match moe.shared {
+            Some(shared) => self.add(&y, &self.mlp(shared, x)?),
+            None => Ok(y),
+        }
+    }
+
+    fn output_rows(&self, h: &GpuTensor, pass: &GpuPass<'_>) -> Result<Option<GpuTensor>> {
+        let count: usize = pass.outputs_per_seq.iter().sum();
+        if count == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.gather(h, &pass.outputs, count, 0, h.cols)))
+    }
+}
+
+impl Inference for Gpu {
+    fn pass<'p>(
+        &self,
+        batch: &'p mut [SeqStep<'_>],
+        rope: RopeTables,
+        heads: Heads,
+    ) -> Result<GpuPass<'p>> {
+        if heads.dim > MAX_HEAD_DIM {
+            return Err(Error::Device(format!(
+                "head size {} is above the GPU attention kernel's {MAX_HEAD_DIM}",
+                heads.dim
+            )));
+        }
+        self.meter.sequences(batch.len());
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut outputs = Vec::new();
+        let mut outputs_per_seq = Vec::with_capacity(batch.len());
+        let mut seqs = Vec::with_capacity(batch.len());
+        for step in batch.iter_mut() {
+            let offset = ids.len();
+            for (token, position) in step.computed() {
+                ids.push(token);
+                positions.push(position as u32);
+            }
+            let wanted = step.logit_rows_computed();
+            outputs.extend(wanted.iter().map(|&r| (offset + r) as u32));
+            outputs_per_seq.push(wanted.len());
+            let committed = step.cache.len();
+            let slots: Vec<u32> = match step.compute {
+                Some(rows) => rows.iter().map(|&r| (committed + r) as u32).collect(),
+                None => (0..step.tokens.len())
+                    .map(|r| (committed + r) as u32)
+                    .collect(),
+            };
+            seqs.push(GpuSeq {
+                offset,
+                len: step.computed_rows(),
+                keys: committed + step.tokens.len(),
+                block_length: step.block_length,
+                slots: self.kernels.upload("slots", &slots),
+                partial: step.compute.is_some(),
+                cache: &mut *step.cache,
+            });
+        }
+        Ok(GpuPass {
+            tokens: ids.len(),
+            ids: self.kernels.upload("ids", &ids),
+            positions: self.kernels.upload("positions", &positions),
+            cos: self.kernels.upload("rope cos", &rope.cos),
+            sin: self.kernels.upload("rope sin", &rope.sin),
+            rope_dim: rope.rope_dim,
+            head_dim: heads.dim,
+            seqs,
+            outputs: self.kernels.upload("output rows", &outputs),
+            outputs_per_seq,
+        })
+    }
+
+    fn logits(&self, pass: GpuPass<'_>, logits: Option<GpuTensor>) -> Result<Vec<Option<Tensor>>> {
+        let Some(logits) = logits else {
+            self.kernels.flush();
+            return Ok(pass.outputs_per_seq.iter().map(|_| None).collect());
+        };
+        let vocab = logits.cols;
+        let values = self.read(&logits)?;
+        let mut out = Vec::with_capacity(pass.outputs_per_seq.len());
+        let mut at = 0;
+        for &n in &pass.outputs_per_seq {
+            out.push(
+                (n > 0)
+                    .then(|| {
+                        Tensor::from_slice(
+                            &values[at * vocab..(at + n) * vocab],
+                            (n, vocab),
+                            &candle_core::Device::Cpu,
+                        )
+                    })
+                    .transpose()?,
+            );
+            at += n;
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.name())
+    }
+}
+
+/// The device state a [`KvCache`] keeps for this backend.
+pub(crate) type DeviceState = Box<dyn Any + Send + Sync>;

@@ -1,0 +1,90 @@
+//! The GPU backend against the golden fixtures and the CPU backend. They need a GPU
+//! adapter (on a machine without a GPU: Mesa's lavapipe, `apt-get install libvulkan1
+//! mesa-vulkan-drivers`), so a plain `cargo test` leaves them out (`#[ignore]`); `.ci/run`
+//! installs the driver and runs them, and without one they fail rather than skip.
+
+use llada_testing as common;
+
+use candle_core::Tensor;
+use common::{
+    fixture_dir, generate_cases, golden, load_fixture, load_fixture_on_gpu, max_abs_diff,
+};
+use llada::{generate, DecoderConfig};
+
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_forward_logits_match_the_reference_and_the_cpu() {
+    let gpu = load_fixture_on_gpu();
+    let cpu = load_fixture();
+    let expected = candle_core::safetensors::load(
+        fixture_dir().join("logits.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let forward = golden()["forward"].as_array().unwrap().clone();
+    assert!(!forward.is_empty());
+    for case in &forward {
+        let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        let block = case["block_length"].as_u64().unwrap() as usize;
+        let name = case["logits"].as_str().unwrap();
+        let got = gpu.model.forward_full(&ids, block).unwrap();
+        let want: &Tensor = &expected[name];
+        assert_eq!(got.dims(), want.dims(), "{name}");
+        // f32 throughout with another summation order than the CPU's: within 1e-4 of
+        // the reference, as the CPU path is.
+        let diff = max_abs_diff(&got, want);
+        assert!(diff < 1e-4, "{name}: max |diff| to the reference = {diff}");
+        let on_cpu = cpu.model.forward_full(&ids, block).unwrap();
+        let diff = max_abs_diff(&got, &on_cpu);
+        assert!(diff < 1e-4, "{name}: max |diff| to the CPU = {diff}");
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_generate_matches_the_reference_with_and_without_cache() {
+    let loaded = load_fixture_on_gpu();
+    let cases = generate_cases(&loaded);
+    assert!(cases.len() >= 8);
+    for (n, case) in cases.into_iter().enumerate() {
+        let mut params = case.params;
+        for use_cache in [false, true] {
+            params.use_cache = use_cache;
+            let out = generate(&loaded.model, &case.prompt, &params, &mut |_| {}).unwrap();
+            assert_eq!(out.ids, case.output_ids, "case {n} (cache: {use_cache})");
+            assert_eq!(
+                out.stats.denoising_steps, case.denoising_forwards,
+                "case {n} (cache: {use_cache}) denoising steps"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_joint_decoding_equals_the_reference_semantics() {
+    let loaded = load_fixture_on_gpu();
+    let text = std::fs::read_to_string(fixture_dir().join("joint_cases.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = file["cases"].as_array().unwrap();
+    assert!(cases.len() >= 16);
+    for (n, case) in cases.iter().enumerate() {
+        let num = |k: &str| case[k].as_f64().unwrap();
+        let mut params = loaded.default_params();
+        params.eos_id = file["eos_id"].as_u64().unwrap() as u32;
+        params.mask_id = file["mask_id"].as_u64().unwrap() as u32;
+        params.gen_length = num("gen_length") as usize;
+        params.block_length = num("block_length") as usize;
+        params.steps = num("steps") as usize;
+        params.decoder = DecoderConfig::Joint {
+            threshold: num("threshold") as f32,
+            editing_threshold: num("editing_threshold") as f32,
+            max_post_steps: num("max_post_steps") as usize,
+        };
+        let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["output_ids"].clone()).unwrap();
+        let out = generate(&loaded.model, &prompt, &params, &mut |_| {}).unwrap();
+        assert_eq!(out.ids, want, "case {n}: ids");
+        assert_eq!(out.stats.edits, num("edits") as usize, "case {n}: edits");
+    }
+}
