@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llada::tokenizer::SpecialTokens;
-use llada::{DecodeSettings, GenerateParams, LoadedModel, Message, Quant};
+use llada::{DecodeSettings, DeviceChoice, GenerateParams, LoadedModel, Message, Quant};
 
 use crate::default_model::DEFAULT_MODEL;
 
@@ -19,6 +19,11 @@ pub struct ModelArgs {
     /// Quantize the linear layers at load time for CPU inference: q8_0 or q4k.
     #[arg(long)]
     pub quant: Option<Quant>,
+    /// Where the model runs: cpu, gpu (the best GPU adapter; a software one such as
+    /// lavapipe with a warning) or auto (a hardware GPU when there is one, else the CPU).
+    /// Default: LLADA_DEVICE, else auto.
+    #[arg(long)]
+    pub device: Option<DeviceChoice>,
 }
 
 impl ModelArgs {
@@ -30,13 +35,25 @@ impl ModelArgs {
         }
     }
 
-    pub fn load(&self) -> Result<LoadedModel> {
-        match self.dir()? {
-            Some(dir) => llada::load_model_with(&dir, self.quant)
-                .with_context(|| format!("loading the model from {}", dir.display())),
-            None => llada::load_embedded(&DEFAULT_MODEL, self.quant)
-                .context("loading the built-in default model"),
+    /// `--device`, else `LLADA_DEVICE`, else auto.
+    pub fn device(&self) -> Result<DeviceChoice> {
+        match self.device {
+            Some(d) => Ok(d),
+            None => DeviceChoice::from_env().context("reading LLADA_DEVICE"),
         }
+    }
+
+    /// Loads the model onto its device and says on stderr which device that is.
+    pub fn load(&self) -> Result<LoadedModel> {
+        let device = self.device()?;
+        let loaded = match self.dir()? {
+            Some(dir) => llada::load_model_on(&dir, self.quant, device)
+                .with_context(|| format!("loading the model from {}", dir.display()))?,
+            None => llada::load_embedded_on(&DEFAULT_MODEL, self.quant, device)
+                .context("loading the built-in default model")?,
+        };
+        eprintln!("llada: running on {}", loaded.model.device_name());
+        Ok(loaded)
     }
 }
 

@@ -67,7 +67,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let started = std::time::Instant::now();
     let loaded = match &args.synthetic {
-        Some(name) => llada::load_synthetic(name, args.layers, args.model.quant, 0)?,
+        Some(name) => {
+            let loaded = llada::load_synthetic_on(
+                name,
+                args.layers,
+                args.model.quant,
+                0,
+                args.model.device()?,
+            )?;
+            eprintln!("llada: running on {}", loaded.model.device_name());
+            loaded
+        }
         None => args.model.load()?,
     };
     let load_seconds = started.elapsed().as_secs_f64();
@@ -117,8 +127,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
     println!(
-        "model {source}, {} layers, weights {}: {:.2} GiB in memory, loaded in {load_seconds:.1} s, peak RSS {}",
+        "model {source}, {} layers, on {}, weights {}: {:.2} GiB in memory, loaded in {load_seconds:.1} s, peak RSS {}",
         loaded.model.config().num_hidden_layers,
+        loaded.model.device_name(),
         loaded.weights,
         gib(loaded.model.weight_bytes() as f64),
         bench::peak_rss().map_or("unknown".into(), |b| format!("{:.2} GiB", gib(b as f64))),

@@ -57,9 +57,11 @@ fn main() {
     llada::kernels::init_thread_pool(cli.threads.map(usize::from));
     tracing_subscriber::fmt()
         .with_env_filter(
-            // Warnings, and `llada serve`'s access log.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,llada_server::access=info".into()),
+            // Warnings, and `llada serve`'s access log. The GPU driver layers log every
+            // adapter they fail to open; llada says what matters in its own error.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,llada_server::access=info,wgpu_hal=off,wgpu_core=error,naga=error".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

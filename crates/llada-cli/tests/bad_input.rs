@@ -268,3 +268,66 @@ fn a_chat_template_that_never_ends_is_stopped() {
         started.elapsed()
     );
 }
+
+/// `--device gpu` where no GPU driver can be found (the Vulkan loader pointed at no
+/// driver) is a clear error saying how to get one; a bad device name is refused; `auto`
+/// falls back to the CPU and says so.
+#[test]
+fn a_gpu_asked_for_without_any_adapter_is_a_clear_error() {
+    let nowhere = Path::new("/nonexistent/icd.json");
+    let no_driver = [
+        ("VK_ICD_FILENAMES", nowhere),
+        ("VK_DRIVER_FILES", nowhere),
+        ("WGPU_BACKEND", Path::new("vulkan")),
+    ];
+    let fx = fixture();
+    let args = [
+        "generate",
+        "-m",
+        &fx,
+        "--prompt-ids",
+        "5,6,7",
+        "--device",
+        "gpu",
+    ];
+    let out = common::llada(&args, &no_driver, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no GPU adapter found"), "{err}");
+    assert!(err.contains("mesa-vulkan-drivers"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = common::llada(
+        &["generate", "-m", &fx, "--prompt-ids", "5,6,7"],
+        &no_driver,
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("running on CPU"), "{err}");
+
+    // A flag clap refuses: usage error, status 2.
+    let out = llada(
+        &[
+            "generate",
+            "-m",
+            &fx,
+            "--prompt-ids",
+            "5,6,7",
+            "--device",
+            "tpu",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown device \"tpu\""), "{err}");
+    let out = common::llada(
+        &["generate", "-m", &fx, "--prompt-ids", "5,6,7"],
+        &[("LLADA_DEVICE", Path::new("tpu"))],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("LLADA_DEVICE"), "{err}");
+}

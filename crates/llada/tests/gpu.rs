@@ -9,7 +9,10 @@ use candle_core::Tensor;
 use common::{
     fixture_dir, generate_cases, golden, load_fixture, load_fixture_on_gpu, max_abs_diff,
 };
-use llada::{generate, DecoderConfig};
+use llada::{
+    generate, load_model_on, run_batch, DecodeSettings, DecoderConfig, DeviceChoice, Generation,
+    LoadedModel, Message,
+};
 
 #[test]
 #[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
@@ -86,5 +89,82 @@ fn gpu_joint_decoding_equals_the_reference_semantics() {
         let out = generate(&loaded.model, &prompt, &params, &mut |_| {}).unwrap();
         assert_eq!(out.ids, want, "case {n}: ids");
         assert_eq!(out.stats.edits, num("edits") as usize, "case {n}: edits");
+    }
+}
+
+/// A few questions of the default model's task kinds, as chat prompts.
+const QUESTIONS: &[&str] = &[
+    "Reverse: 1 2 3",
+    "Sort: 9 4 7 1",
+    "Add: 23 + 58",
+    "Copy: a b c d",
+];
+
+fn default_model(device: DeviceChoice) -> LoadedModel {
+    let dir = common::repo_root().join("models/default");
+    load_model_on(&dir, None, device).unwrap_or_else(|e| panic!("{device:?}: {e}"))
+}
+
+fn prompts(loaded: &LoadedModel) -> Vec<Vec<u32>> {
+    let tok = loaded.tokenizer.as_ref().unwrap();
+    QUESTIONS
+        .iter()
+        .map(|q| tok.encode_chat(&[Message::new("user", *q)], true).unwrap())
+        .collect()
+}
+
+/// Every decoder, with and without the dual block cache, gives the CPU's answers.
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_decoders_give_the_cpu_answers_on_the_default_model() {
+    let cpu = default_model(DeviceChoice::Cpu);
+    let gpu = default_model(DeviceChoice::Gpu);
+    assert!(matches!(gpu.model, llada::Model::Gpu(_)));
+    let settings: &[(&str, &str)] = &[
+        ("decoder", "threshold"),
+        ("decoder", "joint"),
+        ("decoder", "credit"),
+        ("decoder", "hierarchy"),
+        ("block_cache", "dual"),
+        ("block_length", "8"),
+    ];
+    for prompt in prompts(&cpu) {
+        for &(key, value) in settings {
+            let mut params = cpu.default_params();
+            params.gen_length = 32;
+            DecodeSettings::parse(key, value)
+                .unwrap()
+                .apply(&mut params)
+                .unwrap();
+            let want = generate(&cpu.model, &prompt, &params, &mut |_| {}).unwrap();
+            let got = generate(&gpu.model, &prompt, &params, &mut |_| {}).unwrap();
+            assert_eq!(got.ids, want.ids, "{key}={value}: answer");
+            assert_eq!(
+                got.stats.forwards, want.stats.forwards,
+                "{key}={value}: forward passes"
+            );
+        }
+    }
+}
+
+/// Sequences decoded together in shared passes on the device give their answers alone
+/// on the CPU.
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_batched_decoding_gives_the_cpu_answers() {
+    let cpu = default_model(DeviceChoice::Cpu);
+    let gpu = default_model(DeviceChoice::Gpu);
+    let mut params = cpu.default_params();
+    params.gen_length = 32;
+    let prompts = prompts(&cpu);
+    let mut gens: Vec<Generation> = prompts
+        .iter()
+        .map(|p| Generation::new(&gpu.model, p, params.clone()).unwrap())
+        .collect();
+    let passes = run_batch(&gpu.model, &mut gens, &mut |_, _| {}).unwrap();
+    assert!(passes > 0);
+    for (g, prompt) in gens.into_iter().zip(&prompts) {
+        let want = generate(&cpu.model, prompt, &params, &mut |_| {}).unwrap();
+        assert_eq!(g.finish().ids, want.ids);
     }
 }

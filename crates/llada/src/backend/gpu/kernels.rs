@@ -3,7 +3,7 @@
 //! CPU backend's op in `tests` below (run on lavapipe by `.ci/run`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
@@ -56,6 +56,9 @@ pub(super) struct Kernels {
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     /// Bound where a kernel's optional buffer is absent.
     empty: wgpu::Buffer,
+    /// The first error the device reported (out of memory, a lost device): wgpu's
+    /// default would panic, llada returns it from the next read.
+    error: Arc<Mutex<Option<String>>>,
 }
 
 /// Workgroups for a one-dimensional job of `threads` threads (see `flat_index`).
@@ -67,6 +70,17 @@ pub(super) fn grid(threads: usize) -> (u32, u32, u32) {
 
 impl Kernels {
     pub fn new(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let error = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&error);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = slot.lock().expect("error slot");
+            if slot.is_none() {
+                *slot = Some(match e {
+                    wgpu::Error::OutOfMemory { .. } => "out of GPU memory".to_string(),
+                    other => other.to_string(),
+                });
+            }
+        }));
         let modules = SHADERS
             .iter()
             .map(|&(name, body)| {
@@ -91,6 +105,7 @@ impl Kernels {
             pipelines: Mutex::new(HashMap::new()),
             encoder: Mutex::new(None),
             empty,
+            error,
         }
     }
 
@@ -224,6 +239,23 @@ impl Kernels {
         }
     }
 
+    /// Runs what was recorded, waits for it, and returns the first error the device
+    /// reported.
+    pub fn finish(&self) -> Result<(), String> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| format!("waiting for the GPU: {e}"))?;
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self.error.lock().expect("error slot").clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Runs what was recorded and reads `buffer`'s first `len` f32 values back.
     pub fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, String> {
         let bytes = (len * 4) as u64;
@@ -246,6 +278,7 @@ impl Kernels {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| format!("waiting for the GPU: {e}"))?;
+        self.check()?;
         rx.recv()
             .map_err(|e| format!("reading back from the GPU: {e}"))?
             .map_err(|e| format!("reading back from the GPU: {e}"))?;

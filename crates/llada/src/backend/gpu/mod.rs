@@ -35,7 +35,11 @@ pub struct Gpu {
     kernels: Kernels,
     info: wgpu::AdapterInfo,
     meter: CostMeter,
+    /// The largest storage buffer one binding may hold on this device.
+    max_binding: u64,
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// An f32 activation on the device, or a weight (f32 or bf16).
 #[derive(Clone)]
@@ -78,10 +82,14 @@ impl Gpu {
                 info.name
             );
         }
+        let limits = adapter.limits();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("llada"),
             required_features: wgpu::Features::empty(),
-            required_limits: adapter.limits(),
+            required_limits: limits,
             ..Default::default()
         }))
         .map_err(|e| Error::Device(format!("cannot open {}: {e}", info.name)))?;
@@ -89,6 +97,7 @@ impl Gpu {
             kernels: Kernels::new(device, queue),
             info,
             meter: CostMeter::default(),
+            max_binding,
         }))
     }
 
@@ -116,23 +125,48 @@ impl Gpu {
         }
     }
 
-    /// Uploads f32 values, as bf16 when every value is one (lossless) and `allow_bf16`.
-    fn weight(&self, values: &[f32], rows: usize, cols: usize, allow_bf16: bool) -> GpuTensor {
+    /// Uploads f32 values, as bf16 when every value is one (lossless) and `allow_bf16`;
+    /// refuses a matrix larger than one buffer binding of this adapter.
+    fn weight(
+        &self,
+        values: &[f32],
+        rows: usize,
+        cols: usize,
+        allow_bf16: bool,
+    ) -> Result<GpuTensor> {
         let bf16 = allow_bf16
             && cols.is_multiple_of(2)
             && values.iter().all(|v| v.to_bits() & 0xffff == 0);
+        let bytes = values.len() * if bf16 { 2 } else { 4 };
+        if bytes as u64 > self.max_binding {
+            return Err(Error::Device(format!(
+                "a {rows} x {cols} weight matrix takes {:.2} GiB, more than {} lets one buffer \
+                 hold ({:.2} GiB)",
+                bytes as f64 / GIB,
+                self.name(),
+                self.max_binding as f64 / GIB
+            )));
+        }
         let buffer = if bf16 {
             let halves: Vec<u16> = values.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
             self.kernels.upload("weight", &halves)
         } else {
             self.kernels.upload("weight", values)
         };
-        GpuTensor {
+        Ok(GpuTensor {
             buffer: Arc::new(buffer),
             rows,
             cols,
             bf16,
-        }
+        })
+    }
+
+    /// Waits for the uploads and passes recorded so far; the device's first error (out of
+    /// memory, a lost device) as a clear error. `what` says what was being done.
+    pub fn finish(&self, what: &str) -> Result<()> {
+        self.kernels
+            .finish()
+            .map_err(|e| Error::Device(format!("{what} on {}: {e}", self.name())))
     }
 
     fn elementwise(&self, op: u32, a: &GpuTensor, b: Option<&GpuTensor>, scale: f32) -> GpuTensor {
@@ -261,7 +295,7 @@ impl Backend for Gpu {
             .flatten_all()?
             .to_vec1::<f32>()?;
         // Only matrices read by the product and embedding kernels may be bf16.
-        Ok(self.weight(&values, rows, cols, rows > 1))
+        self.weight(&values, rows, cols, rows > 1)
     }
 
     fn linear_weight(&self, w: LinearWeight) -> Result<GpuLinear> {
@@ -281,7 +315,7 @@ impl Backend for Gpu {
             })
             .transpose()?;
         Ok(GpuLinear {
-            weight: self.weight(&values, rows, cols, true),
+            weight: self.weight(&values, rows, cols, true)?,
             bias,
         })
     }
