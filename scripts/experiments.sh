@@ -151,7 +151,7 @@ for k in kinds:
 if be:
     rows = {r["mode"]: r for r in bench["rows"]}
     block, step = rows["cached"]["limits"], rows["AR: block 1, cached"]["limits"]
-    machine = bench["machine"]
+    machine = bench["limits"]
     peak = machine["fma_peak_gmacs"]
     ceiling = load("thr-0")
     def needed(tpf):

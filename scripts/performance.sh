@@ -79,7 +79,7 @@ L = ["# Performance", "",
      "`--threshold 1.0 --gen-length 64`, so every block forward fills one token and costs",
      "what a forward costs; exact mode). Load before the run: `" + (out / "uptime.txt").read_text().strip() + "`.", ""]
 cpu = re.search(r"Model name:\s*(.*)", (out / "lscpu.txt").read_text())
-m = load("default-limits")["machine"]
+m = load("default-limits")["limits"]
 L += [f"Machine: {cpu.group(1) if cpu else 'unknown'}, {m['threads']} threads. Measured by `llada bench --limits`: "
       f"memory read {m['read_gb_per_s']:.1f} GB/s (an 8 MiB buffer, from the caches, {m['cache_read_gb_per_s']:.1f}); "
       f"f32 multiply-adds on registers (the cores' ceiling) {m['fma_peak_gmacs']:.1f} GMAC/s, "

@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use llada::backend::gpu::GpuLimits;
 use llada::bench::{self, BreakEven, Machine, Row};
+use llada::{Model, WeightFormat};
 
 use crate::args::{flag_error, DecodeArgs, ModelArgs, PromptArgs};
 
@@ -102,22 +104,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .map(|mode| bench::measure(&loaded.model, &prompt, mode, args.runs))
         .collect::<llada::Result<Vec<Row>>>()
         .map_err(flag_error)?;
-    let machine = if args.limits {
-        let m = bench::measure_machine()?;
-        bench::add_limits(
-            &mut rows,
-            args.runs,
-            &m,
-            m.peak.for_weights(loaded.weights.compute()),
-        );
-        Some(m)
+    let limits = if args.limits {
+        let limits = Limits::measure(&loaded)?;
+        let (read, gmacs) = limits.floors_rates(&loaded);
+        bench::add_limits(&mut rows, args.runs, read, gmacs);
+        Some(limits)
     } else {
         None
     };
     let break_even = BreakEven::of(&rows);
     if args.json {
         let report =
-            serde_json::json!({ "rows": rows, "break_even": break_even, "machine": machine });
+            serde_json::json!({ "rows": rows, "break_even": break_even, "limits": limits });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -160,8 +158,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     print_rows(&rows);
-    if let Some(m) = &machine {
-        print_limits(m, &rows);
+    if let Some(l) = &limits {
+        l.print();
+        print_floors(&rows);
     }
     if let Some(b) = break_even {
         println!(
@@ -174,6 +173,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             b.measured_tpf,
             b.speed_vs_ar
         );
+        if let Some(at_floors) = b.at_floors {
+            println!(
+                "break-even TPF at the floors {at_floors:.2} (block floor / AR floor): the part of the break-even that is physics"
+            );
+        }
     }
     Ok(())
 }
@@ -202,11 +206,60 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
-fn print_limits(m: &Machine, rows: &[Row]) {
-    println!(
-        "machine ({} threads): reads memory at {:.1} GB/s (an 8 MiB buffer, from the caches: {:.1}); f32 multiply-adds on registers {:.1} GMAC/s (bf16 dot products {:.1}); matrix products (GMAC/s, f32 / q8_0 / q4k) at their best (512 x 2048 x 2048) {:.1} / {:.1} / {:.1}, at a block's shape (32 x 2048 x 2048) {:.1} / {:.1} / {:.1}",
-        m.threads, m.read_gb_per_s, m.cache_read_gb_per_s, m.fma_peak_gmacs, m.bf16_peak_gmacs, m.peak.f32, m.peak.q8_0, m.peak.q4k, m.block.f32, m.block.q8_0, m.block.q4k
-    );
+/// The limits of the device the model runs on.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Limits {
+    Cpu(Machine),
+    Gpu { device: String, gpu: GpuLimits },
+}
+
+impl Limits {
+    fn measure(loaded: &llada::LoadedModel) -> Result<Self> {
+        Ok(match &loaded.model {
+            Model::Cpu(_) => Limits::Cpu(bench::measure_machine()?),
+            Model::Gpu(m) => Limits::Gpu {
+                device: m.backend().name(),
+                gpu: m.backend().measure_limits()?,
+            },
+        })
+    }
+
+    /// Read bandwidth and product rate for the floors of `loaded`'s weights.
+    fn floors_rates(&self, loaded: &llada::LoadedModel) -> (f64, f64) {
+        match self {
+            Limits::Cpu(m) => (
+                m.read_gb_per_s,
+                m.peak.for_weights(loaded.weights.compute()),
+            ),
+            Limits::Gpu { gpu, .. } => {
+                let bf16 = matches!(
+                    loaded.weights.format,
+                    WeightFormat::Safetensors(candle_core::DType::BF16) | WeightFormat::Random
+                );
+                (
+                    gpu.read_gb_per_s,
+                    if bf16 { gpu.bf16_gmacs } else { gpu.f32_gmacs },
+                )
+            }
+        }
+    }
+
+    fn print(&self) {
+        match self {
+            Limits::Cpu(m) => println!(
+                "machine ({} threads): reads memory at {:.1} GB/s (an 8 MiB buffer, from the caches: {:.1}); f32 multiply-adds on registers {:.1} GMAC/s (bf16 dot products {:.1}); matrix products (GMAC/s, f32 / q8_0 / q4k) at their best (512 x 2048 x 2048) {:.1} / {:.1} / {:.1}, at a block's shape (32 x 2048 x 2048) {:.1} / {:.1} / {:.1}",
+                m.threads, m.read_gb_per_s, m.cache_read_gb_per_s, m.fma_peak_gmacs, m.bf16_peak_gmacs, m.peak.f32, m.peak.q8_0, m.peak.q4k, m.block.f32, m.block.q8_0, m.block.q4k
+            ),
+            Limits::Gpu { device, gpu: g } => println!(
+                "device {device}: reads memory at {:.1} GB/s; llada's product kernel (GMAC/s, f32 / bf16 weights) at its best (512 rows) {:.1} / {:.1}, at a block's shape (32 rows) {:.1} / {:.1}",
+                g.read_gb_per_s, g.f32_gmacs, g.bf16_gmacs, g.block_f32_gmacs, g.block_bf16_gmacs
+            ),
+        }
+    }
+}
+
+fn print_floors(rows: &[Row]) {
     println!(
         "| {:<26} | {:>10} | {:>10} | {:>11} | {:>12} | {:>9} |",
         "per forward", "weights MB", "MMAC", "memory floor", "compute floor", "of limit"

@@ -162,8 +162,12 @@ impl SyntheticSource {
             let fan_in = *shape.last().unwrap_or(&1) as f32;
             (0.0, 2.0 / fan_in.sqrt())
         };
+        // Rounded to bf16, as LLaDA2 checkpoints store them (a GPU keeps them at 2 bytes).
         let data: Vec<f32> = (0..n)
-            .map(|_| offset + scale * (rng.random::<f32>() * 2.0 - 1.0))
+            .map(|_| {
+                let v = offset + scale * (rng.random::<f32>() * 2.0 - 1.0);
+                half::bf16::from_f32(v).to_f32()
+            })
             .collect();
         Ok(Tensor::from_vec(data, shape, &self.device)?)
     }

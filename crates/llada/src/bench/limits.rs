@@ -169,17 +169,22 @@ pub struct Floor {
 }
 
 impl Floor {
+    /// The larger of the two floors.
+    pub fn floor_ms(&self) -> f64 {
+        self.memory_floor_ms.max(self.compute_floor_ms)
+    }
+
     pub fn of(
         cost: crate::ForwardCost,
         passes: usize,
         ms: f64,
-        machine: &Machine,
+        read_gb_per_s: f64,
         gmacs: f64,
     ) -> Self {
         let per = passes.max(1) as f64;
         let bytes = cost.weight_bytes as f64 / per;
         let macs = cost.macs as f64 / per;
-        let memory_floor_ms = bytes / (machine.read_gb_per_s * 1e9) * 1e3;
+        let memory_floor_ms = bytes / (read_gb_per_s * 1e9) * 1e3;
         let compute_floor_ms = macs / (gmacs * 1e9) * 1e3;
         Self {
             weight_mb: bytes / 1e6,

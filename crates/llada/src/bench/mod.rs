@@ -183,6 +183,11 @@ pub struct BreakEven {
     pub measured_tpf: f64,
     /// measured_tpf / break_even_tpf: diffusion's speed relative to AR decoding.
     pub speed_vs_ar: f64,
+    /// The break-even if both forwards ran at their floors (the larger of memory and
+    /// compute floor each), when the limits were measured: how much of the break-even
+    /// is physics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_floors: Option<f64>,
 }
 
 impl BreakEven {
@@ -197,16 +202,26 @@ impl BreakEven {
             break_even_tpf,
             measured_tpf: block.tokens_per_forward,
             speed_vs_ar: block.tokens_per_forward / break_even_tpf,
+            at_floors: block
+                .limits
+                .zip(ar.limits)
+                .map(|(b, a)| b.floor_ms() / a.floor_ms()),
         })
     }
 }
 
-/// Adds to each row how far its forwards are from the floors `machine` imposes
-/// (`gmacs`: the product rate of the model's weight type).
-pub fn add_limits(rows: &mut [Row], runs: usize, machine: &Machine, gmacs: f64) {
+/// Adds to each row how far its forwards are from the floors of a device that reads
+/// `read_gb_per_s` and multiplies at `gmacs` (the product rate of the model's weights).
+pub fn add_limits(rows: &mut [Row], runs: usize, read_gb_per_s: f64, gmacs: f64) {
     for r in rows {
         let passes = r.forwards * runs;
-        r.limits = Some(Floor::of(r.cost, passes, r.ms_per_forward, machine, gmacs));
+        r.limits = Some(Floor::of(
+            r.cost,
+            passes,
+            r.ms_per_forward,
+            read_gb_per_s,
+            gmacs,
+        ));
     }
 }
 

@@ -18,6 +18,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("rope", include_str!("shaders/rope.wgsl")),
     ("kv_write", include_str!("shaders/kv_write.wgsl")),
     ("attention", include_str!("shaders/attention.wgsl")),
+    ("read_sum", include_str!("shaders/read_sum.wgsl")),
 ];
 const COMMON: &str = include_str!("shaders/common.wgsl");
 

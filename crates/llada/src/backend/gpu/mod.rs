@@ -10,6 +10,7 @@
 
 mod device;
 mod kernels;
+mod limits;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use candle_core::Tensor;
 
 pub use device::{adapters, AdapterSummary, DeviceChoice};
 use kernels::{grid, Kernels, Variant};
+pub use limits::GpuLimits;
 
 use super::cpu::CostMeter;
 use super::{Backend, Heads, Inference, MoeInput, RopeTables};
