@@ -159,6 +159,11 @@ impl Q8Matrix {
         }
     }
 
+    /// The quantized values (row-major) and one scale per block of 32.
+    pub fn blocks(&self) -> (&[i8], &[f32]) {
+        (&self.qs, &self.scales)
+    }
+
     /// Reads ggml's q8_0 layout (per block: f16 scale, then 32 bytes).
     pub fn from_ggml(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
         const BLOCK_BYTES: usize = 2 + Q8_BLOCK;

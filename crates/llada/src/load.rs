@@ -149,7 +149,12 @@ impl LoadedModel {
     ) -> Result<Self> {
         let (source, format) = origin.open()?;
         let model = match Gpu::open(device)? {
-            Some(gpu) => Model::Gpu(Llada2::load(&files.config, source.as_ref(), quant, gpu)?),
+            Some(gpu) => {
+                let model = Llada2::load(&files.config, source.as_ref(), quant, gpu)?;
+                // Out of memory during the upload surfaces here, named, not mid-decode.
+                model.backend().finish("uploading the weights")?;
+                Model::Gpu(model)
+            }
             None => Model::Cpu(Llada2::load(
                 &files.config,
                 source.as_ref(),

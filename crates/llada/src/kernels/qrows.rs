@@ -11,7 +11,7 @@
 //! every LLaDA2 matrix's are).
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use rayon::prelude::*;
 
@@ -94,6 +94,21 @@ impl QuantizedRows {
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// The ggml block type and the blocks of every row, in order (what a device backend
+    /// uploads); `None` if a chunk is not held as ggml blocks.
+    pub fn ggml_blocks(&self) -> Result<Option<(GgmlDType, Vec<u8>)>> {
+        let mut dtype = None;
+        let mut bytes = Vec::with_capacity(self.bytes);
+        for (_, m) in &self.chunks {
+            let QMatMul::QTensor(q) = m else {
+                return Ok(None);
+            };
+            dtype = Some(q.dtype());
+            bytes.extend_from_slice(&q.data()?);
+        }
+        Ok(dtype.map(|d| (d, bytes)))
     }
 
     pub fn cols(&self) -> usize {

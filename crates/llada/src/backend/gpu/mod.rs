@@ -11,10 +11,13 @@
 mod device;
 mod kernels;
 mod limits;
+#[cfg(test)]
+mod tests;
 
 use std::any::Any;
 use std::sync::Arc;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::Tensor;
 
 pub use device::{adapters, AdapterSummary, DeviceChoice};
@@ -43,13 +46,37 @@ pub struct Gpu {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// An f32 activation on the device, or a weight (f32 or bf16).
+/// How a matrix is stored on the device (the product kernel's `FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    F32 = 0,
+    Bf16 = 1,
+    /// Blocks of 32: an f32 scale and 32 signed bytes (ggml's q8_0 with its f16 scale
+    /// widened, so every block is 4-byte aligned).
+    Q8_0 = 2,
+    /// ggml's q4_K super-blocks of 256, as stored.
+    Q4k = 3,
+}
+
+impl Format {
+    /// Bytes per `values` values (`values` a whole number of blocks).
+    fn bytes(self, values: usize) -> usize {
+        match self {
+            Format::F32 => 4 * values,
+            Format::Bf16 => 2 * values,
+            Format::Q8_0 => values / 32 * 36,
+            Format::Q4k => values / 256 * 144,
+        }
+    }
+}
+
+/// An f32 activation on the device, or a weight.
 #[derive(Clone)]
 pub struct GpuTensor {
     buffer: Arc<wgpu::Buffer>,
     rows: usize,
     cols: usize,
-    bf16: bool,
+    format: Format,
 }
 
 impl GpuTensor {
@@ -123,12 +150,11 @@ impl Gpu {
             buffer: Arc::new(self.kernels.zeros("activation", rows * cols * 4)),
             rows,
             cols,
-            bf16: false,
+            format: Format::F32,
         }
     }
 
-    /// Uploads f32 values, as bf16 when every value is one (lossless) and `allow_bf16`;
-    /// refuses a matrix larger than one buffer binding of this adapter.
+    /// Uploads f32 values, as bf16 when every value is one (lossless) and `allow_bf16`.
     fn weight(
         &self,
         values: &[f32],
@@ -139,28 +165,76 @@ impl Gpu {
         let bf16 = allow_bf16
             && cols.is_multiple_of(2)
             && values.iter().all(|v| v.to_bits() & 0xffff == 0);
-        let bytes = values.len() * if bf16 { 2 } else { 4 };
-        if bytes as u64 > self.max_binding {
+        if bf16 {
+            let halves: Vec<u16> = values.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            self.stored(bytemuck::cast_slice(&halves), rows, cols, Format::Bf16)
+        } else {
+            self.stored(bytemuck::cast_slice(values), rows, cols, Format::F32)
+        }
+    }
+
+    /// Uploads a matrix already in its device layout; refuses one larger than one buffer
+    /// binding of this adapter.
+    fn stored(&self, bytes: &[u8], rows: usize, cols: usize, format: Format) -> Result<GpuTensor> {
+        if bytes.len() as u64 > self.max_binding {
             return Err(Error::Device(format!(
                 "a {rows} x {cols} weight matrix takes {:.2} GiB, more than {} lets one buffer \
                  hold ({:.2} GiB)",
-                bytes as f64 / GIB,
+                bytes.len() as f64 / GIB,
                 self.name(),
                 self.max_binding as f64 / GIB
             )));
         }
-        let buffer = if bf16 {
-            let halves: Vec<u16> = values.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
-            self.kernels.upload("weight", &halves)
-        } else {
-            self.kernels.upload("weight", values)
-        };
         Ok(GpuTensor {
-            buffer: Arc::new(buffer),
+            buffer: Arc::new(self.kernels.upload("weight", bytes)),
             rows,
             cols,
-            bf16,
+            format,
         })
+    }
+
+    /// A quantized matrix in the product kernel's layout (see [`Format`]).
+    fn quantized(&self, w: &LinearWeight) -> Result<GpuTensor> {
+        let (rows, cols) = w.dims();
+        if let LinearWeight::Q8 { weight, .. } = w {
+            let (qs, scales) = weight.blocks();
+            let mut words: Vec<u32> = Vec::with_capacity(scales.len() * 9);
+            for (block, &scale) in qs.chunks_exact(32).zip(scales) {
+                words.push(scale.to_bits());
+                words.extend(
+                    block.chunks_exact(4).map(|b| {
+                        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+                    }),
+                );
+            }
+            return self.stored(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0);
+        }
+        let blocks = match w {
+            LinearWeight::Quantized { weight, .. } => weight.ggml_blocks()?,
+            _ => None,
+        };
+        match blocks {
+            Some((GgmlDType::Q4K, bytes)) => self.stored(&bytes, rows, cols, Format::Q4k),
+            Some((GgmlDType::Q8_0, bytes)) => {
+                // ggml's 34-byte blocks: f16 scale, 32 bytes.
+                let mut words: Vec<u32> = Vec::with_capacity(bytes.len() / 34 * 9);
+                for block in bytes.chunks_exact(34) {
+                    let scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                    words.push(scale.to_bits());
+                    words.extend(
+                        block[2..]
+                            .chunks_exact(4)
+                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    );
+                }
+                self.stored(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0)
+            }
+            other => Err(Error::Device(format!(
+                "{} weights do not run on the GPU backend (it multiplies f32, bf16, q8_0 and \
+                 q4k): use --device cpu",
+                other.map_or_else(|| w.kind(), |(d, _)| format!("{d:?}"))
+            ))),
+        }
     }
 
     /// Waits for the uploads and passes recorded so far; the device's first error (out of
@@ -213,7 +287,7 @@ impl Gpu {
         let (m, k, n) = (x.rows, x.cols, w.rows);
         let out = self.activation(m, n);
         let variant = Variant::plain("linear")
-            .with("WEIGHT_BF16", u32::from(w.bf16))
+            .with("FORMAT", w.format as u32)
             .with("HAS_BIAS", u32::from(bias.is_some()));
         self.kernels.dispatch(
             &variant,
@@ -302,12 +376,9 @@ impl Backend for Gpu {
 
     fn linear_weight(&self, w: LinearWeight) -> Result<GpuLinear> {
         let (rows, cols) = w.dims();
-        let Some(values) = w.dense_values()? else {
-            return Err(Error::Device(format!(
-                "{} weights do not run on the GPU backend yet: load the model unquantized \
-                 (safetensors) for --device gpu, or use --device cpu",
-                w.kind()
-            )));
+        let weight = match w.dense_values()? {
+            Some(values) => self.weight(&values, rows, cols, true)?,
+            None => self.quantized(&w)?,
         };
         let bias = w
             .bias()
@@ -316,14 +387,11 @@ impl Backend for Gpu {
                 Ok(self.kernels.upload("bias", &b))
             })
             .transpose()?;
-        Ok(GpuLinear {
-            weight: self.weight(&values, rows, cols, true)?,
-            bias,
-        })
+        Ok(GpuLinear { weight, bias })
     }
 
     fn tensor_bytes(&self, t: &GpuTensor) -> usize {
-        t.len() * if t.bf16 { 2 } else { 4 }
+        t.format.bytes(t.len())
     }
 
     fn linear_bytes(&self, w: &GpuLinear) -> usize {
@@ -333,7 +401,7 @@ impl Backend for Gpu {
     fn embed(&self, table: &GpuTensor, pass: &GpuPass<'_>) -> Result<GpuTensor> {
         let out = self.activation(pass.tokens, table.cols);
         self.kernels.dispatch(
-            &Variant::plain("embed").with("WEIGHT_BF16", u32::from(table.bf16)),
+            &Variant::plain("embed").with("WEIGHT_BF16", u32::from(table.format == Format::Bf16)),
             &[pass.tokens as u32, table.cols as u32],
             &[&pass.ids, &table.buffer, &out.buffer],
             grid(out.len()),
