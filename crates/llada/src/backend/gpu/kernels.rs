@@ -14,11 +14,11 @@ const SHADERS: &[(&str, &str)] = &[
     ("linear", include_str!("shaders/linear.wgsl")),
     ("elementwise", include_str!("shaders/elementwise.wgsl")),
     ("gather", include_str!("shaders/gather.wgsl")),
-    ("scatter_add", include_str!("shaders/scatter_add.wgsl")),
     ("rope", include_str!("shaders/rope.wgsl")),
     ("kv_write", include_str!("shaders/kv_write.wgsl")),
     ("attention", include_str!("shaders/attention.wgsl")),
     ("read_sum", include_str!("shaders/read_sum.wgsl")),
+    ("moe_combine", include_str!("shaders/moe_combine.wgsl")),
 ];
 const COMMON: &str = include_str!("shaders/common.wgsl");
 
@@ -155,6 +155,11 @@ impl Kernels {
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
             })
+    }
+
+    /// Writes `bytes` into `buffer` at `offset` before the next submitted work.
+    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.queue.write_buffer(buffer, offset, bytes);
     }
 
     /// A zeroed storage buffer of `bytes` bytes (wgpu zeroes new buffers).

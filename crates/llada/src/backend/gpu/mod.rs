@@ -42,7 +42,12 @@ pub struct Gpu {
     meter: CostMeter,
     /// The largest storage buffer one binding may hold on this device.
     max_binding: u64,
+    /// The arena buffer linear weights are placed in, and its bytes in use.
+    arena: std::sync::Mutex<Option<(Arc<wgpu::Buffer>, u64)>>,
 }
+
+/// Size of the arena buffers linear weights share (or less: the binding limit).
+const ARENA_BYTES: u64 = 1 << 30;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -74,6 +79,8 @@ impl Format {
 #[derive(Clone)]
 pub struct GpuTensor {
     buffer: Arc<wgpu::Buffer>,
+    /// Where it starts in its buffer, in 4-byte words (weights share arena buffers).
+    offset: usize,
     rows: usize,
     cols: usize,
     format: Format,
@@ -127,6 +134,7 @@ impl Gpu {
             info,
             meter: CostMeter::default(),
             max_binding,
+            arena: std::sync::Mutex::new(None),
         }))
     }
 
@@ -148,6 +156,7 @@ impl Gpu {
     fn activation(&self, rows: usize, cols: usize) -> GpuTensor {
         GpuTensor {
             buffer: Arc::new(self.kernels.zeros("activation", rows * cols * 4)),
+            offset: 0,
             rows,
             cols,
             format: Format::F32,
@@ -173,8 +182,23 @@ impl Gpu {
         }
     }
 
+    /// A linear layer's matrix in the arena: bf16 when lossless, else f32, or quantized.
+    fn linear_matrix(&self, w: &LinearWeight) -> Result<GpuTensor> {
+        let (rows, cols) = w.dims();
+        let Some(values) = w.dense_values()? else {
+            return self.quantized(w);
+        };
+        if cols.is_multiple_of(2) && values.iter().all(|v| v.to_bits() & 0xffff == 0) {
+            let halves: Vec<u16> = values.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            self.in_arena(bytemuck::cast_slice(&halves), rows, cols, Format::Bf16)
+        } else {
+            self.in_arena(bytemuck::cast_slice(&values), rows, cols, Format::F32)
+        }
+    }
+
     /// Uploads a matrix already in its device layout; refuses one larger than one buffer
-    /// binding of this adapter.
+    /// binding of this adapter. Linear layers' matrices go into shared arena buffers, so
+    /// one dispatch can read all experts of a layer.
     fn stored(&self, bytes: &[u8], rows: usize, cols: usize, format: Format) -> Result<GpuTensor> {
         if bytes.len() as u64 > self.max_binding {
             return Err(Error::Device(format!(
@@ -187,6 +211,40 @@ impl Gpu {
         }
         Ok(GpuTensor {
             buffer: Arc::new(self.kernels.upload("weight", bytes)),
+            offset: 0,
+            rows,
+            cols,
+            format,
+        })
+    }
+
+    /// As [`Gpu::stored`], into the current arena buffer (a new one when it is full).
+    fn in_arena(
+        &self,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        format: Format,
+    ) -> Result<GpuTensor> {
+        let size = self.max_binding.min(ARENA_BYTES);
+        let len = (bytes.len() as u64).next_multiple_of(4);
+        if len > size {
+            return self.stored(bytes, rows, cols, format);
+        }
+        let mut arena = self.arena.lock().expect("arena");
+        let full = arena.as_ref().is_none_or(|(_, used)| used + len > size);
+        if full {
+            *arena = Some((Arc::new(self.kernels.zeros("weights", size as usize)), 0));
+        }
+        let (buffer, used) = arena.as_mut().expect("made above");
+        let mut padded = bytes.to_vec();
+        padded.resize(len as usize, 0);
+        self.kernels.write(buffer, *used, &padded);
+        let offset = (*used / 4) as usize;
+        *used += len;
+        Ok(GpuTensor {
+            buffer: Arc::clone(buffer),
+            offset,
             rows,
             cols,
             format,
@@ -207,14 +265,14 @@ impl Gpu {
                     }),
                 );
             }
-            return self.stored(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0);
+            return self.in_arena(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0);
         }
         let blocks = match w {
             LinearWeight::Quantized { weight, .. } => weight.ggml_blocks()?,
             _ => None,
         };
         match blocks {
-            Some((GgmlDType::Q4K, bytes)) => self.stored(&bytes, rows, cols, Format::Q4k),
+            Some((GgmlDType::Q4K, bytes)) => self.in_arena(&bytes, rows, cols, Format::Q4k),
             Some((GgmlDType::Q8_0, bytes)) => {
                 // ggml's 34-byte blocks: f16 scale, 32 bytes.
                 let mut words: Vec<u32> = Vec::with_capacity(bytes.len() / 34 * 9);
@@ -227,7 +285,7 @@ impl Gpu {
                             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
                     );
                 }
-                self.stored(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0)
+                self.in_arena(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0)
             }
             other => Err(Error::Device(format!(
                 "{} weights do not run on the GPU backend (it multiplies f32, bf16, q8_0 and \
@@ -289,18 +347,51 @@ impl Gpu {
         let variant = Variant::plain("linear")
             .with("FORMAT", w.format as u32)
             .with("HAS_BIAS", u32::from(bias.is_some()));
+        let empty = self.kernels.empty();
         self.kernels.dispatch(
             &variant,
-            &[m as u32, n as u32, k as u32],
+            &[m as u32, n as u32, k as u32, w.offset as u32],
             &[
                 &x.buffer,
                 &w.buffer,
-                bias.unwrap_or(self.kernels.empty()),
+                bias.unwrap_or(empty),
                 &out.buffer,
+                empty,
+                empty,
             ],
             (n.div_ceil(4) as u32, m.div_ceil(8) as u32, 1),
         );
         out
+    }
+
+    /// Products of rows of `x` with several matrices of one arena buffer in one dispatch,
+    /// into rows of `out`: `tiles` (matrix word offset, rows, first pair of `rows`) and
+    /// `rows` ((x row, out row) pairs), as the product kernel reads them.
+    fn tiled_product(
+        &self,
+        x: &GpuTensor,
+        arena: &wgpu::Buffer,
+        format: Format,
+        tiles: &[u32],
+        rows: &[u32],
+        out: &GpuTensor,
+    ) {
+        let variant = Variant::plain("linear")
+            .with("FORMAT", format as u32)
+            .with("TILED", 1);
+        self.kernels.dispatch(
+            &variant,
+            &[x.rows as u32, out.cols as u32, x.cols as u32, 0],
+            &[
+                &x.buffer,
+                arena,
+                self.kernels.empty(),
+                &out.buffer,
+                &self.kernels.upload("tiles", tiles),
+                &self.kernels.upload("tile rows", rows),
+            ],
+            (out.cols.div_ceil(4) as u32, (tiles.len() / 3) as u32, 1),
+        );
     }
 
     fn read(&self, x: &GpuTensor) -> Result<Vec<f32>> {
@@ -375,11 +466,7 @@ impl Backend for Gpu {
     }
 
     fn linear_weight(&self, w: LinearWeight) -> Result<GpuLinear> {
-        let (rows, cols) = w.dims();
-        let weight = match w.dense_values()? {
-            Some(values) => self.weight(&values, rows, cols, true)?,
-            None => self.quantized(&w)?,
-        };
+        let weight = self.linear_matrix(&w)?;
         let bias = w
             .bias()
             .map(|b| -> Result<wgpu::Buffer> {
@@ -552,36 +639,10 @@ impl Backend for Gpu {
     }
 
     fn experts(&self, x: &GpuTensor, moe: &MoeInput<'_, Self>) -> Result<GpuTensor> {
-        let (n, h) = (x.rows, x.cols);
-        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); moe.experts.len()];
-        let mut gates: Vec<Vec<f32>> = vec![Vec::new(); moe.experts.len()];
-        for (token, route) in moe.routes.iter().enumerate() {
-            for (&e, &w) in route.experts.iter().zip(&route.weights) {
-                rows[e].push(token as u32);
-                gates[e].push(w);
-            }
-        }
-        // Summed expert by expert in index order, then the shared expert: the CPU's order.
-        let y = self.activation(n, h);
-        for (e, expert) in moe.experts.iter().enumerate() {
-            if rows[e].is_empty() {
-                continue;
-            }
-            let count = rows[e].len();
-            let index = self.kernels.upload("expert rows", &rows[e]);
-            let input = self.gather(x, &index, count, 0, h);
-            let out = self.mlp(expert, &input)?;
-            let gate = self.kernels.upload("expert gates", &gates[e]);
-            self.kernels.dispatch(
-                &Variant::plain("scatter_add"),
-                &[count as u32, h as u32],
-                &[&out.buffer, &index, &gate, &y.buffer],
-                grid(count * h),
-            );
-        }
+        let routed = self.routed_experts(x, moe)?;
         match moe.shared {
-            Some(shared) => self.add(&y, &self.mlp(shared, x)?),
-            None => Ok(y),
+            Some(shared) => self.add(&routed, &self.mlp(shared, x)?),
+            None => Ok(routed),
         }
     }
 
@@ -591,6 +652,123 @@ impl Backend for Gpu {
             return Ok(None);
         }
         Ok(Some(self.gather(h, &pass.outputs, count, 0, h.cols)))
+    }
+}
+
+impl Gpu {
+    /// A MoE layer's routed experts: every (token, expert) pair is a slot; slots are
+    /// grouped by expert into tiles of up to 8, and the gate, up and down products of all
+    /// experts run as one dispatch each (per arena buffer the experts' weights lie in:
+    /// one, mostly), then one dispatch mixes each token's slots.
+    fn routed_experts(&self, x: &GpuTensor, moe: &MoeInput<'_, Self>) -> Result<GpuTensor> {
+        let (n, h) = (x.rows, x.cols);
+        let k = moe.routes.first().map_or(0, |r| r.experts.len());
+        // Slots in expert order.
+        let mut by_expert: Vec<Vec<(u32, f32)>> = vec![Vec::new(); moe.experts.len()];
+        for (token, route) in moe.routes.iter().enumerate() {
+            if route.experts.len() != k {
+                return Err(Error::Device("every token needs as many routes".into()));
+            }
+            for (&e, &w) in route.experts.iter().zip(&route.weights) {
+                by_expert[e].push((token as u32, w));
+            }
+        }
+        // Each token's slots and gates, in ascending expert order (the CPU's sum order).
+        let mut token_slots: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
+        let mut slot_token = Vec::with_capacity(n * k);
+        let mut first_slot = Vec::with_capacity(moe.experts.len());
+        for members in &by_expert {
+            first_slot.push(slot_token.len());
+            for &(token, w) in members {
+                token_slots[token as usize].push((slot_token.len() as u32, w));
+                slot_token.push(token);
+            }
+        }
+        let slots = slot_token.len();
+        let inter = moe.experts.first().map_or(0, |m| m.gate_proj.weight.rows);
+        // Experts with tokens, by the arena buffer their weights lie in.
+        let mut groups: Vec<(Arc<wgpu::Buffer>, Format, Vec<usize>)> = Vec::new();
+        for (e, members) in by_expert.iter().enumerate() {
+            if members.is_empty() {
+                continue;
+            }
+            let w = &moe.experts[e];
+            let parts = [&w.gate_proj, &w.up_proj, &w.down_proj];
+            let (buffer, format) = (&w.gate_proj.weight.buffer, w.gate_proj.weight.format);
+            if parts.iter().any(|l| {
+                !Arc::ptr_eq(&l.weight.buffer, buffer)
+                    || l.weight.format != format
+                    || l.bias.is_some()
+            }) {
+                return Err(Error::Device(
+                    "an expert's matrices must share one buffer and format and have no bias".into(),
+                ));
+            }
+            for l in parts {
+                self.meter
+                    .add(members.len() * l.weight.len(), self.linear_bytes(l));
+            }
+            match groups
+                .iter_mut()
+                .find(|(b, f, _)| Arc::ptr_eq(b, buffer) && *f == format)
+            {
+                Some((_, _, list)) => list.push(e),
+                None => groups.push((Arc::clone(buffer), format, vec![e])),
+            }
+        }
+        // Per group: tiles for each of the three matrices, and the (x row, out row) pairs
+        // of the gate/up products (token -> slot) and of the down product (slot -> slot).
+        let plans: Vec<_> = groups
+            .iter()
+            .map(|(_, _, experts)| {
+                let (mut tiles, mut to_slot, mut in_slot) =
+                    ([vec![], vec![], vec![]], vec![], vec![]);
+                for &e in experts {
+                    let w = &moe.experts[e];
+                    let (start, count) = (first_slot[e], by_expert[e].len());
+                    for chunk in (start..start + count).step_by(8) {
+                        let len = 8.min(start + count - chunk);
+                        let first = (to_slot.len() / 2) as u32;
+                        for (t, l) in tiles
+                            .iter_mut()
+                            .zip([&w.gate_proj, &w.up_proj, &w.down_proj])
+                        {
+                            t.extend([l.weight.offset as u32, len as u32, first]);
+                        }
+                        for (s, &token) in slot_token.iter().enumerate().skip(chunk).take(len) {
+                            to_slot.extend([token, s as u32]);
+                            in_slot.extend([s as u32, s as u32]);
+                        }
+                    }
+                }
+                (tiles, to_slot, in_slot)
+            })
+            .collect();
+        let gate = self.activation(slots, inter);
+        let up = self.activation(slots, inter);
+        for ((buffer, format, _), (tiles, to_slot, _)) in groups.iter().zip(&plans) {
+            self.tiled_product(x, buffer, *format, &tiles[0], to_slot, &gate);
+            self.tiled_product(x, buffer, *format, &tiles[1], to_slot, &up);
+        }
+        let act = self.elementwise(1, &gate, Some(&up), 0.0);
+        let down = self.activation(slots, h);
+        for ((buffer, format, _), (tiles, _, in_slot)) in groups.iter().zip(&plans) {
+            self.tiled_product(&act, buffer, *format, &tiles[2], in_slot, &down);
+        }
+        let (order, weights): (Vec<u32>, Vec<f32>) = token_slots.into_iter().flatten().unzip();
+        let y = self.activation(n, h);
+        self.kernels.dispatch(
+            &Variant::plain("moe_combine"),
+            &[n as u32, h as u32, k as u32],
+            &[
+                &down.buffer,
+                &self.kernels.upload("slots", &order),
+                &self.kernels.upload("gates", &weights),
+                &y.buffer,
+            ],
+            grid(n * h),
+        );
+        Ok(y)
     }
 }
 

@@ -319,49 +319,52 @@ fn experts_equal_the_cpu_backend() {
             down_proj: down,
         });
     }
-    let tokens = 9;
-    let routes: Vec<Route> = (0..tokens)
-        .map(|t| Route {
-            experts: vec![t % experts, (t * 5 + 2) % experts],
-            weights: vec![0.6, 0.25 + t as f32 / 50.0],
-        })
-        .filter(|r| r.experts[0] != r.experts[1])
-        .collect();
-    let tokens = routes.len();
-    let (x, xs) = input(&g, tokens, h, 4);
-    let xt = Tensor::from_slice(&xs, (tokens, h), &Device::Cpu).unwrap();
-    let logits = Tensor::zeros((tokens, experts), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let (shared_cpu, experts_cpu) = cpu_mlps.split_last().unwrap();
-    let want = cpu
-        .experts(
-            &xt,
-            &MoeInput {
-                experts: experts_cpu,
-                shared: Some(shared_cpu),
-                routes: &routes,
-                router_logits: &logits,
-                scaling: 1.0,
-            },
-        )
-        .unwrap();
-    let (shared_gpu, experts_gpu) = gpu_mlps.split_last().unwrap();
-    let gpu_logits = g.activation(tokens, experts);
-    let got = g
-        .experts(
-            &x,
-            &MoeInput {
-                experts: experts_gpu,
-                shared: Some(shared_gpu),
-                routes: &routes,
-                router_logits: &gpu_logits,
-                scaling: 1.0,
-            },
-        )
-        .unwrap();
-    assert_close(
-        &g.read(&got).unwrap(),
-        &want.flatten_all().unwrap().to_vec1().unwrap(),
-        1e-5,
-        "experts",
-    );
+    // 9 tokens: a tile per expert; 40: experts with more than one tile of 8 slots.
+    for tokens in [9, 40] {
+        let routes: Vec<Route> = (0..tokens)
+            .map(|t| Route {
+                experts: vec![t % experts, (t * 5 + 2) % experts],
+                weights: vec![0.6, 0.25 + t as f32 / 50.0],
+            })
+            .filter(|r| r.experts[0] != r.experts[1])
+            .collect();
+        let tokens = routes.len();
+        let (x, xs) = input(&g, tokens, h, 4);
+        let xt = Tensor::from_slice(&xs, (tokens, h), &Device::Cpu).unwrap();
+        let logits =
+            Tensor::zeros((tokens, experts), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (shared_cpu, experts_cpu) = cpu_mlps.split_last().unwrap();
+        let want = cpu
+            .experts(
+                &xt,
+                &MoeInput {
+                    experts: experts_cpu,
+                    shared: Some(shared_cpu),
+                    routes: &routes,
+                    router_logits: &logits,
+                    scaling: 1.0,
+                },
+            )
+            .unwrap();
+        let (shared_gpu, experts_gpu) = gpu_mlps.split_last().unwrap();
+        let gpu_logits = g.activation(tokens, experts);
+        let got = g
+            .experts(
+                &x,
+                &MoeInput {
+                    experts: experts_gpu,
+                    shared: Some(shared_gpu),
+                    routes: &routes,
+                    router_logits: &gpu_logits,
+                    scaling: 1.0,
+                },
+            )
+            .unwrap();
+        assert_close(
+            &g.read(&got).unwrap(),
+            &want.flatten_all().unwrap().to_vec1().unwrap(),
+            1e-5,
+            "experts",
+        );
+    }
 }
