@@ -9,7 +9,8 @@
 # The NVIDIA driver brings its own Vulkan driver (ICD); lavapipe is never used here
 # unless it is the only adapter (the output names the device).
 #
-# Prints: the device, its measured read bandwidth and product rate, ms per AR step and per
+# Prints (and writes to docs/gpu/DEVICE.txt, which scripts/performance.sh puts into
+# docs/performance.md): the device, its measured read bandwidth and product rate, ms per AR step and per
 # 32-token block forward with the memory and compute floor of each and the break-even
 # TPF (measured and at the floors), for `--synthetic llada2-mini` (4 of its 20 layers,
 # bf16 and q4k); then tokens/s of the default model (block 32, threshold 0.9) against its
@@ -27,6 +28,11 @@ LAYERS=${LAYERS:-4}
 ITEMS=${ITEMS:-100}
 mkdir -p "$OUT"
 run() { echo "\$ llada $*"; timeout 300 "$LLADA" "$@"; echo; }
+device=$(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || true)
+device=${DEVICE:-${device:-gpu}}
+mkdir -p docs/gpu
+report="docs/gpu/$(echo "$device" | tr -c 'A-Za-z0-9._-' '-' | sed 's/-*$//').txt"
+exec > >(tee "$report") 2>&1
 
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(uptime)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -52,3 +58,4 @@ diffusion=$(tokens_per_second diffusion models/default --block-length 32 --steps
 ar=$(tokens_per_second ar models/default-ar --block-length 1 --steps 1)
 echo "default model on $ITEMS held-out items: diffusion (block 32, threshold 0.9) $diffusion tokens/s," \
     "AR baseline $ar tokens/s: $(awk -v d="$diffusion" -v a="$ar" 'BEGIN { printf "%.2f", d / a }')x"
+echo "(written to $report)" >&2

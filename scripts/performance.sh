@@ -189,6 +189,17 @@ L += ["## Why the kernels are as they are", "",
       "  candle's kernels in row chunks on llada's pool. Each chunk quantizes the activations again with candle's scalar",
       "  q8k code: 21% of a q4k block forward of LLaDA2.0-mini's shapes with 8M-weight chunks, hence one chunk per",
       "  thread (at most 64M weights); it was 29% of llada2-63m's q4k block forward already before the chunks.", ""]
+# The GPU section: scripts/gpu-bench.sh's outputs, one file per device in docs/gpu/.
+L += ["## On a GPU", ""]
+gpu_runs = sorted(pathlib.Path("docs/gpu").glob("*.txt"))
+if gpu_runs:
+    for f in gpu_runs:
+        L += [f"`scripts/gpu-bench.sh` on {f.stem} (its output, `docs/gpu/{f.name}`):", "", "```",
+              f.read_text().rstrip(), "```", ""]
+else:
+    L += ["No GPU machine has run `scripts/gpu-bench.sh` yet (the wgpu backend was written and tested on Mesa's",
+          "lavapipe, which emulates a GPU on the CPU: correct, and about 60x slower than llada's CPU backend there,",
+          "so its timings say nothing about GPUs). Its output goes to `docs/gpu/DEVICE.txt` and into this section.", ""]
 pathlib.Path("docs/performance.md").write_text("\n".join(L) + "\n")
 print("\n".join(L))
 PY
