@@ -5,15 +5,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use candle_core::Tensor;
-
 use crate::cache::KvCache;
 use crate::decode::{transfer_schedule, Candidate, Decoder, StepInfo};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::params::{BlockCache, GenerateParams};
 use crate::sampling::Sampler;
-use crate::step::SeqStep;
+use crate::step::{SeqStep, StepOutput, Wanted};
 
 /// What one generation cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -447,7 +445,18 @@ impl Generation {
             commit: plan.commit,
             logit_rows: &plan.rows,
             compute: plan.compute.as_deref(),
+            wanted: self.wanted(),
             cache: &mut self.cache,
+        }
+    }
+
+    /// Greedy picks instead of logits when neither the decoder nor the sampler needs
+    /// more: the picks are what the sampler would compute from the logits.
+    fn wanted(&self) -> Wanted {
+        if self.sampler.is_plain_greedy() && !self.decoder.adjusts_logits() {
+            Wanted::Greedy
+        } else {
+            Wanted::Logits
         }
     }
 
@@ -456,28 +465,41 @@ impl Generation {
     fn apply_logits(
         &mut self,
         plan: &PendingPass,
-        logits: Option<Tensor>,
+        logits: Option<StepOutput>,
         observer: &mut dyn Observer,
     ) -> Result<()> {
-        let logits = logits.ok_or_else(|| Error::InvalidRequest("no logits requested".into()))?;
-        let mut logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let output = logits.ok_or_else(|| Error::InvalidRequest("no logits requested".into()))?;
         self.stats.denoising_steps += 1;
-        let vocab = logits.len() / plan.positions.len();
         let b = self.params.block_length;
         let mask = self.params.mask_id;
         let (block_start, block_end) = (self.cursor.block * b, plan.end);
         self.decoder.begin_step();
         let mut candidates = Vec::with_capacity(plan.positions.len());
-        for (&pos, row) in plan.positions.iter().zip(logits.chunks_exact_mut(vocab)) {
-            let masked = self.tokens[pos] == mask;
-            self.decoder.adjust_logits(pos - block_start, masked, row);
-            let (token, confidence) = self.sampler.pick(row);
+        let mut candidate = |pos: usize, token: u32, confidence: f32, tokens: &[u32]| {
+            let masked = tokens[pos] == mask;
             candidates.push(Candidate {
                 offset: pos - block_start,
                 token,
                 confidence,
-                current: (!masked).then_some(self.tokens[pos]),
+                current: (!masked).then_some(tokens[pos]),
             });
+        };
+        match output {
+            StepOutput::Greedy(picks) => {
+                for (&pos, pick) in plan.positions.iter().zip(picks) {
+                    candidate(pos, pick.token, pick.confidence, &self.tokens);
+                }
+            }
+            StepOutput::Logits(logits) => {
+                let mut logits = logits.flatten_all()?.to_vec1::<f32>()?;
+                let vocab = logits.len() / plan.positions.len();
+                for (&pos, row) in plan.positions.iter().zip(logits.chunks_exact_mut(vocab)) {
+                    let masked = self.tokens[pos] == mask;
+                    self.decoder.adjust_logits(pos - block_start, masked, row);
+                    let (token, confidence) = self.sampler.pick(row);
+                    candidate(pos, token, confidence, &self.tokens);
+                }
+            }
         }
         let info = StepInfo {
             step: self.cursor.step,

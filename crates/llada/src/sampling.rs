@@ -95,16 +95,20 @@ impl Sampler {
     }
 
     /// Picks a token from `logits` and returns it with its probability.
+    /// Greedy without top-k/top-p: a row's pick is its argmax and that token's
+    /// probability ([`crate::step::GreedyPick`]), which a backend can compute itself.
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.temperature == 0.0 && p.top_k.is_none() && p.top_p.is_none()
+    }
+
     pub fn pick(&mut self, logits: &[f32]) -> (u32, f32) {
         let t = self.params.temperature;
         // Plain greedy: the argmax and its softmax probability 1 / Σ exp(l - max), without
         // materialising the distribution.
-        if t == 0.0 && self.params.top_k.is_none() && self.params.top_p.is_none() {
-            let best = argmax(logits);
-            return (
-                best as u32,
-                1.0 / crate::kernels::exp_sum(logits, logits[best]),
-            );
+        if self.is_plain_greedy() {
+            let pick = crate::step::GreedyPick::of(logits);
+            return (pick.token, pick.confidence);
         }
         // logits / T, shifted by the largest logit first: the same distribution, but a
         // tiny T cannot overflow to inf - inf = NaN (it only sharpens towards argmax).

@@ -4,6 +4,61 @@
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
 
+/// What a step wants back for each of its logit rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wanted {
+    /// The logits `[rows, vocab]`.
+    #[default]
+    Logits,
+    /// Only each row's argmax and its softmax probability (greedy decoding by a decoder
+    /// that does not change logits): a device backend computes them where the logits
+    /// are and sends back two numbers per row.
+    Greedy,
+}
+
+/// The greedy choice of one logit row: the argmax (the first, on ties) and its softmax
+/// probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GreedyPick {
+    pub token: u32,
+    pub confidence: f32,
+}
+
+impl GreedyPick {
+    /// The pick of one row of logits, on the host.
+    pub fn of(row: &[f32]) -> Self {
+        let mut best = 0;
+        for (i, &v) in row.iter().enumerate() {
+            if v > row[best] {
+                best = i;
+            }
+        }
+        Self {
+            token: best as u32,
+            confidence: 1.0 / crate::kernels::exp_sum(row, row[best]),
+        }
+    }
+}
+
+/// What a forward pass gives one sequence for its logit rows.
+#[derive(Debug, Clone)]
+pub enum StepOutput {
+    Logits(candle_core::Tensor),
+    Greedy(Vec<GreedyPick>),
+}
+
+impl StepOutput {
+    /// The logits; an error for greedy picks (the step asked for them).
+    pub fn into_logits(self) -> Result<candle_core::Tensor> {
+        match self {
+            StepOutput::Logits(t) => Ok(t),
+            StepOutput::Greedy(_) => Err(Error::InvalidRequest(
+                "the step asked for greedy picks, not logits".into(),
+            )),
+        }
+    }
+}
+
 /// One sequence's share of a forward pass.
 pub struct SeqStep<'a> {
     /// Tokens at positions `start..start + tokens.len()`.
@@ -21,6 +76,8 @@ pub struct SeqStep<'a> {
     /// others keep the keys/values an earlier pass of this block wrote at their positions.
     /// `None`: every row (exact).
     pub compute: Option<&'a [usize]>,
+    /// Logits, or only the greedy picks, of the logit rows.
+    pub wanted: Wanted,
     pub cache: &'a mut KvCache,
 }
 

@@ -5,7 +5,7 @@
 use llada_testing as common;
 
 use common::{load_fixture, max_abs_diff};
-use llada::{generate, BlockCache, DecoderConfig, KvCache, SeqStep};
+use llada::{generate, BlockCache, DecoderConfig, KvCache, SeqStep, Wanted};
 
 #[test]
 fn a_partial_pass_over_unchanged_tokens_gives_the_full_pass_logits() {
@@ -23,10 +23,13 @@ fn a_partial_pass_over_unchanged_tokens_gives_the_full_pass_logits() {
                 commit: 0,
                 logit_rows,
                 compute,
+                wanted: Wanted::Logits,
                 cache: &mut cache,
             }])
             .unwrap()
             .remove(0)
+            .unwrap()
+            .into_logits()
             .unwrap()
     };
     let full = pass(&all, None);
@@ -55,6 +58,7 @@ fn partial_passes_that_break_the_rules_are_refused() {
                 commit,
                 logit_rows,
                 compute: Some(compute),
+                wanted: Wanted::Logits,
                 cache: &mut cache,
             }])
             .map(|_| ())

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use candle_core::{DType, Tensor, D};
 use rayon::prelude::*;
 
-use super::{Backend, Heads, Inference, Mlp, MoeInput, RopeTables};
+use super::{outputs_from_logits, Backend, Heads, Inference, Mlp, MoeInput, RopeTables};
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::kernels;
 use crate::quant::LinearWeight;
-use crate::step::SeqStep;
+use crate::step::{SeqStep, StepOutput, Wanted};
 
 /// Up to this many tokens per forward, a MoE layer's experts run side by side on raw
 /// rows ([`Cpu::experts_side_by_side`]); longer inputs (prefill) keep candle's
@@ -354,6 +354,7 @@ pub struct CpuPass<'p> {
     /// each sequence.
     outputs: Tensor,
     outputs_per_seq: Vec<usize>,
+    wanted: Vec<Wanted>,
 }
 
 impl Backend for Cpu {
@@ -490,6 +491,7 @@ impl Inference for Cpu {
         let mut outputs = Vec::new();
         let mut outputs_per_seq = Vec::with_capacity(batch.len());
         let mut seqs = Vec::with_capacity(batch.len());
+        let wanted: Vec<Wanted> = batch.iter().map(|s| s.wanted).collect();
         for step in batch.iter_mut() {
             let offset = ids.len();
             ids.extend(step.computed().into_iter().map(|(token, _)| token));
@@ -522,21 +524,23 @@ impl Inference for Cpu {
             seqs,
             outputs: Tensor::new(outputs.as_slice(), &device)?,
             outputs_per_seq,
+            wanted,
         })
     }
 
-    fn logits(&self, pass: CpuPass<'_>, logits: Option<Tensor>) -> Result<Vec<Option<Tensor>>> {
+    fn outputs(
+        &self,
+        pass: CpuPass<'_>,
+        logits: Option<Tensor>,
+    ) -> Result<Vec<Option<StepOutput>>> {
         let Some(logits) = logits else {
             return Ok(pass.outputs_per_seq.iter().map(|_| None).collect());
         };
-        let logits = logits.to_dtype(DType::F32)?;
-        let mut out = Vec::with_capacity(pass.outputs_per_seq.len());
-        let mut at = 0;
-        for &n in &pass.outputs_per_seq {
-            out.push((n > 0).then(|| logits.narrow(0, at, n)).transpose()?);
-            at += n;
-        }
-        Ok(out)
+        outputs_from_logits(
+            &logits.to_dtype(DType::F32)?,
+            &pass.outputs_per_seq,
+            &pass.wanted,
+        )
     }
 
     fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {

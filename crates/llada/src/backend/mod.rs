@@ -28,7 +28,7 @@ pub use cpu::{
 pub use crate::config::Heads;
 use crate::error::Result;
 use crate::quant::LinearWeight;
-use crate::step::SeqStep;
+use crate::step::{GreedyPick, SeqStep, StepOutput, Wanted};
 pub use gpu::{DeviceChoice, Gpu};
 
 /// A SwiGLU MLP: `down(silu(gate(x)) * up(x))` (dense layers, experts, shared experts).
@@ -152,17 +152,46 @@ pub trait Inference: Backend {
         heads: Heads,
     ) -> Result<Self::Pass<'p>>;
 
-    /// Per sequence of the pass, the f32 logits `[logit_rows, vocab]` on the host (`None`
-    /// where it asked for none), from the head's output over the pass's output rows.
-    fn logits(
+    /// Per sequence of the pass, what it wanted of its logit rows on the host (`None`
+    /// where it asked for no row): the f32 logits `[logit_rows, vocab]` or each row's
+    /// greedy pick, from the head's output over the pass's output rows.
+    fn outputs(
         &self,
         pass: Self::Pass<'_>,
         logits: Option<Self::Tensor>,
-    ) -> Result<Vec<Option<candle_core::Tensor>>>;
+    ) -> Result<Vec<Option<StepOutput>>>;
 
     /// Runs a whole pass where the backend's ops run best (the CPU: on a thread of its
     /// pool).
     fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
         work()
     }
+}
+
+/// Each sequence's output from host logits `[rows, vocab]` (all sequences' rows in
+/// order, `counts` per sequence): the rows themselves, or their greedy picks.
+pub fn outputs_from_logits(
+    logits: &candle_core::Tensor,
+    counts: &[usize],
+    wanted: &[Wanted],
+) -> Result<Vec<Option<StepOutput>>> {
+    let mut out = Vec::with_capacity(counts.len());
+    let mut at = 0;
+    for (&n, &want) in counts.iter().zip(wanted) {
+        out.push(if n == 0 {
+            None
+        } else {
+            let rows = logits.narrow(0, at, n)?;
+            Some(match want {
+                Wanted::Logits => StepOutput::Logits(rows),
+                Wanted::Greedy => {
+                    let v = rows.flatten_all()?.to_vec1::<f32>()?;
+                    let vocab = v.len() / n;
+                    StepOutput::Greedy(v.chunks_exact(vocab).map(GreedyPick::of).collect())
+                }
+            })
+        });
+        at += n;
+    }
+    Ok(out)
 }

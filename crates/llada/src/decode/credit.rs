@@ -51,6 +51,10 @@ impl Decoder for Credit {
         self.steps += 1;
     }
 
+    fn adjusts_logits(&self) -> bool {
+        true
+    }
+
     fn adjust_logits(&mut self, offset: usize, masked: bool, logits: &mut [f32]) {
         if masked {
             // The top token of the unfused logits earns credit.

@@ -24,6 +24,10 @@ impl Hierarchy {
 }
 
 impl Decoder for Hierarchy {
+    fn adjusts_logits(&self) -> bool {
+        true
+    }
+
     fn adjust_logits(&mut self, _offset: usize, _masked: bool, logits: &mut [f32]) {
         if let Some(l) = logits.get_mut(self.mask_id as usize) {
             *l = f32::NEG_INFINITY;

@@ -85,6 +85,12 @@ pub trait Decoder {
     /// keeping the mask token from being proposed).
     fn adjust_logits(&mut self, _offset: usize, _masked: bool, _logits: &mut [f32]) {}
 
+    /// Whether [`Decoder::adjust_logits`] does anything: if not, a greedy step needs only
+    /// each row's argmax and probability, not its logits.
+    fn adjusts_logits(&self) -> bool {
+        false
+    }
+
     /// Chooses the step's fills and edits.
     fn select(&mut self, info: StepInfo, candidates: &[Candidate]) -> Selection;
 

@@ -12,7 +12,7 @@ use crate::cache::KvCache;
 use crate::config::{Llada2Config, MoeShape};
 use crate::error::Result;
 use crate::quant::Quant;
-use crate::step::SeqStep;
+use crate::step::{SeqStep, StepOutput, Wanted};
 use crate::weights::WeightSource;
 
 /// Whether `name` is a matrix the model applies as a linear layer (and so may be
@@ -451,8 +451,9 @@ impl<B: Inference> Llada2<B> {
 
     /// Runs the model on every sequence of `batch` in one pass: the linear and MoE parts
     /// see all tokens together, attention runs per sequence over its own cache.
-    /// Returns, per sequence, the logits `[logit_rows.len(), vocab]` (f32).
-    pub fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Vec<Option<Tensor>>> {
+    /// Returns, per sequence, what it wanted of its logit rows: the logits
+    /// `[logit_rows.len(), vocab]` (f32) or their greedy picks.
+    pub fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
         let _span = tracing::trace_span!("forward", seqs = batch.len()).entered();
         self.backend.run(|| {
             for step in batch.iter() {
@@ -465,7 +466,7 @@ impl<B: Inference> Llada2<B> {
             let rope = self.rotary.tables(positions.into_iter());
             let mut pass = self.backend.pass(batch, rope, self.cfg.heads())?;
             let logits = self.run(&mut pass)?;
-            let logits = self.backend.logits(pass, logits)?;
+            let logits = self.backend.outputs(pass, logits)?;
             for step in batch.iter_mut() {
                 step.cache.advance(step.commit);
             }
@@ -485,9 +486,13 @@ impl<B: Inference> Llada2<B> {
             commit: 0,
             logit_rows: &rows,
             compute: None,
+            wanted: Wanted::Logits,
             cache: &mut cache,
         }];
         let mut out = self.forward(&mut step)?;
-        Ok(out.pop().flatten().expect("rows were requested"))
+        out.pop()
+            .flatten()
+            .expect("rows were requested")
+            .into_logits()
     }
 }

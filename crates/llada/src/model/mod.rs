@@ -11,7 +11,7 @@ use crate::backend::{Cpu, ForwardCost, Gpu};
 use crate::cache::KvCache;
 use crate::config::Llada2Config;
 use crate::error::Result;
-use crate::step::SeqStep;
+use crate::step::{SeqStep, StepOutput};
 
 /// A LLaDA2 model on the CPU or on a GPU: what decoding, the server and the CLI run.
 /// One per process, so the variants' sizes do not matter.
@@ -37,7 +37,7 @@ impl Model {
     }
 
     /// See [`Llada2::forward`].
-    pub fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Vec<Option<Tensor>>> {
+    pub fn forward(&self, batch: &mut [SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
         on_backend!(self, m => m.forward(batch))
     }
 

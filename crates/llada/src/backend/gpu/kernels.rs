@@ -19,6 +19,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("attention", include_str!("shaders/attention.wgsl")),
     ("read_sum", include_str!("shaders/read_sum.wgsl")),
     ("moe_combine", include_str!("shaders/moe_combine.wgsl")),
+    ("greedy", include_str!("shaders/greedy.wgsl")),
 ];
 const COMMON: &str = include_str!("shaders/common.wgsl");
 

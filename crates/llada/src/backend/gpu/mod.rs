@@ -25,11 +25,11 @@ use kernels::{grid, Kernels, Variant};
 pub use limits::GpuLimits;
 
 use super::cpu::CostMeter;
-use super::{Backend, Heads, Inference, MoeInput, RopeTables};
+use super::{outputs_from_logits, Backend, Heads, Inference, MoeInput, RopeTables};
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use crate::quant::LinearWeight;
-use crate::step::SeqStep;
+use crate::step::{GreedyPick, SeqStep, StepOutput, Wanted};
 use crate::ForwardCost;
 
 /// The largest head size the attention kernel holds in a workgroup.
@@ -440,6 +440,7 @@ pub struct GpuPass<'p> {
     seqs: Vec<GpuSeq<'p>>,
     outputs: wgpu::Buffer,
     outputs_per_seq: Vec<usize>,
+    wanted: Vec<Wanted>,
 }
 
 impl Backend for Gpu {
@@ -791,6 +792,7 @@ impl Inference for Gpu {
         let mut outputs = Vec::new();
         let mut outputs_per_seq = Vec::with_capacity(batch.len());
         let mut seqs = Vec::with_capacity(batch.len());
+        let wanted: Vec<Wanted> = batch.iter().map(|s| s.wanted).collect();
         for step in batch.iter_mut() {
             let offset = ids.len();
             for (token, position) in step.computed() {
@@ -828,33 +830,49 @@ impl Inference for Gpu {
             seqs,
             outputs: self.kernels.upload("output rows", &outputs),
             outputs_per_seq,
+            wanted,
         })
     }
 
-    fn logits(&self, pass: GpuPass<'_>, logits: Option<GpuTensor>) -> Result<Vec<Option<Tensor>>> {
+    fn outputs(
+        &self,
+        pass: GpuPass<'_>,
+        logits: Option<GpuTensor>,
+    ) -> Result<Vec<Option<StepOutput>>> {
         let Some(logits) = logits else {
-            self.kernels.flush();
+            self.finish("the forward pass")?;
             return Ok(pass.outputs_per_seq.iter().map(|_| None).collect());
         };
-        let vocab = logits.cols;
-        let values = self.read(&logits)?;
-        let mut out = Vec::with_capacity(pass.outputs_per_seq.len());
-        let mut at = 0;
-        for &n in &pass.outputs_per_seq {
-            out.push(
-                (n > 0)
-                    .then(|| {
-                        Tensor::from_slice(
-                            &values[at * vocab..(at + n) * vocab],
-                            (n, vocab),
-                            &candle_core::Device::Cpu,
-                        )
-                    })
-                    .transpose()?,
-            );
-            at += n;
+        let (rows, vocab) = (logits.rows, logits.cols);
+        let all_greedy = pass
+            .outputs_per_seq
+            .iter()
+            .zip(&pass.wanted)
+            .all(|(&n, &w)| n == 0 || w == Wanted::Greedy);
+        if !all_greedy {
+            let values = self.read(&logits)?;
+            let host = Tensor::from_vec(values, (rows, vocab), &candle_core::Device::Cpu)?;
+            return outputs_from_logits(&host, &pass.outputs_per_seq, &pass.wanted);
         }
-        Ok(out)
+        // Two numbers per row come back instead of the vocabulary's logits.
+        let picks = self.activation(rows, 2);
+        let (gx, gy) = (rows.min(65535), rows.div_ceil(65535));
+        self.kernels.dispatch(
+            &Variant::plain("greedy"),
+            &[rows as u32, vocab as u32],
+            &[&logits.buffer, &picks.buffer],
+            (gx as u32, gy as u32, 1),
+        );
+        let words = self.read(&picks)?;
+        let mut picks = words.chunks_exact(2).map(|w| GreedyPick {
+            token: w[0].to_bits(),
+            confidence: w[1],
+        });
+        Ok(pass
+            .outputs_per_seq
+            .iter()
+            .map(|&n| (n > 0).then(|| StepOutput::Greedy(picks.by_ref().take(n).collect())))
+            .collect())
     }
 }
 

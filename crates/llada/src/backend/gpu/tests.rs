@@ -189,6 +189,7 @@ fn norm_rope_and_elementwise_ops_equal_the_cpu_backend() {
         seqs: Vec::new(),
         outputs: g.kernels.upload("outputs", &[0u32]),
         outputs_per_seq: Vec::new(),
+        wanted: Vec::new(),
     };
     let got = g.read(&g.rope(&x, &pass).unwrap()).unwrap();
     let heads_first = xt
@@ -229,6 +230,7 @@ fn attention_over_a_cache_equals_plain_masked_softmax() {
             commit: len,
             logit_rows: &[],
             compute: None,
+            wanted: crate::step::Wanted::Logits,
             cache: &mut cache,
         }];
         let rope = RopeTables {
@@ -367,4 +369,58 @@ fn experts_equal_the_cpu_backend() {
             "experts",
         );
     }
+}
+
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn greedy_picks_equal_the_hosts() {
+    let g = gpu();
+    let (rows, vocab) = (5, 1000);
+    let mut v = values(rows * vocab, 9);
+    // A tie for the maximum in row 1: the first index wins, as on the host.
+    v[vocab + 10] = 3.0;
+    v[vocab + 700] = 3.0;
+    let logits = g.weight(&v, rows, vocab, false).unwrap();
+    let pass = |wanted: Vec<Wanted>| GpuPass {
+        ids: g.kernels.upload("ids", &[0u32]),
+        tokens: rows,
+        positions: g.kernels.upload("positions", &[0u32]),
+        cos: g.kernels.upload("cos", &[0f32]),
+        sin: g.kernels.upload("sin", &[0f32]),
+        rope_dim: 0,
+        head_dim: 8,
+        seqs: Vec::new(),
+        outputs: g.kernels.upload("outputs", &[0u32]),
+        outputs_per_seq: vec![2, 0, 3],
+        wanted,
+    };
+    let out = g
+        .outputs(pass(vec![Wanted::Greedy; 3]), Some(logits.clone()))
+        .unwrap();
+    let want: Vec<GreedyPick> = v.chunks_exact(vocab).map(GreedyPick::of).collect();
+    let got: Vec<GreedyPick> = out
+        .into_iter()
+        .flatten()
+        .flat_map(|o| match o {
+            StepOutput::Greedy(p) => p,
+            StepOutput::Logits(_) => panic!("asked for greedy picks"),
+        })
+        .collect();
+    assert_eq!(got.len(), rows);
+    assert_eq!(got[1].token, 10);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.token, w.token);
+        assert!((g.confidence - w.confidence).abs() < 1e-6, "{g:?} vs {w:?}");
+    }
+    // A sequence that wants logits gets its rows.
+    let out = g
+        .outputs(
+            pass(vec![Wanted::Greedy, Wanted::Greedy, Wanted::Logits]),
+            Some(logits),
+        )
+        .unwrap();
+    let Some(StepOutput::Logits(t)) = &out[2] else {
+        panic!("asked for logits")
+    };
+    assert_eq!(t.dims(), [3, vocab]);
 }
