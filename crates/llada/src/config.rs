@@ -224,6 +224,31 @@ impl Llada2Config {
         self.num_experts.is_some() && layer >= self.first_k_dense_replace
     }
 
+    /// How many weights the model's linear layers hold (attention, MLPs, experts, the head
+    /// when untied) and how many the rest (embeddings, routers; norms are negligible).
+    pub fn weight_counts(&self) -> (u64, u64) {
+        let h = self.hidden_size as u64;
+        let heads = self.heads();
+        let (q, kv, d) = (heads.query as u64, heads.kv as u64, heads.dim as u64);
+        let mut linear = 0u64;
+        let mut other = self.vocab_size as u64 * h;
+        if !self.tie_word_embeddings {
+            linear += self.vocab_size as u64 * h;
+        }
+        for layer in 0..self.num_hidden_layers {
+            linear += (q + 2 * kv) * d * h + h * q * d;
+            match self.moe_shape().filter(|_| self.is_moe_layer(layer)) {
+                Some(m) => {
+                    let e = m.num_experts as u64;
+                    linear += 3 * h * (e * m.intermediate as u64 + m.shared_intermediate as u64);
+                    other += e * h;
+                }
+                None => linear += 3 * h * self.intermediate_size.unwrap_or(0) as u64,
+            }
+        }
+        (linear, other)
+    }
+
     pub fn moe_shape(&self) -> Option<MoeShape> {
         let num_experts = self.num_experts?;
         let intermediate = self.moe_intermediate_size?;

@@ -127,6 +127,65 @@ impl Origin {
     }
 }
 
+/// Bytes the model's weights will take on a GPU: bf16 weights stay bf16, other dense ones
+/// f32, quantized ones their blocks (q8_0 8.5 bits, q4k 4.5 bits per weight).
+fn device_bytes(cfg: &Llada2Config, format: WeightFormat, quant: Option<Quant>) -> u64 {
+    let (linear, other) = cfg.weight_counts();
+    let dense_bytes = match format {
+        WeightFormat::Safetensors(candle_core::DType::BF16) | WeightFormat::Random => 2.0,
+        _ => 4.0,
+    };
+    let quant = match format {
+        WeightFormat::Gguf(q) => q,
+        _ => quant,
+    };
+    let linear_bytes = match quant {
+        Some(Quant::Q8_0) => 34.0 / 32.0,
+        Some(Quant::Q4k) => 144.0 / 256.0,
+        None => dense_bytes,
+    };
+    (linear as f64 * linear_bytes + other as f64 * dense_bytes) as u64
+}
+
+/// `gpu` if the weights fit in its memory (with a tenth left for caches and
+/// activations); else the CPU for `auto`, an error with the sizes for `gpu`.
+fn fits(
+    gpu: Gpu,
+    cfg: &Llada2Config,
+    format: WeightFormat,
+    quant: Option<Quant>,
+    device: DeviceChoice,
+) -> Result<Option<Gpu>> {
+    let Some(memory) = gpu.memory_bytes() else {
+        return Ok(Some(gpu));
+    };
+    let need = device_bytes(cfg, format, quant);
+    if need as f64 <= 0.9 * memory as f64 {
+        return Ok(Some(gpu));
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let message = format!(
+        "the model's weights need {:.1} GiB on {}, which has {:.1} GiB",
+        gib(need),
+        gpu.name(),
+        gib(memory)
+    );
+    match device {
+        DeviceChoice::Auto => {
+            tracing::warn!("{message}: running on the CPU (a smaller --quant may fit)");
+            Ok(None)
+        }
+        _ => Err(crate::error::Error::Device(format!(
+            "{message}; {}--device cpu",
+            if quant == Some(Quant::Q4k) {
+                ""
+            } else {
+                "try --quant q4k, or "
+            }
+        ))),
+    }
+}
+
 /// A loaded model with the files it came from.
 pub struct LoadedModel {
     pub files: ModelFiles,
@@ -148,7 +207,11 @@ impl LoadedModel {
         device: DeviceChoice,
     ) -> Result<Self> {
         let (source, format) = origin.open()?;
-        let model = match Gpu::open(device)? {
+        let gpu = match Gpu::open(device)? {
+            Some(gpu) => fits(gpu, &files.config, format, quant, device)?,
+            None => None,
+        };
+        let model = match gpu {
             Some(gpu) => {
                 let model = Llada2::load(&files.config, source.as_ref(), quant, gpu)?;
                 // Out of memory during the upload surfaces here, named, not mid-decode.

@@ -213,3 +213,18 @@ fn gpu_quantized_logits_match_the_cpu_quantized_path() {
 fn argmaxes(logits: &Tensor) -> Vec<u32> {
     logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()
 }
+
+/// A model larger than the adapter's memory is refused before any weight is uploaded,
+/// with the sizes (LLaDA2.0-flash's shapes: ~190 GiB of bf16 weights).
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn a_model_larger_than_the_gpu_is_refused_with_the_sizes() {
+    let started = std::time::Instant::now();
+    let err = load_synthetic_on("llada2-flash", None, None, 0, DeviceChoice::Gpu)
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("GiB") && text.contains("which has"), "{text}");
+    // Refused from the config alone: nothing was generated or uploaded.
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+}

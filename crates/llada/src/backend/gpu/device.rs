@@ -109,3 +109,29 @@ pub(super) fn no_adapter() -> Error {
             .into(),
     )
 }
+
+/// Bytes of the adapter's device-local memory, where the driver says (Vulkan); `None`
+/// elsewhere (Metal, DX12: wgpu does not say).
+pub(super) fn memory_bytes(adapter: &wgpu::Adapter) -> Option<u64> {
+    #[cfg(not(any(target_os = "macos", target_os = "ios", target_arch = "wasm32")))]
+    {
+        // SAFETY: only the physical device's memory properties are read, through the
+        // handles of an adapter that outlives this call.
+        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+        let instance = hal.shared_instance().raw_instance();
+        let props =
+            unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+        let local = props
+            .memory_heaps_as_slice()
+            .iter()
+            .filter(|heap| heap.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL))
+            .map(|heap| heap.size)
+            .sum();
+        Some(local)
+    }
+    #[cfg(any(target_os = "macos", target_os = "ios", target_arch = "wasm32"))]
+    {
+        let _ = adapter;
+        None
+    }
+}

@@ -42,6 +42,8 @@ pub struct Gpu {
     meter: CostMeter,
     /// The largest storage buffer one binding may hold on this device.
     max_binding: u64,
+    /// Device-local memory, where the driver says.
+    memory: Option<u64>,
     /// The arena buffer linear weights are placed in, and its bytes in use.
     arena: std::sync::Mutex<Option<(Arc<wgpu::Buffer>, u64)>>,
 }
@@ -111,6 +113,7 @@ impl Gpu {
             DeviceChoice::Gpu => device::best_adapter(false).ok_or_else(device::no_adapter)?,
         };
         let info = adapter.get_info();
+        let memory = device::memory_bytes(&adapter);
         if info.device_type == wgpu::DeviceType::Cpu {
             tracing::warn!(
                 "{} is a software adapter (the CPU emulating a GPU): correct but slow; \
@@ -134,6 +137,7 @@ impl Gpu {
             info,
             meter: CostMeter::default(),
             max_binding,
+            memory,
             arena: std::sync::Mutex::new(None),
         }))
     }
@@ -141,6 +145,11 @@ impl Gpu {
     /// The adapter's name and API, e.g. "NVIDIA H100 (Vulkan)".
     pub fn name(&self) -> String {
         format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// Bytes of device-local memory, where the driver says (Vulkan).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.memory
     }
 
     /// Whether the adapter is a software one (the CPU emulating a GPU).
