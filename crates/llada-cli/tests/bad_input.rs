@@ -281,53 +281,30 @@ fn a_gpu_asked_for_without_any_adapter_is_a_clear_error() {
         ("WGPU_BACKEND", Path::new("vulkan")),
     ];
     let fx = fixture();
-    let args = [
-        "generate",
-        "-m",
-        &fx,
-        "--prompt-ids",
-        "5,6,7",
-        "--device",
-        "gpu",
-    ];
-    let out = common::llada(&args, &no_driver, None);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // The exit status and stderr of `generate` on the fixture with `extra` flags.
+    let run = |extra: &[&str], env: &[(&str, &Path)]| {
+        let mut args = vec!["generate", "-m", &fx, "--prompt-ids", "5,6,7"];
+        args.extend_from_slice(extra);
+        let out = common::llada(&args, env, None);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        (out.status.code(), err)
+    };
+    let (status, err) = run(&["--device", "gpu"], &no_driver);
+    assert_eq!(status, Some(1), "{err}");
     assert!(err.contains("no GPU adapter found"), "{err}");
     assert!(err.contains("mesa-vulkan-drivers"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
 
-    let out = common::llada(
-        &["generate", "-m", &fx, "--prompt-ids", "5,6,7"],
-        &no_driver,
-        None,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (status, err) = run(&[], &no_driver);
+    assert_eq!(status, Some(0), "{err}");
     assert!(err.contains("running on CPU"), "{err}");
 
     // A flag clap refuses: usage error, status 2.
-    let out = llada(
-        &[
-            "generate",
-            "-m",
-            &fx,
-            "--prompt-ids",
-            "5,6,7",
-            "--device",
-            "tpu",
-        ],
-        None,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (status, err) = run(&["--device", "tpu"], &[]);
+    assert_eq!(status, Some(2), "{err}");
     assert!(err.contains("unknown device \"tpu\""), "{err}");
-    let out = common::llada(
-        &["generate", "-m", &fx, "--prompt-ids", "5,6,7"],
-        &[("LLADA_DEVICE", Path::new("tpu"))],
-        None,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+
+    let (status, err) = run(&[], &[("LLADA_DEVICE", Path::new("tpu"))]);
+    assert_eq!(status, Some(1), "{err}");
     assert!(err.contains("LLADA_DEVICE"), "{err}");
 }

@@ -93,6 +93,48 @@ pub fn generate_cases(model: &LoadedModel) -> Vec<GenerateCase> {
         .collect()
 }
 
+/// One LLaDA2.1 joint-decoding case (`joint_cases.json`, computed with the official
+/// modeling code under diffusers' semantics): its prompt, the expected answer, edits and
+/// forward passes, and `model`'s parameters set as the case asks.
+pub struct JointCase {
+    pub prompt: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub edits: usize,
+    pub forwards: usize,
+    pub params: GenerateParams,
+}
+
+pub fn joint_cases(model: &LoadedModel) -> Vec<JointCase> {
+    let text = std::fs::read_to_string(fixture_dir().join("joint_cases.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    file["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| {
+            let num = |k: &str| case[k].as_f64().unwrap();
+            let mut params = model.default_params();
+            params.eos_id = file["eos_id"].as_u64().unwrap() as u32;
+            params.mask_id = file["mask_id"].as_u64().unwrap() as u32;
+            params.gen_length = num("gen_length") as usize;
+            params.block_length = num("block_length") as usize;
+            params.steps = num("steps") as usize;
+            params.decoder = DecoderConfig::Joint {
+                threshold: num("threshold") as f32,
+                editing_threshold: num("editing_threshold") as f32,
+                max_post_steps: num("max_post_steps") as usize,
+            };
+            JointCase {
+                prompt: serde_json::from_value(case["prompt_ids"].clone()).unwrap(),
+                output_ids: serde_json::from_value(case["output_ids"].clone()).unwrap(),
+                edits: num("edits") as usize,
+                forwards: num("forwards") as usize,
+                params,
+            }
+        })
+        .collect()
+}
+
 pub mod naive;
 pub mod python;
 pub mod synth;

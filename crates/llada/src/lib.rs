@@ -76,7 +76,7 @@ pub use params::{BlockCache, GenerateParams};
 pub use quant::{LinearWeight, Quant};
 pub use sampling::{Sampler, SamplingParams, MAX_TEMPERATURE};
 pub use settings::DecodeSettings;
-pub use step::{GreedyPick, SeqStep, StepOutput, Wanted};
+pub use step::{GreedyPick, PassRows, SeqStep, StepOutput, Wanted};
 pub use tokenizer::{Message, TextStream, Tokenizer};
 pub use weights::{WeightSource, WeightStore};
 

@@ -59,6 +59,43 @@ impl StepOutput {
     }
 }
 
+/// The rows of a pass as every backend lays them out: each sequence's computed tokens,
+/// one sequence after another.
+#[derive(Debug, Clone, Default)]
+pub struct PassRows {
+    /// Token and absolute position of each row.
+    pub tokens: Vec<u32>,
+    pub positions: Vec<usize>,
+    /// Each sequence's first row.
+    pub offsets: Vec<usize>,
+    /// The rows that go through the head, sequence after sequence, and how many of them
+    /// belong to each sequence.
+    pub outputs: Vec<u32>,
+    pub outputs_per_seq: Vec<usize>,
+    /// What each sequence wants of its head rows.
+    pub wanted: Vec<Wanted>,
+}
+
+impl PassRows {
+    pub fn of(batch: &[SeqStep<'_>]) -> Self {
+        let mut rows = PassRows::default();
+        for step in batch {
+            let offset = rows.tokens.len();
+            rows.offsets.push(offset);
+            for (token, position) in step.computed() {
+                rows.tokens.push(token);
+                rows.positions.push(position);
+            }
+            let wanted = step.logit_rows_computed();
+            rows.outputs
+                .extend(wanted.iter().map(|&r| (offset + r) as u32));
+            rows.outputs_per_seq.push(wanted.len());
+            rows.wanted.push(step.wanted);
+        }
+        rows
+    }
+}
+
 /// One sequence's share of a forward pass.
 pub struct SeqStep<'a> {
     /// Tokens at positions `start..start + tokens.len()`.

@@ -4,54 +4,40 @@
 
 use llada_testing as common;
 
-use common::{fixture_dir, load_fixture};
+use common::{joint_cases, load_fixture};
 use llada::{generate, DecodeSettings, DecoderConfig};
 
 #[test]
 fn joint_decoding_equals_the_reference_semantics() {
     let loaded = load_fixture();
-    let text = std::fs::read_to_string(fixture_dir().join("joint_cases.json")).unwrap();
-    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let cases = file["cases"].as_array().unwrap();
+    let cases = joint_cases(&loaded);
     assert!(cases.len() >= 16);
     let mut edits_seen = 0;
-    for (n, case) in cases.iter().enumerate() {
-        let num = |k: &str| case[k].as_f64().unwrap();
-        let mut params = loaded.default_params();
-        params.eos_id = file["eos_id"].as_u64().unwrap() as u32;
-        params.mask_id = file["mask_id"].as_u64().unwrap() as u32;
-        params.gen_length = num("gen_length") as usize;
-        params.block_length = num("block_length") as usize;
-        params.steps = num("steps") as usize;
-        params.decoder = DecoderConfig::Joint {
-            threshold: num("threshold") as f32,
-            editing_threshold: num("editing_threshold") as f32,
-            max_post_steps: num("max_post_steps") as usize,
-        };
-        let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
-        let want: Vec<u32> = serde_json::from_value(case["output_ids"].clone()).unwrap();
+    for (n, case) in cases.into_iter().enumerate() {
+        let mut params = case.params;
         for use_cache in [false, true] {
             params.use_cache = use_cache;
             let mut streamed = Vec::new();
-            let out = generate(&loaded.model, &prompt, &params, &mut |ids| {
+            let out = generate(&loaded.model, &case.prompt, &params, &mut |ids| {
                 streamed.extend_from_slice(ids)
             })
             .unwrap();
-            assert_eq!(out.ids, want, "case {n} (cache {use_cache}): ids");
             assert_eq!(
-                out.stats.edits,
-                num("edits") as usize,
+                out.ids, case.output_ids,
+                "case {n} (cache {use_cache}): ids"
+            );
+            assert_eq!(
+                out.stats.edits, case.edits,
                 "case {n} (cache {use_cache}): edits"
             );
             assert_eq!(
-                out.stats.denoising_steps,
-                num("forwards") as usize,
+                out.stats.denoising_steps, case.forwards,
                 "case {n} (cache {use_cache}): forward passes"
             );
             // Streamed text is final text: what was streamed is the answer.
             assert_eq!(streamed, out.ids, "case {n}: stream");
         }
-        edits_seen += num("edits") as usize;
+        edits_seen += case.edits;
     }
     assert!(edits_seen > 0, "the fixtures exercise editing");
 }

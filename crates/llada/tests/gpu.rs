@@ -7,11 +7,12 @@ use llada_testing as common;
 
 use candle_core::Tensor;
 use common::{
-    fixture_dir, generate_cases, golden, load_fixture, load_fixture_on_gpu, max_abs_diff,
+    fixture_dir, generate_cases, golden, joint_cases, load_fixture, load_fixture_on_gpu,
+    max_abs_diff,
 };
 use llada::{
-    generate, load_model_on, load_synthetic_on, run_batch, DecodeSettings, DecoderConfig,
-    DeviceChoice, Generation, LoadedModel, Message, Quant,
+    generate, load_model_on, load_synthetic_on, run_batch, DecodeSettings, DeviceChoice,
+    Generation, LoadedModel, Message, Quant,
 };
 
 #[test]
@@ -67,28 +68,16 @@ fn gpu_generate_matches_the_reference_with_and_without_cache() {
 #[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
 fn gpu_joint_decoding_equals_the_reference_semantics() {
     let loaded = load_fixture_on_gpu();
-    let text = std::fs::read_to_string(fixture_dir().join("joint_cases.json")).unwrap();
-    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let cases = file["cases"].as_array().unwrap();
+    let cases = joint_cases(&loaded);
     assert!(cases.len() >= 16);
-    for (n, case) in cases.iter().enumerate() {
-        let num = |k: &str| case[k].as_f64().unwrap();
-        let mut params = loaded.default_params();
-        params.eos_id = file["eos_id"].as_u64().unwrap() as u32;
-        params.mask_id = file["mask_id"].as_u64().unwrap() as u32;
-        params.gen_length = num("gen_length") as usize;
-        params.block_length = num("block_length") as usize;
-        params.steps = num("steps") as usize;
-        params.decoder = DecoderConfig::Joint {
-            threshold: num("threshold") as f32,
-            editing_threshold: num("editing_threshold") as f32,
-            max_post_steps: num("max_post_steps") as usize,
-        };
-        let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
-        let want: Vec<u32> = serde_json::from_value(case["output_ids"].clone()).unwrap();
-        let out = generate(&loaded.model, &prompt, &params, &mut |_| {}).unwrap();
-        assert_eq!(out.ids, want, "case {n}: ids");
-        assert_eq!(out.stats.edits, num("edits") as usize, "case {n}: edits");
+    for (n, case) in cases.into_iter().enumerate() {
+        let out = generate(&loaded.model, &case.prompt, &case.params, &mut |_| {}).unwrap();
+        assert_eq!(out.ids, case.output_ids, "case {n}: ids");
+        assert_eq!(out.stats.edits, case.edits, "case {n}: edits");
+        assert_eq!(
+            out.stats.denoising_steps, case.forwards,
+            "case {n}: forward passes"
+        );
     }
 }
 

@@ -14,7 +14,7 @@ use crate::cache::KvCache;
 use crate::error::Result;
 use crate::kernels;
 use crate::quant::LinearWeight;
-use crate::step::{SeqStep, StepOutput, Wanted};
+use crate::step::{PassRows, SeqStep, StepOutput, Wanted};
 
 /// Up to this many tokens per forward, a MoE layer's experts run side by side on raw
 /// rows ([`Cpu::experts_side_by_side`]); longer inputs (prefill) keep candle's
@@ -480,6 +480,7 @@ impl Inference for Cpu {
     fn pass<'p>(
         &self,
         batch: &'p mut [SeqStep<'_>],
+        rows: PassRows,
         rope: RopeTables,
         heads: Heads,
     ) -> Result<CpuPass<'p>> {
@@ -487,17 +488,8 @@ impl Inference for Cpu {
         // Query heads of one KV group are stacked in attention: a mask repeats for each.
         let group = heads.query / heads.kv;
         self.meter.sequences(batch.len());
-        let mut ids = Vec::new();
-        let mut outputs = Vec::new();
-        let mut outputs_per_seq = Vec::with_capacity(batch.len());
         let mut seqs = Vec::with_capacity(batch.len());
-        let wanted: Vec<Wanted> = batch.iter().map(|s| s.wanted).collect();
-        for step in batch.iter_mut() {
-            let offset = ids.len();
-            ids.extend(step.computed().into_iter().map(|(token, _)| token));
-            let wanted = step.logit_rows_computed();
-            outputs.extend(wanted.iter().map(|&r| (offset + r) as u32));
-            outputs_per_seq.push(wanted.len());
+        for (step, &offset) in batch.iter_mut().zip(&rows.offsets) {
             let mask = match step.block_mask() {
                 Some(mask) => {
                     let (len, keys) = (step.tokens.len(), mask.len() / step.tokens.len());
@@ -519,12 +511,12 @@ impl Inference for Cpu {
             });
         }
         Ok(CpuPass {
-            ids: Tensor::new(ids.as_slice(), &device)?,
+            ids: Tensor::new(rows.tokens.as_slice(), &device)?,
             rope: Rope::new(rope, &device)?,
             seqs,
-            outputs: Tensor::new(outputs.as_slice(), &device)?,
-            outputs_per_seq,
-            wanted,
+            outputs: Tensor::new(rows.outputs.as_slice(), &device)?,
+            outputs_per_seq: rows.outputs_per_seq,
+            wanted: rows.wanted,
         })
     }
 

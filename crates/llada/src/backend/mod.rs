@@ -28,7 +28,7 @@ pub use cpu::{
 pub use crate::config::Heads;
 use crate::error::Result;
 use crate::quant::LinearWeight;
-use crate::step::{GreedyPick, SeqStep, StepOutput, Wanted};
+use crate::step::{GreedyPick, PassRows, SeqStep, StepOutput, Wanted};
 pub use gpu::{DeviceChoice, Gpu};
 
 /// A SwiGLU MLP: `down(silu(gate(x)) * up(x))` (dense layers, experts, shared experts).
@@ -143,11 +143,12 @@ pub trait Backend: Send + Sync + Sized {
 
 /// A backend that runs decoding's forward passes.
 pub trait Inference: Backend {
-    /// The pass of a batch of sequence steps (already checked), with the rotary tables of
-    /// the tokens it computes, sequence after sequence, for attention layers of `heads`.
+    /// The pass of a batch of sequence steps (already checked) laid out as `rows`, with
+    /// the rotary tables of those rows, for attention layers of `heads`.
     fn pass<'p>(
         &self,
         batch: &'p mut [SeqStep<'_>],
+        rows: PassRows,
         rope: RopeTables,
         heads: Heads,
     ) -> Result<Self::Pass<'p>>;

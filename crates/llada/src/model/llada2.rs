@@ -12,7 +12,7 @@ use crate::cache::KvCache;
 use crate::config::{Llada2Config, MoeShape};
 use crate::error::Result;
 use crate::quant::Quant;
-use crate::step::{SeqStep, StepOutput, Wanted};
+use crate::step::{PassRows, SeqStep, StepOutput, Wanted};
 use crate::weights::WeightSource;
 
 /// Whether `name` is a matrix the model applies as a linear layer (and so may be
@@ -459,12 +459,9 @@ impl<B: Inference> Llada2<B> {
             for step in batch.iter() {
                 step.check(self.cfg.vocab_size, self.cfg.max_position_embeddings)?;
             }
-            let positions: Vec<usize> = batch
-                .iter()
-                .flat_map(|s| s.computed().into_iter().map(|(_, p)| p))
-                .collect();
-            let rope = self.rotary.tables(positions.into_iter());
-            let mut pass = self.backend.pass(batch, rope, self.cfg.heads())?;
+            let rows = PassRows::of(batch);
+            let rope = self.rotary.tables(rows.positions.iter().copied());
+            let mut pass = self.backend.pass(batch, rows, rope, self.cfg.heads())?;
             let logits = self.run(&mut pass)?;
             let logits = self.backend.outputs(pass, logits)?;
             for step in batch.iter_mut() {

@@ -29,7 +29,7 @@ use super::{outputs_from_logits, Backend, Heads, Inference, MoeInput, RopeTables
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use crate::quant::LinearWeight;
-use crate::step::{GreedyPick, SeqStep, StepOutput, Wanted};
+use crate::step::{GreedyPick, PassRows, SeqStep, StepOutput, Wanted};
 use crate::ForwardCost;
 
 /// The largest head size the attention kernel holds in a workgroup.
@@ -786,6 +786,7 @@ impl Inference for Gpu {
     fn pass<'p>(
         &self,
         batch: &'p mut [SeqStep<'_>],
+        rows: PassRows,
         rope: RopeTables,
         heads: Heads,
     ) -> Result<GpuPass<'p>> {
@@ -796,21 +797,8 @@ impl Inference for Gpu {
             )));
         }
         self.meter.sequences(batch.len());
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut outputs = Vec::new();
-        let mut outputs_per_seq = Vec::with_capacity(batch.len());
         let mut seqs = Vec::with_capacity(batch.len());
-        let wanted: Vec<Wanted> = batch.iter().map(|s| s.wanted).collect();
-        for step in batch.iter_mut() {
-            let offset = ids.len();
-            for (token, position) in step.computed() {
-                ids.push(token);
-                positions.push(position as u32);
-            }
-            let wanted = step.logit_rows_computed();
-            outputs.extend(wanted.iter().map(|&r| (offset + r) as u32));
-            outputs_per_seq.push(wanted.len());
+        for (step, &offset) in batch.iter_mut().zip(&rows.offsets) {
             let committed = step.cache.len();
             let slots: Vec<u32> = match step.compute {
                 Some(rows) => rows.iter().map(|&r| (committed + r) as u32).collect(),
@@ -828,18 +816,19 @@ impl Inference for Gpu {
                 cache: &mut *step.cache,
             });
         }
+        let positions: Vec<u32> = rows.positions.iter().map(|&p| p as u32).collect();
         Ok(GpuPass {
-            tokens: ids.len(),
-            ids: self.kernels.upload("ids", &ids),
+            tokens: rows.tokens.len(),
+            ids: self.kernels.upload("ids", &rows.tokens),
             positions: self.kernels.upload("positions", &positions),
             cos: self.kernels.upload("rope cos", &rope.cos),
             sin: self.kernels.upload("rope sin", &rope.sin),
             rope_dim: rope.rope_dim,
             head_dim: heads.dim,
             seqs,
-            outputs: self.kernels.upload("output rows", &outputs),
-            outputs_per_seq,
-            wanted,
+            outputs: self.kernels.upload("output rows", &rows.outputs),
+            outputs_per_seq: rows.outputs_per_seq,
+            wanted: rows.wanted,
         })
     }
 

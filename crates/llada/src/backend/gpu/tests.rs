@@ -244,7 +244,8 @@ fn attention_over_a_cache_equals_plain_masked_softmax() {
             kv: kv_heads,
             dim,
         };
-        let mut pass = g.pass(&mut step, rope, heads_cfg).unwrap();
+        let rows = crate::step::PassRows::of(&step);
+        let mut pass = g.pass(&mut step, rows, rope, heads_cfg).unwrap();
         let out = g.attend(&mut pass, 0, &q, &k, &v).unwrap();
         outputs = g.read(&out).unwrap();
         drop(pass);
