@@ -24,7 +24,7 @@ pub struct KvCache {
     len: usize,
     capacity_hint: usize,
     /// A device backend's buffers for this sequence (see [`KvCache::device_state`]).
-    device: Option<crate::backend::gpu::DeviceState>,
+    device: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for KvCache {

@@ -14,7 +14,6 @@ mod limits;
 #[cfg(test)]
 mod tests;
 
-use std::any::Any;
 use std::sync::Arc;
 
 use candle_core::quantized::GgmlDType;
@@ -879,6 +878,3 @@ impl std::fmt::Debug for Gpu {
         write!(f, "Gpu({})", self.name())
     }
 }
-
-/// The device state a [`KvCache`] keeps for this backend.
-pub(crate) type DeviceState = Box<dyn Any + Send + Sync>;

@@ -291,12 +291,22 @@ fn experts_equal_the_cpu_backend() {
     let g = gpu();
     let cpu = Cpu::new();
     let (h, inter, experts) = (64, 32, 6);
-    let src = crate::synthetic::SyntheticSource::new(5);
-    let weight = |name: &str, shape: [usize; 2]| {
-        use crate::weights::WeightSource;
-        src.get_linear(name, shape, None).unwrap()
+    let mut seed = 100;
+    let mut weight = |_name: &str, shape: [usize; 2]| {
+        seed += 1;
+        let scale = 1.0 / (shape[1] as f32).sqrt();
+        let v: Vec<f32> = values(shape[0] * shape[1], seed)
+            .iter()
+            .map(|x| x * scale)
+            .collect();
+        LinearWeight::new(
+            Tensor::from_vec(v, (shape[0], shape[1]), &Device::Cpu).unwrap(),
+            None,
+            None,
+        )
+        .unwrap()
     };
-    let mlp_parts = |e: &str| {
+    let mut mlp_parts = |e: &str| {
         [
             weight(&format!("{e}.gate_proj.weight"), [inter, h]),
             weight(&format!("{e}.up_proj.weight"), [inter, h]),
