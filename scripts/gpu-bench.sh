@@ -9,6 +9,11 @@
 # The NVIDIA driver brings its own Vulkan driver (ICD); lavapipe is never used here
 # unless it is the only adapter (the output names the device).
 #
+# If the output says "running on llvmpipe" or finds no adapter on an NVIDIA machine, the
+# Vulkan loader or the driver's ICD is not where the loader looks: put libvulkan.so.1
+# beside the binary and point VK_DRIVER_FILES at the NVIDIA ICD (e.g.
+# /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json, or /usr/share/vulkan/icd.d/).
+#
 # Prints (and writes to docs/gpu/DEVICE.txt, which scripts/performance.sh puts into
 # docs/performance.md): the device, its measured read bandwidth and product rate, ms per AR step and per
 # 32-token block forward with the memory and compute floor of each and the break-even
