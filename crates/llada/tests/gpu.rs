@@ -217,3 +217,25 @@ fn a_model_larger_than_the_gpu_is_refused_with_the_sizes() {
     // Refused from the config alone: nothing was generated or uploaded.
     assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
 }
+
+/// A GGUF file written by `llada quantize` runs on the device from its stored blocks and
+/// gives the logits of the same model quantized at load on the device.
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_runs_a_quantized_gguf_file() {
+    let ids = [5u32, 6, 7, 8, 9, 10, 11, 12, 13];
+    for quant in [Quant::Q8_0, Quant::Q4k] {
+        let out = tempfile::tempdir().unwrap();
+        llada::quantize_checkpoint(&fixture_dir(), out.path(), quant).unwrap();
+        let from_file = load_model_on(out.path(), None, DeviceChoice::Gpu).unwrap();
+        let at_load = load_model_on(&fixture_dir(), Some(quant), DeviceChoice::Gpu).unwrap();
+        assert!(matches!(from_file.model, llada::Model::Gpu(_)));
+        let a = from_file.model.forward_full(&ids, 4).unwrap();
+        let b = at_load.model.forward_full(&ids, 4).unwrap();
+        assert_eq!(
+            max_abs_diff(&a, &b),
+            0.0,
+            "{quant:?}: same blocks, same logits"
+        );
+    }
+}
