@@ -48,15 +48,6 @@ impl FromStr for DeviceChoice {
     }
 }
 
-/// One adapter wgpu found.
-#[derive(Debug, Clone)]
-pub struct AdapterSummary {
-    pub name: String,
-    pub backend: String,
-    /// A CPU implementation (lavapipe, WARP, SwiftShader).
-    pub software: bool,
-}
-
 pub(super) fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
@@ -79,24 +70,6 @@ pub(super) fn best_adapter(hardware_only: bool) -> Option<wgpu::Adapter> {
     adapters.retain(|a| !hardware_only || a.get_info().device_type != wgpu::DeviceType::Cpu);
     adapters.sort_by_key(|a| rank(a.get_info().device_type));
     adapters.into_iter().next()
-}
-
-/// Every adapter wgpu finds on this machine, best first.
-pub fn adapters() -> Vec<AdapterSummary> {
-    let instance = instance();
-    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    adapters.sort_by_key(|a| rank(a.get_info().device_type));
-    adapters
-        .iter()
-        .map(|a| {
-            let info = a.get_info();
-            AdapterSummary {
-                name: info.name,
-                backend: format!("{:?}", info.backend),
-                software: info.device_type == wgpu::DeviceType::Cpu,
-            }
-        })
-        .collect()
 }
 
 /// The error for `--device gpu` on a machine without any adapter.

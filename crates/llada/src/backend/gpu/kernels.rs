@@ -70,6 +70,13 @@ pub(super) fn grid(threads: usize) -> (u32, u32, u32) {
     (x, groups.div_ceil(x), 1)
 }
 
+/// Workgroups for a job of one workgroup per row (see `wg.y * groups.x + wg.x` in the
+/// row kernels).
+pub(super) fn row_grid(rows: usize) -> (u32, u32, u32) {
+    let x = rows.clamp(1, MAX_GROUPS as usize);
+    (x as u32, rows.div_ceil(x).max(1) as u32, 1)
+}
+
 impl Kernels {
     pub fn new(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let error = Arc::new(Mutex::new(None));

@@ -19,14 +19,15 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 use candle_core::Tensor;
 
-pub use device::{adapters, AdapterSummary, DeviceChoice};
-use kernels::{grid, Kernels, Variant};
+pub use device::DeviceChoice;
+use kernels::{grid, row_grid, Kernels, Variant};
 pub use limits::GpuLimits;
 
 use super::cpu::CostMeter;
 use super::{outputs_from_logits, Backend, Heads, Inference, MoeInput, RopeTables};
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
+use crate::kernels::Q8Matrix;
 use crate::quant::LinearWeight;
 use crate::step::{GreedyPick, PassRows, SeqStep, StepOutput, Wanted};
 use crate::ForwardCost;
@@ -85,6 +86,34 @@ pub struct GpuTensor {
     rows: usize,
     cols: usize,
     format: Format,
+}
+
+/// The bytes of a dense matrix with rows of `cols` values on the device: bf16 when every
+/// value is one (lossless) and `allow_bf16`, else f32.
+fn dense_layout(values: &[f32], cols: usize, allow_bf16: bool) -> (Vec<u8>, Format) {
+    let bf16 =
+        allow_bf16 && cols.is_multiple_of(2) && values.iter().all(|v| v.to_bits() & 0xffff == 0);
+    if bf16 {
+        let halves: Vec<u16> = values.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        (bytemuck::cast_slice(&halves).to_vec(), Format::Bf16)
+    } else {
+        (bytemuck::cast_slice(values).to_vec(), Format::F32)
+    }
+}
+
+/// q8_0 blocks in the product kernel's layout: per block of 32, the f32 scale, then the
+/// 32 signed bytes as 8 words.
+fn q8_words(qs: &[i8], scales: &[f32]) -> Vec<u32> {
+    let mut words = Vec::with_capacity(scales.len() * 9);
+    for (block, &scale) in qs.chunks_exact(32).zip(scales) {
+        words.push(scale.to_bits());
+        words.extend(
+            block
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])),
+        );
+    }
+    words
 }
 
 impl GpuTensor {
@@ -179,15 +208,8 @@ impl Gpu {
         cols: usize,
         allow_bf16: bool,
     ) -> Result<GpuTensor> {
-        let bf16 = allow_bf16
-            && cols.is_multiple_of(2)
-            && values.iter().all(|v| v.to_bits() & 0xffff == 0);
-        if bf16 {
-            let halves: Vec<u16> = values.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
-            self.stored(bytemuck::cast_slice(&halves), rows, cols, Format::Bf16)
-        } else {
-            self.stored(bytemuck::cast_slice(values), rows, cols, Format::F32)
-        }
+        let (bytes, format) = dense_layout(values, cols, allow_bf16);
+        self.stored(&bytes, rows, cols, format)
     }
 
     /// A linear layer's matrix in the arena: bf16 when lossless, else f32, or quantized.
@@ -196,12 +218,8 @@ impl Gpu {
         let Some(values) = w.dense_values()? else {
             return self.quantized(w);
         };
-        if cols.is_multiple_of(2) && values.iter().all(|v| v.to_bits() & 0xffff == 0) {
-            let halves: Vec<u16> = values.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
-            self.in_arena(bytemuck::cast_slice(&halves), rows, cols, Format::Bf16)
-        } else {
-            self.in_arena(bytemuck::cast_slice(&values), rows, cols, Format::F32)
-        }
+        let (bytes, format) = dense_layout(&values, cols, true);
+        self.in_arena(&bytes, rows, cols, format)
     }
 
     /// Uploads a matrix already in its device layout; refuses one larger than one buffer
@@ -245,9 +263,14 @@ impl Gpu {
             *arena = Some((Arc::new(self.kernels.zeros("weights", size as usize)), 0));
         }
         let (buffer, used) = arena.as_mut().expect("made above");
-        let mut padded = bytes.to_vec();
-        padded.resize(len as usize, 0);
-        self.kernels.write(buffer, *used, &padded);
+        // Every layout is whole words already; copy only to pad one that is not.
+        if bytes.len() as u64 == len {
+            self.kernels.write(buffer, *used, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(len as usize, 0);
+            self.kernels.write(buffer, *used, &padded);
+        }
         let offset = (*used / 4) as usize;
         *used += len;
         Ok(GpuTensor {
@@ -262,39 +285,24 @@ impl Gpu {
     /// A quantized matrix in the product kernel's layout (see [`Format`]).
     fn quantized(&self, w: &LinearWeight) -> Result<GpuTensor> {
         let (rows, cols) = w.dims();
-        if let LinearWeight::Q8 { weight, .. } = w {
-            let (qs, scales) = weight.blocks();
-            let mut words: Vec<u32> = Vec::with_capacity(scales.len() * 9);
-            for (block, &scale) in qs.chunks_exact(32).zip(scales) {
-                words.push(scale.to_bits());
-                words.extend(
-                    block.chunks_exact(4).map(|b| {
-                        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
-                    }),
-                );
-            }
-            return self.in_arena(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0);
-        }
+        let q8 = |m: &Q8Matrix| {
+            let (qs, scales) = m.blocks();
+            let words = q8_words(qs, scales);
+            self.in_arena(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0)
+        };
         let blocks = match w {
+            LinearWeight::Q8 { weight, .. } => return q8(weight),
             LinearWeight::Quantized { weight, .. } => weight.ggml_blocks()?,
             _ => None,
         };
         match blocks {
             Some((GgmlDType::Q4K, bytes)) => self.in_arena(&bytes, rows, cols, Format::Q4k),
-            Some((GgmlDType::Q8_0, bytes)) => {
-                // ggml's 34-byte blocks: f16 scale, 32 bytes.
-                let mut words: Vec<u32> = Vec::with_capacity(bytes.len() / 34 * 9);
-                for block in bytes.chunks_exact(34) {
-                    let scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-                    words.push(scale.to_bits());
-                    words.extend(
-                        block[2..]
-                            .chunks_exact(4)
-                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                    );
-                }
-                self.in_arena(bytemuck::cast_slice(&words), rows, cols, Format::Q8_0)
-            }
+            Some((GgmlDType::Q8_0, bytes)) => match Q8Matrix::from_ggml(&bytes, rows, cols) {
+                Some(m) => q8(&m),
+                None => Err(Error::Device(format!(
+                    "a {rows} x {cols} q8_0 matrix has the wrong number of blocks"
+                ))),
+            },
             other => Err(Error::Device(format!(
                 "{} weights do not run on the GPU backend (it multiplies f32, bf16, q8_0 and \
                  q4k): use --device cpu",
@@ -341,12 +349,6 @@ impl Gpu {
             grid(count * cols),
         );
         out
-    }
-
-    fn columns(&self, x: &GpuTensor, offset: usize, cols: usize) -> GpuTensor {
-        let rows: Vec<u32> = (0..x.rows as u32).collect();
-        let index = self.kernels.upload("rows", &rows);
-        self.gather(x, &index, x.rows, offset, cols)
     }
 
     fn product(&self, x: &GpuTensor, w: &GpuTensor, bias: Option<&wgpu::Buffer>) -> GpuTensor {
@@ -510,12 +512,11 @@ impl Backend for Gpu {
         let cols = weight.cols;
         let rows = x.len() / cols;
         let out = self.activation(x.rows, x.cols);
-        let (gx, gy) = (rows.min(65535), rows.div_ceil(65535));
         self.kernels.dispatch(
             &Variant::plain("rms_norm"),
             &[rows as u32, cols as u32, (eps as f32).to_bits()],
             &[&x.buffer, &weight.buffer, &out.buffer],
-            (gx as u32, gy as u32, 1),
+            row_grid(rows),
         );
         Ok(out)
     }
@@ -540,11 +541,10 @@ impl Backend for Gpu {
         heads: Heads,
     ) -> Result<(GpuTensor, GpuTensor, GpuTensor)> {
         let (q, kv) = (heads.query * heads.dim, heads.kv * heads.dim);
-        Ok((
-            self.columns(qkv, 0, q),
-            self.columns(qkv, q, kv),
-            self.columns(qkv, q + kv, kv),
-        ))
+        let all: Vec<u32> = (0..qkv.rows as u32).collect();
+        let all = self.kernels.upload("rows", &all);
+        let columns = |offset, cols| self.gather(qkv, &all, qkv.rows, offset, cols);
+        Ok((columns(0, q), columns(q, kv), columns(q + kv, kv)))
     }
 
     fn rope(&self, x: &GpuTensor, pass: &GpuPass<'_>) -> Result<GpuTensor> {
@@ -853,12 +853,11 @@ impl Inference for Gpu {
         }
         // Two numbers per row come back instead of the vocabulary's logits.
         let picks = self.activation(rows, 2);
-        let (gx, gy) = (rows.min(65535), rows.div_ceil(65535));
         self.kernels.dispatch(
             &Variant::plain("greedy"),
             &[rows as u32, vocab as u32],
             &[&logits.buffer, &picks.buffer],
-            (gx as u32, gy as u32, 1),
+            row_grid(rows),
         );
         let words = self.read(&picks)?;
         let mut picks = words.chunks_exact(2).map(|w| GreedyPick {
