@@ -26,7 +26,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Benchmark a known architecture with random weights instead of --model:
-    /// llada2-mini, llada2-flash or llada2-63m (built in memory at the chosen --quant).
+    /// llada2-mini, llada2_2-mini, llada2-flash or llada2-63m (built in memory at the
+    /// chosen --quant).
     #[arg(long, conflicts_with = "model")]
     pub synthetic: Option<String>,
     /// With --synthetic: keep only the first N layers (e.g. to fit flash in memory).

@@ -9,7 +9,22 @@ use llada::{load_model, load_model_on, DecoderConfig, DeviceChoice, GeneratePara
 /// The golden fixture the repository carries (`fixtures/golden/llada2-tiny`, copied
 /// from the reference outputs by `scripts/sync-golden.sh`).
 pub fn fixture_dir() -> PathBuf {
-    let dir = repo_root().join("fixtures/golden/llada2-tiny");
+    golden_dir("llada2-tiny")
+}
+
+/// The LLaDA2.2 golden fixture (`fixtures/golden/llada2_2-tiny`: block routing, SGLang's
+/// joint and InDel decoding).
+pub fn fixture_2_2_dir() -> PathBuf {
+    golden_dir("llada2_2-tiny")
+}
+
+pub fn load_fixture_2_2() -> LoadedModel {
+    load_model(&fixture_2_2_dir()).expect("the LLaDA2.2 fixture loads")
+}
+
+/// A folder of `fixtures/golden`.
+pub fn golden_dir(name: &str) -> PathBuf {
+    let dir = repo_root().join("fixtures/golden").join(name);
     assert!(
         dir.is_dir(),
         "golden fixtures not found at {}",
@@ -49,7 +64,17 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 }
 
 pub fn golden() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture_dir().join("cases.json")).unwrap();
+    golden_in(&fixture_dir())
+}
+
+/// `cases.json` of a fixture folder.
+pub fn golden_in(dir: &std::path::Path) -> serde_json::Value {
+    read_json(&dir.join("cases.json"))
+}
+
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -63,8 +88,13 @@ pub struct GenerateCase {
 }
 
 pub fn generate_cases(model: &LoadedModel) -> Vec<GenerateCase> {
+    generate_cases_in(&fixture_dir(), model)
+}
+
+/// The generate cases of the fixture in `dir`.
+pub fn generate_cases_in(dir: &std::path::Path, model: &LoadedModel) -> Vec<GenerateCase> {
     let field = |case: &serde_json::Value, k: &str| case[k].as_u64().unwrap() as usize;
-    golden()["generate"]
+    golden_in(dir)["generate"]
         .as_array()
         .unwrap()
         .iter()

@@ -270,6 +270,8 @@ pub fn forward_batch(model: &TrainModel, rows: &[TrainRow<'_>]) -> Result<Tensor
         }
         Some(Tensor::new(wanted.as_slice(), device)?)
     };
+    let offsets: Vec<usize> = spans.iter().map(|&(o, _, _)| o).collect();
+    let blocks = model.routing_blocks(&offsets, &positions);
     let rope = Rope::new(model.rope_tables(positions.into_iter()), device)?;
     let mut pass = TrainPass {
         ids: Tensor::new(ids.as_slice(), device)?,
@@ -278,6 +280,6 @@ pub fn forward_batch(model: &TrainModel, rows: &[TrainRow<'_>]) -> Result<Tensor
         noise,
         outputs,
     };
-    let logits = model.run(&mut pass)?;
+    let logits = model.run(&mut pass, &blocks)?;
     Ok(logits.expect("a training pass wants logits"))
 }

@@ -101,6 +101,21 @@ pub struct Llada2Config {
     pub moe_router_enable_expert_bias: bool,
     #[serde(default)]
     pub torch_dtype: Option<String>,
+    /// LLaDA2.2 block routing: each routing block of `block_size` positions picks a pool
+    /// of this many experts, and its tokens choose among them (0: LLaDA2.0's
+    /// group-limited routing, token by token).
+    #[serde(default)]
+    pub expert_capacity: usize,
+    /// The routing block's length (LLaDA2.2; tiled from absolute position 0). A decode
+    /// block must be a multiple of it.
+    #[serde(default)]
+    pub block_size: Option<usize>,
+    /// LLaDA2.2's Levenshtein editing tokens: DELETE drops a position, SPLIT turns it into
+    /// `[MASK, token]`.
+    #[serde(default)]
+    pub delete_token_id: Option<u32>,
+    #[serde(default)]
+    pub split_token_id: Option<u32>,
 }
 
 mod d {
@@ -171,6 +186,11 @@ pub struct MoeShape {
     pub topk_group: usize,
     pub intermediate: usize,
     pub shared_intermediate: usize,
+    /// Block routing (LLaDA2.2): the pool size per routing block; 0 for group-limited
+    /// routing.
+    pub capacity: usize,
+    /// The routing block's length (used when `capacity > 0`).
+    pub routing_block: usize,
 }
 
 impl Llada2Config {
@@ -259,7 +279,35 @@ impl Llada2Config {
             topk_group: self.topk_group,
             intermediate,
             shared_intermediate: intermediate * self.num_shared_experts.unwrap_or(0),
+            capacity: self.expert_capacity,
+            routing_block: self.routing_block(),
         })
+    }
+
+    /// The routing block of LLaDA2.2's block routing (`None`: routing is per token, and
+    /// any decode block length works).
+    pub fn routing_block(&self) -> usize {
+        if self.expert_capacity > 0 {
+            self.block_size.unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// Refuses a decode block length that splits routing blocks: with block routing a
+    /// token's experts depend on its whole routing block, so a decode block must hold
+    /// whole ones for the cached path to route like the reference.
+    pub fn check_block_length(&self, block_length: usize) -> Result<()> {
+        let routing = self.routing_block();
+        if routing > 0 && !block_length.is_multiple_of(routing) {
+            return Err(Error::param(
+                "block_length",
+                format!(
+                    "must be a multiple of the model's routing block ({routing}, config block_size), got {block_length}"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
@@ -352,6 +400,17 @@ impl Llada2Config {
                 self.hidden_act
             )));
         }
+        for (field, id) in [
+            ("delete_token_id", self.delete_token_id),
+            ("split_token_id", self.split_token_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= self.vocab_size) {
+                return Err(bad(format!(
+                    "{field} {id} is outside the vocabulary ({} tokens)",
+                    self.vocab_size
+                )));
+            }
+        }
         if let Some(scaling) = &self.rope_scaling {
             let kind = scaling
                 .get("rope_type")
@@ -382,6 +441,29 @@ impl Llada2Config {
                     "score_function {:?} is not supported (only sigmoid)",
                     self.score_function
                 )));
+            }
+            if moe.capacity > 0 {
+                // Block routing: groups are not used (n_group/topk_group may stay in
+                // the config, as in LLaDA2.2's).
+                if moe.capacity > moe.num_experts || moe.capacity < moe.experts_per_token {
+                    return Err(bad(format!(
+                        "expert_capacity ({}) must be between num_experts_per_tok ({}) and num_experts ({})",
+                        moe.capacity, moe.experts_per_token, moe.num_experts
+                    )));
+                }
+                if moe.experts_per_token == 0 {
+                    return Err(bad("num_experts_per_tok must be positive".into()));
+                }
+                if moe.routing_block == 0 {
+                    return Err(bad(
+                        "expert_capacity needs block_size (the routing block), a positive number"
+                            .into(),
+                    ));
+                }
+                if moe.intermediate == 0 {
+                    return Err(bad("moe_intermediate_size must be positive".into()));
+                }
+                return Ok(());
             }
             if moe.num_experts == 0 || moe.n_group == 0 || moe.num_experts % moe.n_group != 0 {
                 return Err(bad(format!(

@@ -202,6 +202,7 @@ impl Generation {
                 ),
             ));
         }
+        cfg.check_block_length(params.block_length)?;
         let b = params.block_length;
         let p = prompt.len();
         let total = params.positions_needed(p);

@@ -71,7 +71,7 @@ pub use load::{
     load_embedded, load_embedded_on, load_model, load_model_on, load_model_with, load_synthetic,
     load_synthetic_on, EmbeddedModel, LoadedModel, WeightFormat, Weights,
 };
-pub use model::{Llada2, Llada2Model, Model};
+pub use model::{Llada2, Llada2Model, Model, RoutingBlocks};
 pub use params::{BlockCache, GenerateParams};
 pub use quant::{LinearWeight, Quant};
 pub use sampling::{Sampler, SamplingParams, MAX_TEMPERATURE};

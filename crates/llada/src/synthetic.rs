@@ -31,6 +31,16 @@ pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
             "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 9216,
             "moe_intermediate_size": 1024, "num_experts": 256,
         }),
+        // LLaDA2.2-mini: LLaDA2.0-mini's shapes with block routing (a 32-token routing
+        // block shares a pool of 48 of the 256 experts), Levenshtein editing tokens and
+        // a native 128K context.
+        "llada2_2-mini" => serde_json::json!({
+            "hidden_size": 2048, "num_hidden_layers": 20, "num_attention_heads": 16,
+            "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 5120,
+            "moe_intermediate_size": 512, "num_experts": 256, "expert_capacity": 48,
+            "block_size": 32, "max_position_embeddings": 131072,
+            "delete_token_id": 156_900, "split_token_id": 156_901,
+        }),
         // The 63M-parameter checkpoint llada was compared with chatllm.cpp on (the
         // performance issue): small enough to run anywhere, every mechanism present.
         "llada2-63m" => serde_json::json!({
@@ -41,7 +51,7 @@ pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
         }),
         other => {
             return Err(Error::InvalidRequest(format!(
-                "unknown synthetic model {other:?} (use llada2-mini, llada2-flash or llada2-63m)"
+                "unknown synthetic model {other:?} (use llada2-mini, llada2_2-mini, llada2-flash or llada2-63m)"
             )))
         }
     };
@@ -50,12 +60,13 @@ pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
         "num_shared_experts": 1, "routed_scaling_factor": 2.5,
         "first_k_dense_replace": 1, "rope_theta": 600000.0, "partial_rotary_factor": 0.5,
         "rms_norm_eps": 1e-6, "use_bias": false, "use_qkv_bias": false, "use_qk_norm": true,
-        "max_position_embeddings": 32768, "score_function": "sigmoid",
+        "score_function": "sigmoid",
         "moe_router_enable_expert_bias": true, "tie_word_embeddings": false,
     });
     // The LLaDA2.0 values, unless the preset sets its own.
     let published = serde_json::json!({
         "vocab_size": 157184, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+        "max_position_embeddings": 32768,
     });
     for (k, v) in shared.as_object().expect("object") {
         cfg[k] = v.clone();

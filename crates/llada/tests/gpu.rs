@@ -64,6 +64,40 @@ fn gpu_generate_matches_the_reference_with_and_without_cache() {
     }
 }
 
+/// LLaDA2.2's block routing on the device (selection runs on the host from the device's
+/// router logits): the fixture's logits and generate cases.
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_block_routing_matches_the_reference() {
+    let dir = common::fixture_2_2_dir();
+    let gpu = load_model_on(&dir, None, DeviceChoice::Gpu).unwrap();
+    assert!(matches!(gpu.model, llada::Model::Gpu(_)));
+    let expected =
+        candle_core::safetensors::load(dir.join("logits.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    for case in common::golden_in(&dir)["forward"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        let block = case["block_length"].as_u64().unwrap() as usize;
+        let name = case["logits"].as_str().unwrap();
+        let diff = max_abs_diff(
+            &gpu.model.forward_full(&ids, block).unwrap(),
+            &expected[name],
+        );
+        assert!(diff < 1e-4, "{name}: max |diff| to the reference = {diff}");
+    }
+    for (n, case) in common::generate_cases_in(&dir, &gpu)
+        .into_iter()
+        .enumerate()
+    {
+        let mut params = case.params;
+        for use_cache in [false, true] {
+            params.use_cache = use_cache;
+            let out = generate(&gpu.model, &case.prompt, &params, &mut |_| {}).unwrap();
+            assert_eq!(out.ids, case.output_ids, "case {n} (cache: {use_cache})");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
 fn gpu_joint_decoding_equals_the_reference_semantics() {

@@ -60,7 +60,8 @@ impl<B: Backend> Load<'_, B> {
     }
 }
 
-/// Sigmoid router with group-limited top-k and `expert_bias` for selection only.
+/// Sigmoid router with `expert_bias` for selection only: group-limited top-k per token
+/// (LLaDA2.0/2.1) or block routing (LLaDA2.2, `expert_capacity > 0`).
 struct Router<B: Backend> {
     weight: B::Tensor,
     expert_bias: Vec<f32>,
@@ -69,19 +70,37 @@ struct Router<B: Backend> {
 }
 
 impl<B: Backend> Router<B> {
-    /// The experts of one token from its router logits (f32, as `router_dtype: fp32`
-    /// asks): the best `topk_group` groups by the sum of their two best biased scores,
-    /// the best `experts_per_token` experts inside them; mixing weights from the unbiased
-    /// scores, renormalised, times `routed_scaling_factor`.
-    fn route(&self, logits: &[f32]) -> Route {
-        let s = &self.shape;
-        let group_size = s.num_experts / s.n_group;
+    /// Every token's experts from the router logits `[tokens, experts]` (f32, as
+    /// `router_dtype: fp32` asks), the tokens laid out in `blocks`.
+    fn route(&self, logits: &[f32], blocks: &RoutingBlocks) -> Vec<Route> {
+        let rows: Vec<&[f32]> = logits.chunks_exact(self.shape.num_experts).collect();
+        if self.shape.capacity == 0 {
+            return rows.iter().map(|row| self.route_token(row)).collect();
+        }
+        let mut routes = Vec::with_capacity(rows.len());
+        for block in blocks.ranges(rows.len()) {
+            routes.extend(self.route_block(&rows[block]));
+        }
+        routes
+    }
+
+    /// Sigmoid scores and the biased scores selection ranks by.
+    fn scores(&self, logits: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let scores: Vec<f32> = logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect();
-        let biased: Vec<f32> = scores
+        let biased = scores
             .iter()
             .zip(&self.expert_bias)
             .map(|(a, b)| a + b)
             .collect();
+        (scores, biased)
+    }
+
+    /// Group-limited routing of one token: the best `topk_group` groups by the sum of
+    /// their two best biased scores, the best `experts_per_token` experts inside them.
+    fn route_token(&self, logits: &[f32]) -> Route {
+        let s = &self.shape;
+        let group_size = s.num_experts / s.n_group;
+        let (scores, biased) = self.scores(logits);
         let group_scores: Vec<f32> = biased
             .chunks(group_size)
             .map(|g| top_indices(g, 2.min(g.len())).iter().map(|&i| g[i]).sum())
@@ -92,15 +111,109 @@ impl<B: Backend> Router<B> {
             let range = g * group_size..(g + 1) * group_size;
             candidates[range.clone()].copy_from_slice(&biased[range]);
         }
-        let experts = top_indices(&candidates, s.experts_per_token);
+        self.mix(&candidates, &scores)
+    }
+
+    /// Block routing of one routing block's tokens: the block's pool is the
+    /// `expert_capacity` experts with the largest biased score over its tokens (max over
+    /// tokens); each token takes its best experts inside the pool.
+    fn route_block(&self, rows: &[&[f32]]) -> Vec<Route> {
+        let scored: Vec<(Vec<f32>, Vec<f32>)> = rows.iter().map(|row| self.scores(row)).collect();
+        let mut pool_score = vec![f32::NEG_INFINITY; self.shape.num_experts];
+        for (_, biased) in &scored {
+            for (g, &r) in pool_score.iter_mut().zip(biased) {
+                *g = g.max(r);
+            }
+        }
+        let pool = top_indices(&pool_score, self.shape.capacity);
+        scored
+            .iter()
+            .map(|(scores, biased)| {
+                let mut candidates = vec![f32::NEG_INFINITY; self.shape.num_experts];
+                for &e in &pool {
+                    candidates[e] = biased[e];
+                }
+                self.mix(&candidates, scores)
+            })
+            .collect()
+    }
+
+    /// The best `experts_per_token` of `candidates` (biased scores, -inf where not
+    /// allowed), mixed by their unbiased scores, renormalised, times
+    /// `routed_scaling_factor`.
+    fn mix(&self, candidates: &[f32], scores: &[f32]) -> Route {
+        let k = self.shape.experts_per_token;
+        let experts = top_indices(candidates, k);
         let chosen: Vec<f32> = experts.iter().map(|&e| scores[e]).collect();
-        let weights = if s.experts_per_token > 1 {
+        let weights = if k > 1 {
             let sum: f32 = chosen.iter().sum::<f32>() + 1e-20;
             chosen.iter().map(|w| w / sum * self.scaling).collect()
         } else {
             chosen.iter().map(|w| w * self.scaling).collect()
         };
         Route { experts, weights }
+    }
+}
+
+/// Which rows of a pass share a LLaDA2.2 routing block: runs of one sequence's rows whose
+/// positions fall in one block of `routing_block` positions (tiled from position 0).
+/// Optionally records every MoE layer's choices (to check routing itself).
+#[derive(Debug, Default)]
+pub struct RoutingBlocks {
+    /// Each block's first row, in order.
+    starts: Vec<usize>,
+    /// When recording: each MoE layer's experts per token, in layer order.
+    record: Option<std::sync::Mutex<Vec<Vec<Vec<usize>>>>>,
+}
+
+impl RoutingBlocks {
+    /// The blocks of rows at `positions`, sequences starting at `offsets` (`routing_block`
+    /// 0: no block routing, nothing to lay out).
+    pub fn of(offsets: &[usize], positions: &[usize], routing_block: usize) -> Self {
+        if routing_block == 0 {
+            return Self::default();
+        }
+        let mut starts = Vec::new();
+        for (row, &pos) in positions.iter().enumerate() {
+            let new_sequence = offsets.binary_search(&row).is_ok();
+            if row == 0 || new_sequence || pos / routing_block != positions[row - 1] / routing_block
+            {
+                starts.push(row);
+            }
+        }
+        Self {
+            starts,
+            record: None,
+        }
+    }
+
+    /// The same layout, recording the experts each MoE layer picks.
+    pub fn recording(mut self) -> Self {
+        self.record = Some(Default::default());
+        self
+    }
+
+    /// What was recorded: per MoE layer (in order), each token's experts.
+    pub fn recorded(self) -> Vec<Vec<Vec<usize>>> {
+        self.record
+            .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_default()
+    }
+
+    fn note(&self, routes: &[Route]) {
+        if let Some(record) = &self.record {
+            let experts = routes.iter().map(|r| r.experts.clone()).collect();
+            record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(experts);
+        }
+    }
+
+    /// The row ranges of the blocks among `rows` rows.
+    fn ranges(&self, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let ends = self.starts.iter().skip(1).copied().chain([rows]);
+        self.starts.iter().copied().zip(ends).map(|(a, b)| a..b)
     }
 }
 
@@ -149,12 +262,10 @@ impl<B: Backend> SparseMoe<B> {
         })
     }
 
-    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+    fn forward(&self, b: &B, x: &B::Tensor, blocks: &RoutingBlocks) -> Result<B::Tensor> {
         let (logits, host) = b.router_logits(x, &self.router.weight)?;
-        let routes: Vec<Route> = host
-            .chunks_exact(self.router.shape.num_experts)
-            .map(|row| self.router.route(row))
-            .collect();
+        let routes = self.router.route(&host, blocks);
+        blocks.note(&routes);
         b.experts(
             x,
             &MoeInput {
@@ -268,13 +379,14 @@ impl<B: Backend> DecoderLayer<B> {
         pass: &mut B::Pass<'_>,
         layer: usize,
         eps: f64,
+        blocks: &RoutingBlocks,
     ) -> Result<B::Tensor> {
         let a = b.rms_norm(h, &self.input_layernorm, eps)?;
         let h = b.add(h, &self.attention.forward(b, &a, pass, layer)?)?;
         let m = b.rms_norm(&h, &self.post_attention_layernorm, eps)?;
         let mlp = match &self.mlp {
             FeedForward::Dense(mlp) => b.mlp(mlp, &m)?,
-            FeedForward::Moe(moe) => moe.forward(b, &m)?,
+            FeedForward::Moe(moe) => moe.forward(b, &m, blocks)?,
         };
         b.add(&h, &mlp)
     }
@@ -417,6 +529,12 @@ impl<B: Backend> Llada2<B> {
         total
     }
 
+    /// How the rows of a pass (sequences starting at `offsets`, rows at `positions`) fall
+    /// into routing blocks; empty for a model without block routing.
+    pub fn routing_blocks(&self, offsets: &[usize], positions: &[usize]) -> RoutingBlocks {
+        RoutingBlocks::of(offsets, positions, self.cfg.routing_block())
+    }
+
     /// The rotary tables of `positions`, for the pass that computes them.
     pub fn rope_tables(&self, positions: impl ExactSizeIterator<Item = usize>) -> RopeTables {
         self.rotary.tables(positions)
@@ -424,12 +542,14 @@ impl<B: Backend> Llada2<B> {
 
     /// The whole model on one pass: embeddings, every layer, then the final norm and
     /// lm_head on the rows the pass wants logits for (`None` when it wants none).
-    pub fn run(&self, pass: &mut B::Pass<'_>) -> Result<Option<B::Tensor>> {
+    /// `blocks` lays the rows out in routing blocks (LLaDA2.2's block routing; see
+    /// [`Llada2::routing_blocks`]).
+    pub fn run(&self, pass: &mut B::Pass<'_>, blocks: &RoutingBlocks) -> Result<Option<B::Tensor>> {
         let b = &self.backend;
         let eps = self.cfg.rms_norm_eps;
         let mut h = b.embed(&self.word_embeddings, pass)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(b, &h, pass, i, eps)?;
+            h = layer.forward(b, &h, pass, i, eps, blocks)?;
         }
         let Some(h) = b.output_rows(&h, pass)? else {
             return Ok(None);
@@ -461,14 +581,51 @@ impl<B: Inference> Llada2<B> {
             }
             let rows = PassRows::of(batch);
             let rope = self.rotary.tables(rows.positions.iter().copied());
+            let blocks = self.routing_blocks(&rows.offsets, &rows.positions);
             let mut pass = self.backend.pass(batch, rows, rope, self.cfg.heads())?;
-            let logits = self.run(&mut pass)?;
+            let logits = self.run(&mut pass, &blocks)?;
             let logits = self.backend.outputs(pass, logits)?;
             for step in batch.iter_mut() {
                 step.cache.advance(step.commit);
             }
             Ok(logits)
         })
+    }
+
+    /// The experts every token of a full-sequence forward (as [`Llada2::forward_full`]) is
+    /// routed to: indexed by layer (dense layers empty), then token.
+    pub fn expert_choices(
+        &self,
+        tokens: &[u32],
+        block_length: usize,
+    ) -> Result<Vec<Vec<Vec<usize>>>> {
+        let positions: Vec<usize> = (0..tokens.len()).collect();
+        let blocks = self.routing_blocks(&[0], &positions).recording();
+        let mut cache = self.new_cache();
+        let mut step = [SeqStep {
+            tokens,
+            start: 0,
+            block_length,
+            commit: 0,
+            logit_rows: &[],
+            compute: None,
+            wanted: Wanted::Logits,
+            cache: &mut cache,
+        }];
+        self.backend.run(|| {
+            step[0].check(self.cfg.vocab_size, self.cfg.max_position_embeddings)?;
+            let rows = PassRows::of(&step);
+            let rope = self.rotary.tables(rows.positions.iter().copied());
+            let mut pass = self.backend.pass(&mut step, rows, rope, self.cfg.heads())?;
+            self.run(&mut pass, &blocks)
+        })?;
+        let mut moe = blocks.recorded().into_iter();
+        Ok((0..self.layers.len())
+            .map(|i| match self.layers[i].mlp {
+                FeedForward::Moe(_) => moe.next().unwrap_or_default(),
+                FeedForward::Dense(_) => Vec::new(),
+            })
+            .collect())
     }
 
     /// Full-sequence forward without cache; logits of every position. This is what the
