@@ -186,6 +186,7 @@ mod tests {
         "--decoder",
         "--editing-threshold",
         "--max-post-steps",
+        "--penalty-lambda",
         "--credit-beta",
         "--low-threshold",
         "--gen-length",
@@ -229,6 +230,8 @@ mod tests {
         "joint",
         "credit",
         "hierarchy",
+        "joint-sglang",
+        "indel",
         "exact",
         "dual",
     ];

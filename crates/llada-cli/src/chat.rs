@@ -172,11 +172,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 let answer = tokenizer.decode(&out.ids, true)?;
                 println!();
                 let s = out.stats;
-                let edits = if s.edits > 0 {
-                    format!(", {} edits", s.edits)
-                } else {
-                    String::new()
-                };
+                let edits = s.edit_summary();
                 eprintln!(
                     "[{} tokens, {} forwards, {:.1} tokens/s, {:.2} tokens/forward{edits}]",
                     s.tokens,

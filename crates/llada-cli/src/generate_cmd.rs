@@ -96,13 +96,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         writeln!(stdout)?;
         eprintln!(
-            "{} tokens, {} forwards ({} denoising steps), {:.2} s, {:.1} tokens/s, {:.2} tokens/forward",
+            "{} tokens, {} forwards ({} denoising steps), {:.2} s, {:.1} tokens/s, {:.2} tokens/forward{}",
             s.tokens,
             s.forwards,
             s.denoising_steps,
             s.seconds,
             s.tokens_per_second(),
-            s.tokens_per_forward()
+            s.tokens_per_forward(),
+            s.edit_summary()
         );
     }
     Ok(())

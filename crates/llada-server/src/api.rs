@@ -342,8 +342,12 @@ pub struct Usage {
     pub total_tokens: usize,
     /// Forward passes this request took part in (diffusion: fewer than tokens).
     pub forwards: usize,
-    /// Decoded tokens replaced by an editing decoder (`joint`).
+    /// Decoded tokens replaced by an editing decoder (`joint`, `joint-sglang`, `indel`;
+    /// DELETE and SPLIT writes included).
     pub edits: usize,
+    /// DELETE and SPLIT tokens written (`indel`).
+    pub deletes: usize,
+    pub splits: usize,
 }
 
 #[derive(Debug, Serialize)]

@@ -339,6 +339,8 @@ impl Worker {
             total_tokens: stats.prompt_tokens + completion,
             forwards: stats.forwards,
             edits: stats.edits,
+            deletes: stats.deletes,
+            splits: stats.splits,
         };
         self.metrics.completion_tokens.inc_by(completion as u64);
         self.metrics

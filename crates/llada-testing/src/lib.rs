@@ -165,6 +165,67 @@ pub fn joint_cases(model: &LoadedModel) -> Vec<JointCase> {
         .collect()
 }
 
+/// One SGLang decoding case (`joint_sglang_cases.json` or `indel_cases.json`): its
+/// prompt, the expected answer and counts, and `model`'s parameters set as the case asks.
+pub struct SglangCase {
+    pub prompt: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub forwards: usize,
+    /// The case's other counts by their field names (`fills`, `edits`, `deletes`, ...).
+    pub counts: serde_json::Value,
+    pub params: GenerateParams,
+}
+
+/// The cases of `file` in fixture folder `dir` with the decoder that file is about:
+/// `joint_sglang_cases.json` (joint-sglang) or `indel_cases.json` (indel).
+pub fn sglang_cases(dir: &std::path::Path, file: &str, model: &LoadedModel) -> Vec<SglangCase> {
+    let json = read_json(&dir.join(file));
+    let indel = file.starts_with("indel");
+    json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| {
+            let num = |k: &str| case[k].as_f64().unwrap_or_else(|| panic!("{file}: no {k}"));
+            let mut params = model.default_params();
+            params.eos_id = case
+                .get("eos_id")
+                .unwrap_or(&json["eos_id"])
+                .as_u64()
+                .unwrap() as u32;
+            params.mask_id = json["mask_id"].as_u64().unwrap() as u32;
+            params.gen_length = num("gen_length") as usize;
+            params.set_block_length(num("block_length") as usize);
+            let (threshold, editing_threshold, max_post_steps) = (
+                num("threshold") as f32,
+                num("edit_threshold") as f32,
+                num("max_post_edit_steps") as usize,
+            );
+            params.decoder = if indel {
+                DecoderConfig::Indel {
+                    threshold,
+                    editing_threshold,
+                    max_post_steps,
+                }
+            } else {
+                DecoderConfig::JointSglang {
+                    threshold,
+                    editing_threshold,
+                    max_post_steps,
+                    penalty_lambda: num("penalty_lambda") as f32,
+                }
+            };
+            SglangCase {
+                prompt: serde_json::from_value(case["prompt_ids"].clone()).unwrap(),
+                output_ids: serde_json::from_value(case["output_ids"].clone()).unwrap(),
+                forwards: num("forwards") as usize,
+                counts: case.clone(),
+                params,
+            }
+        })
+        .collect()
+}
+
 pub mod naive;
 pub mod python;
 pub mod synth;

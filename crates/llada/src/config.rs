@@ -507,6 +507,18 @@ pub struct GenerationConfig {
     /// Default block length (and steps per block) for this model.
     #[serde(default)]
     pub block_length: Option<usize>,
+    /// The decoder this model is meant to be decoded with, and its settings (LLaDA2.2:
+    /// `indel`); a user's settings override them. SGLang's names are accepted too.
+    #[serde(default)]
+    pub decoder: Option<String>,
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    #[serde(default, alias = "edit_threshold")]
+    pub editing_threshold: Option<f32>,
+    #[serde(default, alias = "max_post_edit_steps")]
+    pub max_post_steps: Option<usize>,
+    #[serde(default)]
+    pub penalty_lambda: Option<f32>,
 }
 
 impl GenerationConfig {
@@ -533,7 +545,27 @@ impl GenerationConfig {
                 message: "block_length must be at least 1".into(),
             });
         }
+        let mut params = crate::GenerateParams::new(0, 1);
+        cfg.decode_settings()
+            .apply(&mut params)
+            .and_then(|()| params.decoder.validate())
+            .map_err(|e| Error::Config {
+                path: origin.to_path_buf(),
+                message: format!("the decoder settings: {e}"),
+            })?;
         Ok(cfg)
+    }
+
+    /// The decoder settings the file gives (the model's defaults).
+    pub fn decode_settings(&self) -> crate::DecodeSettings {
+        crate::DecodeSettings {
+            decoder: self.decoder.clone(),
+            threshold: self.threshold,
+            editing_threshold: self.editing_threshold,
+            max_post_steps: self.max_post_steps,
+            penalty_lambda: self.penalty_lambda,
+            ..Default::default()
+        }
     }
 
     /// The first EOS id (`eos_token_id` may be an int or a list).

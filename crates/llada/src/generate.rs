@@ -6,7 +6,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::cache::KvCache;
-use crate::decode::{transfer_schedule, Candidate, Decoder, StepInfo};
+use crate::decode::{
+    transfer_schedule, BlockStep, Candidate, Decoder, EditCounts, StepInfo, Verdict,
+};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::params::{BlockCache, GenerateParams};
@@ -23,8 +25,14 @@ pub struct GenerateStats {
     pub forwards: usize,
     /// Forward passes that denoised a block (the reference's count).
     pub denoising_steps: usize,
-    /// Decoded tokens replaced by an editing decoder.
+    /// Tokens written at masks.
+    pub fills: usize,
+    /// Decoded tokens replaced by an editing decoder (the `indel` decoder's DELETE and
+    /// SPLIT writes included).
     pub edits: usize,
+    /// DELETE and SPLIT tokens written (the `indel` decoder).
+    pub deletes: usize,
+    pub splits: usize,
     pub seconds: f64,
 }
 
@@ -35,6 +43,19 @@ impl GenerateStats {
         } else {
             0.0
         }
+    }
+
+    /// `, N edits` (with `(D deletes, S splits)` when there were any) for a stats line;
+    /// empty without edits.
+    pub fn edit_summary(&self) -> String {
+        let mut text = String::new();
+        if self.edits > 0 {
+            text = format!(", {} edits", self.edits);
+        }
+        if self.deletes + self.splits > 0 {
+            text += &format!(" ({} deletes, {} splits)", self.deletes, self.splits);
+        }
+        text
     }
 
     pub fn tokens_per_forward(&self) -> f64 {
@@ -127,6 +148,8 @@ pub struct Generation {
     sampler: Sampler,
     cache: KvCache,
     stats: GenerateStats,
+    /// What block-rewriting decoders wrote, by kind.
+    edit_counts: EditCounts,
     started: Instant,
 }
 
@@ -142,6 +165,17 @@ struct BlockCursor {
     last_edited: bool,
     /// Tokens each mask-filling step of a block fills at least.
     schedule: Vec<usize>,
+    /// Where a block-rewriting decoder ([`Decoder::rewrite`]) left the block.
+    rewrite: Rewrite,
+}
+
+/// A block-rewriting decoder's block: open, closing after one more forward that stores
+/// its final tokens, or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rewrite {
+    Open,
+    StoreFinal,
+    Closed,
 }
 
 /// What of the answer is decided and reported.
@@ -217,7 +251,9 @@ impl Generation {
         let schedule = transfer_schedule(b, params.steps.min(params.gen_length));
         let mut tokens = prompt.to_vec();
         tokens.resize(total, params.mask_id);
-        let mut decoder = params.decoder.build(params.mask_id);
+        let mut decoder = params
+            .decoder
+            .build(params.mask_id, params.delete_id.zip(params.split_id))?;
         decoder.begin_block();
         Ok(Self {
             decoder,
@@ -230,6 +266,7 @@ impl Generation {
                 post_step: 0,
                 last_edited: false,
                 schedule,
+                rewrite: Rewrite::Open,
             },
             output: Output {
                 committed: p,
@@ -245,6 +282,7 @@ impl Generation {
                 prompt_tokens: p,
                 ..Default::default()
             },
+            edit_counts: EditCounts::default(),
             started: Instant::now(),
             prompt_len: p,
             tokens,
@@ -325,7 +363,10 @@ impl Generation {
             }
             let (block_start, block_end) = (self.cursor.block * b, (self.cursor.block + 1) * b);
             let masked = self.tokens[block_start..block_end].contains(&mask);
-            let open = if masked {
+            let rewriting = self.decoder.rewrites_blocks();
+            let open = if rewriting {
+                self.cursor.rewrite != Rewrite::Closed
+            } else if masked {
                 self.cursor.step < self.cursor.schedule.len()
             } else if !self.decoder.edits() {
                 false
@@ -350,13 +391,15 @@ impl Generation {
                 self.cursor.step = 0;
                 self.cursor.post_step = 0;
                 self.cursor.last_edited = false;
+                self.cursor.rewrite = Rewrite::Open;
                 self.decoder.begin_block();
                 self.dual.computed.clear();
                 continue;
             }
-            if !masked {
+            if !masked && !rewriting {
                 self.cursor.post_step += 1;
             }
+            let store_final = self.cursor.rewrite == Rewrite::StoreFinal;
             // With the cache, the first step of a block also commits what the cache
             // lacks (the previous block, or the prompt's full blocks): one pass, not two.
             // Without it, the whole prefix is recomputed, exactly as the reference does.
@@ -368,15 +411,22 @@ impl Generation {
                 self.cache.clear();
                 0
             };
-            let commit = if self.params.use_cache {
-                block_start - start
-            } else {
-                0
+            // The pass that stores a rewritten block's final tokens commits it too.
+            let commit = match (self.params.use_cache, store_final) {
+                (false, _) => 0,
+                (true, false) => block_start - start,
+                (true, true) => block_end - start,
             };
             let edits = self.decoder.edits();
-            let positions: Vec<usize> = (block_start..block_end)
-                .filter(|&i| self.tokens[i] == mask || (edits && i >= self.prompt_len))
-                .collect();
+            let positions: Vec<usize> = if store_final {
+                Vec::new()
+            } else if rewriting {
+                (block_start.max(self.prompt_len)..block_end).collect()
+            } else {
+                (block_start..block_end)
+                    .filter(|&i| self.tokens[i] == mask || (edits && i >= self.prompt_len))
+                    .collect()
+            };
             let rows: Vec<usize> = positions.iter().map(|&i| i - start).collect();
             let compute = self.rows_to_compute(start, block_end, commit, &rows);
             // The keys/values this pass leaves for the block's positions.
@@ -454,7 +504,10 @@ impl Generation {
     /// Greedy picks instead of logits when neither the decoder nor the sampler needs
     /// more: the picks are what the sampler would compute from the logits.
     fn wanted(&self) -> Wanted {
-        if self.sampler.is_plain_greedy() && !self.decoder.adjusts_logits() {
+        if self.sampler.is_plain_greedy()
+            && !self.decoder.adjusts_logits()
+            && !self.decoder.rewrites_blocks()
+        {
             Wanted::Greedy
         } else {
             Wanted::Logits
@@ -469,6 +522,9 @@ impl Generation {
         logits: Option<StepOutput>,
         observer: &mut dyn Observer,
     ) -> Result<()> {
+        if self.decoder.rewrites_blocks() {
+            return self.apply_rewrite(plan, logits, observer);
+        }
         let output = logits.ok_or_else(|| Error::InvalidRequest("no logits requested".into()))?;
         self.stats.denoising_steps += 1;
         let b = self.params.block_length;
@@ -536,6 +592,7 @@ impl Generation {
                 edited.push(c.offset);
             }
         }
+        self.stats.fills += filled.len();
         self.stats.edits += edited.len();
         self.cursor.last_edited = !edited.is_empty();
         observer.on_step(&BlockView {
@@ -569,6 +626,69 @@ impl Generation {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A block-rewriting decoder's step: it rewrites the block from the logits of its
+    /// non-prompt positions and says whether the block goes on. The block's tokens are
+    /// final only once it closes.
+    fn apply_rewrite(
+        &mut self,
+        plan: &PendingPass,
+        logits: Option<StepOutput>,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        self.stats.denoising_steps += 1;
+        if self.cursor.rewrite == Rewrite::StoreFinal {
+            self.cursor.rewrite = Rewrite::Closed;
+            return Ok(());
+        }
+        let output = logits.ok_or_else(|| Error::InvalidRequest("no logits requested".into()))?;
+        let mut rows = output.into_logits()?.flatten_all()?.to_vec1::<f32>()?;
+        let b = self.params.block_length;
+        let mask = self.params.mask_id;
+        let (block_start, block_end) = (self.cursor.block * b, plan.end);
+        let prompt = self.prompt_len.saturating_sub(block_start).min(b);
+        let vocab = rows.len() / (block_end - block_start - prompt).max(1);
+        let before = self.tokens[block_start..block_end].to_vec();
+        let sampler = &mut self.sampler;
+        let mut pick = |row: &[f32]| sampler.pick(row);
+        let verdict = self.decoder.rewrite(&mut BlockStep {
+            tokens: &mut self.tokens[block_start..block_end],
+            prompt,
+            logits: &mut rows,
+            vocab,
+            pick: &mut pick,
+            counts: &mut self.edit_counts,
+        });
+        self.cursor.rewrite = match verdict {
+            Verdict::Continue => Rewrite::Open,
+            Verdict::Done => Rewrite::Closed,
+            Verdict::DoneAfterForward => Rewrite::StoreFinal,
+        };
+        let c = self.edit_counts;
+        self.stats.fills = c.fills;
+        self.stats.edits = c.substitutions + c.deletes + c.splits;
+        self.stats.deletes = c.deletes;
+        self.stats.splits = c.splits;
+        let after = &self.tokens[block_start..block_end];
+        let filled: Vec<usize> = (0..b)
+            .filter(|&i| before[i] == mask && after[i] != mask)
+            .collect();
+        let edited: Vec<usize> = (0..b)
+            .filter(|&i| before[i] != mask && after[i] != before[i])
+            .collect();
+        self.cursor.last_edited = !edited.is_empty();
+        observer.on_step(&BlockView {
+            index: self.cursor.block,
+            step: self.cursor.step,
+            tokens: after,
+            filled: &filled,
+            edited: &edited,
+            mask_id: mask,
+        });
+        self.cursor.step += 1;
+        self.report_commits(block_start, observer);
         Ok(())
     }
 

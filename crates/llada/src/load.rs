@@ -265,8 +265,14 @@ impl LoadedModel {
             .or_else(|| tok.and_then(Tokenizer::eos_id))
             .unwrap_or(config::DEFAULT_EOS_ID);
         let mut params = GenerateParams::new(mask, eos);
+        params.delete_id = self.files.config.delete_token_id;
+        params.split_id = self.files.config.split_token_id;
         if let Some(b) = gen.block_length {
             params.set_block_length(b);
+        }
+        // Checked when the file was read; a failure here would only keep the defaults.
+        if let Err(e) = gen.decode_settings().apply(&mut params) {
+            tracing::warn!("generation_config.json decoder settings ignored: {e}");
         }
         if let Some(role_end) = tok.and_then(Tokenizer::role_end_id) {
             if role_end != eos {
@@ -367,7 +373,7 @@ pub fn load_synthetic_on(
             eos_token_id: Some(serde_json::json!(vocab.saturating_sub(2))),
             pad_token_id: None,
             mask_token_id: Some(vocab.saturating_sub(1)),
-            block_length: None,
+            ..Default::default()
         }
     };
     let files = ModelFiles {

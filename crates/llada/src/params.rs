@@ -19,6 +19,10 @@ pub struct GenerateParams {
     pub seed: u64,
     pub mask_id: u32,
     pub eos_id: u32,
+    /// The model's Levenshtein editing tokens (LLaDA2.2's `delete_token_id` and
+    /// `split_token_id`), which the `indel` decoder writes.
+    pub delete_id: Option<u32>,
+    pub split_id: Option<u32>,
     /// More tokens that end the answer as EOS does (e.g. `<|role_end|>` in chat).
     pub extra_stop_ids: Vec<u32>,
     /// Stop inside a block as soon as an EOS is placed with no mask before it.
@@ -80,6 +84,8 @@ impl GenerateParams {
             seed: 0,
             mask_id,
             eos_id,
+            delete_id: None,
+            split_id: None,
             extra_stop_ids: Vec::new(),
             eos_early_stop: false,
             ignore_eos: false,

@@ -33,22 +33,30 @@ pub struct DecodeSettings {
     /// default: the block length).
     #[cfg_attr(feature = "clap", arg(long))]
     pub steps: Option<usize>,
-    /// Decoding strategy: threshold (the LLaDA2.0 reference rule), joint (LLaDA2.1:
-    /// also replaces decoded tokens), credit or hierarchy (dInfer's). A decoder other
-    /// than the current one starts from its own defaults.
+    /// Decoding strategy: threshold (the LLaDA2.0 reference rule), joint (LLaDA2.1, as
+    /// diffusers: also replaces decoded tokens), credit or hierarchy (dInfer's),
+    /// joint-sglang (LLaDA2.1 as SGLang decodes it), indel (LLaDA2.2: also deletes and
+    /// splits). A decoder other than the current one starts from its own defaults.
     #[cfg_attr(feature = "clap", arg(long))]
     pub decoder: Option<String>,
     /// Fill every masked position whose confidence exceeds this (default: 0.95 for
-    /// threshold, 0.7 for joint, 0.9 for credit and hierarchy).
+    /// threshold, 0.7 for joint, 0.9 for credit and hierarchy, 0.5 for joint-sglang and
+    /// indel).
     #[cfg_attr(feature = "clap", arg(long))]
     pub threshold: Option<f32>,
-    /// joint: replace a decoded token when another has a probability above this (<= 0:
-    /// no editing; default 0.5).
+    /// joint, joint-sglang, indel: replace a decoded token when another has a
+    /// probability above this (joint: <= 0 is no editing, default 0.5; SGLang's: default
+    /// 0).
     #[cfg_attr(feature = "clap", arg(long))]
     pub editing_threshold: Option<f32>,
-    /// joint: at most this many refinement steps after a block's last mask (default 16).
+    /// joint, joint-sglang, indel: at most this many refinement steps after a block's
+    /// last mask (default 16).
     #[cfg_attr(feature = "clap", arg(long))]
     pub max_post_steps: Option<usize>,
+    /// joint-sglang: lower the logit of the previous position's token by this (repeat
+    /// penalty; default 0).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub penalty_lambda: Option<f32>,
     /// credit: weight of the credit in the logits (default 0.7).
     #[cfg_attr(feature = "clap", arg(long))]
     pub credit_alpha: Option<f32>,
@@ -201,6 +209,37 @@ impl DecodeSettings {
                     .or(base.max_post_steps)
                     .unwrap_or(D::MAX_POST_STEPS),
             },
+            "joint-sglang" | "indel" => {
+                let threshold = s
+                    .threshold
+                    .or(base.threshold)
+                    .unwrap_or(D::SGLANG_THRESHOLD);
+                let editing_threshold = s
+                    .editing_threshold
+                    .or(base.editing_threshold)
+                    .unwrap_or(D::SGLANG_EDIT_THRESHOLD);
+                let max_post_steps = s
+                    .max_post_steps
+                    .or(base.max_post_steps)
+                    .unwrap_or(D::SGLANG_MAX_POST_STEPS);
+                if name == "indel" {
+                    DecoderConfig::Indel {
+                        threshold,
+                        editing_threshold,
+                        max_post_steps,
+                    }
+                } else {
+                    DecoderConfig::JointSglang {
+                        threshold,
+                        editing_threshold,
+                        max_post_steps,
+                        penalty_lambda: s
+                            .penalty_lambda
+                            .or(base.penalty_lambda)
+                            .unwrap_or(D::PENALTY_LAMBDA),
+                    }
+                }
+            }
             "credit" => DecoderConfig::Credit {
                 threshold: s
                     .threshold
@@ -236,10 +275,17 @@ impl DecodeSettings {
                 ))
             }
         };
-        let joint = matches!(config, DecoderConfig::Joint { .. });
+        let joint = matches!(
+            config,
+            DecoderConfig::Joint { .. }
+                | DecoderConfig::JointSglang { .. }
+                | DecoderConfig::Indel { .. }
+        );
         let credit = matches!(config, DecoderConfig::Credit { .. });
+        let sglang = matches!(config, DecoderConfig::JointSglang { .. });
         unused("editing_threshold", !joint && s.editing_threshold.is_some())?;
         unused("max_post_steps", !joint && s.max_post_steps.is_some())?;
+        unused("penalty_lambda", !sglang && s.penalty_lambda.is_some())?;
         unused("credit_alpha", !credit && s.credit_alpha.is_some())?;
         unused("credit_gamma", !credit && s.credit_gamma.is_some())?;
         unused("credit_beta", !credit && s.credit_beta.is_some())?;
@@ -271,9 +317,24 @@ impl DecodeSettings {
                 editing_threshold,
                 max_post_steps,
                 ..
+            }
+            | DecoderConfig::Indel {
+                editing_threshold,
+                max_post_steps,
+                ..
             } => {
                 s.editing_threshold = Some(editing_threshold);
                 s.max_post_steps = Some(max_post_steps);
+            }
+            DecoderConfig::JointSglang {
+                editing_threshold,
+                max_post_steps,
+                penalty_lambda,
+                ..
+            } => {
+                s.editing_threshold = Some(editing_threshold);
+                s.max_post_steps = Some(max_post_steps);
+                s.penalty_lambda = Some(penalty_lambda);
             }
             DecoderConfig::Credit {
                 alpha, gamma, beta, ..
@@ -349,7 +410,7 @@ mod tests {
     #[test]
     fn keys_are_the_fields() {
         let keys = DecodeSettings::keys();
-        assert_eq!(keys.len(), 19);
+        assert_eq!(keys.len(), 20);
         assert!(keys.contains(&"editing_threshold") && keys.contains(&"block_cache_refresh"));
     }
 

@@ -98,6 +98,30 @@ fn gpu_block_routing_matches_the_reference() {
     }
 }
 
+/// SGLang's decoders on the device (they read whole logit rows): the first cases of
+/// each file give SGLang's ids, forwards and edits.
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_sglang_decoders_match_sglang() {
+    let dir = common::fixture_2_2_dir();
+    let gpu = load_model_on(&dir, None, DeviceChoice::Gpu).unwrap();
+    for file in ["joint_sglang_cases.json", "indel_cases.json"] {
+        for (n, case) in common::sglang_cases(&dir, file, &gpu)
+            .iter()
+            .take(4)
+            .enumerate()
+        {
+            let out = generate(&gpu.model, &case.prompt, &case.params, &mut |_| {}).unwrap();
+            assert_eq!(out.ids, case.output_ids, "{file} case {n}");
+            assert_eq!(out.stats.forwards, case.forwards, "{file} case {n}");
+            assert_eq!(
+                out.stats.edits as u64,
+                case.counts["edits"].as_u64().unwrap()
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
 fn gpu_joint_decoding_equals_the_reference_semantics() {

@@ -9,16 +9,27 @@
 //!   `BlockRefinementScheduler` does it;
 //! - `credit`: dInfer's threshold decoder with a decaying per-position credit on the tokens
 //!   that kept coming out on top;
-//! - `hierarchy`: dInfer's decoder that fills the best position of each run of masks.
+//! - `hierarchy`: dInfer's decoder that fills the best position of each run of masks;
+//! - `joint-sglang`: SGLang's LLaDA2.1 `JointThreshold` (what the official server runs);
+//! - `indel`: SGLang's LLaDA2.2 `JointThresholdInDel` (Levenshtein editing: DELETE, SPLIT).
+//!
+//! The first four choose fills and edits among a step's candidates ([`Decoder::select`]);
+//! the SGLang ones rewrite the whole block and say when it is done ([`Decoder::rewrite`]).
 
 mod credit;
 mod hierarchy;
+mod indel;
 mod joint;
+mod joint_sglang;
+mod rewrite;
 mod threshold;
 
 pub use credit::Credit;
 pub use hierarchy::Hierarchy;
+pub use indel::{EditTokens, Indel};
 pub use joint::Joint;
+pub use joint_sglang::JointSglang;
+pub use rewrite::{argmax_excluding, BlockStep, EditCounts, Verdict};
 pub use threshold::Threshold;
 
 use serde::{Deserialize, Serialize};
@@ -99,6 +110,19 @@ pub trait Decoder {
     fn keep_refining(&self, _post_step: usize, _edited: bool) -> bool {
         false
     }
+
+    /// Whether this decoder rewrites whole blocks ([`Decoder::rewrite`], SGLang's loop)
+    /// instead of choosing among candidates. Such a decoder gets every non-prompt
+    /// position's logits each step and decides itself when the block ends.
+    fn rewrites_blocks(&self) -> bool {
+        false
+    }
+
+    /// One step of a block-rewriting decoder: rewrite `step.tokens` and say whether the
+    /// block goes on.
+    fn rewrite(&mut self, _step: &mut BlockStep<'_>) -> Verdict {
+        Verdict::Done
+    }
 }
 
 /// Decoder selection for configs and requests.
@@ -127,6 +151,24 @@ pub enum DecoderConfig {
     /// dInfer's hierarchy decoder: the best position of each run of masks if above
     /// `low_threshold`, everything above `threshold`, and the block's best position.
     Hierarchy { threshold: f32, low_threshold: f32 },
+    /// SGLang's LLaDA2.1 `JointThreshold`: masks above `threshold` (else the most
+    /// confident one), decoded tokens rewritten above `editing_threshold`, at most
+    /// `max_post_steps` editing rounds after the last mask; `penalty_lambda` lowers the
+    /// previous position's token.
+    #[serde(rename = "joint-sglang")]
+    JointSglang {
+        threshold: f32,
+        editing_threshold: f32,
+        max_post_steps: usize,
+        penalty_lambda: f32,
+    },
+    /// SGLang's LLaDA2.2 `JointThresholdInDel`: joint decoding plus DELETE and SPLIT edits
+    /// (the model's `delete_token_id`/`split_token_id`).
+    Indel {
+        threshold: f32,
+        editing_threshold: f32,
+        max_post_steps: usize,
+    },
 }
 
 impl Default for DecoderConfig {
@@ -139,7 +181,14 @@ impl Default for DecoderConfig {
 }
 
 /// The decoders by name, as flags and request fields spell them.
-pub const DECODER_NAMES: &[&str] = &["threshold", "joint", "credit", "hierarchy"];
+pub const DECODER_NAMES: &[&str] = &[
+    "threshold",
+    "joint",
+    "credit",
+    "hierarchy",
+    "joint-sglang",
+    "indel",
+];
 
 /// Each decoder's settings when none are given: the reference's, diffusers' (joint) and
 /// dInfer's (credit, hierarchy).
@@ -157,6 +206,11 @@ impl DecoderDefaults {
     pub const CREDIT_BETA: f32 = 0.8;
     pub const HIERARCHY_THRESHOLD: f32 = 0.9;
     pub const LOW_THRESHOLD: f32 = 0.4;
+    /// SGLang's `JointThreshold`/`JointThresholdInDel` defaults.
+    pub const SGLANG_THRESHOLD: f32 = 0.5;
+    pub const SGLANG_EDIT_THRESHOLD: f32 = 0.0;
+    pub const SGLANG_MAX_POST_STEPS: usize = 16;
+    pub const PENALTY_LAMBDA: f32 = 0.0;
 }
 
 impl DecoderConfig {
@@ -183,6 +237,21 @@ impl DecoderConfig {
                 threshold,
                 low_threshold,
             } => format!("hierarchy (threshold {threshold}, low threshold {low_threshold})"),
+            DecoderConfig::JointSglang {
+                threshold,
+                editing_threshold,
+                max_post_steps,
+                penalty_lambda,
+            } => format!(
+                "joint-sglang (threshold {threshold}, editing threshold {editing_threshold}, max post steps {max_post_steps}, penalty lambda {penalty_lambda})"
+            ),
+            DecoderConfig::Indel {
+                threshold,
+                editing_threshold,
+                max_post_steps,
+            } => format!(
+                "indel (threshold {threshold}, editing threshold {editing_threshold}, max post steps {max_post_steps})"
+            ),
         }
     }
 
@@ -192,6 +261,8 @@ impl DecoderConfig {
             DecoderConfig::Joint { .. } => "joint",
             DecoderConfig::Credit { .. } => "credit",
             DecoderConfig::Hierarchy { .. } => "hierarchy",
+            DecoderConfig::JointSglang { .. } => "joint-sglang",
+            DecoderConfig::Indel { .. } => "indel",
         }
     }
 
@@ -201,7 +272,9 @@ impl DecoderConfig {
             DecoderConfig::Threshold { threshold }
             | DecoderConfig::Joint { threshold, .. }
             | DecoderConfig::Credit { threshold, .. }
-            | DecoderConfig::Hierarchy { threshold, .. } => threshold,
+            | DecoderConfig::Hierarchy { threshold, .. }
+            | DecoderConfig::JointSglang { threshold, .. }
+            | DecoderConfig::Indel { threshold, .. } => threshold,
         }
     }
 
@@ -219,25 +292,30 @@ impl DecoderConfig {
         unit("threshold", self.threshold())?;
         match *self {
             DecoderConfig::Threshold { .. } => {}
+            DecoderConfig::JointSglang {
+                editing_threshold,
+                max_post_steps,
+                penalty_lambda,
+                ..
+            } => {
+                edit_settings(editing_threshold, max_post_steps)?;
+                if !(penalty_lambda.is_finite() && penalty_lambda >= 0.0) {
+                    return Err(Error::param(
+                        "penalty_lambda",
+                        format!("must be a finite number >= 0, got {penalty_lambda}"),
+                    ));
+                }
+            }
             DecoderConfig::Joint {
                 editing_threshold,
                 max_post_steps,
                 ..
-            } => {
-                // <= 0 turns editing off, as in diffusers.
-                if editing_threshold.is_nan() || editing_threshold > 1.0 {
-                    return Err(Error::param(
-                        "editing_threshold",
-                        format!("must be a number at most 1 (<= 0: no editing), got {editing_threshold}"),
-                    ));
-                }
-                if max_post_steps > 1024 {
-                    return Err(Error::param(
-                        "max_post_steps",
-                        format!("must be at most 1024, got {max_post_steps}"),
-                    ));
-                }
             }
+            | DecoderConfig::Indel {
+                editing_threshold,
+                max_post_steps,
+                ..
+            } => edit_settings(editing_threshold, max_post_steps)?,
             DecoderConfig::Credit {
                 alpha, gamma, beta, ..
             } => {
@@ -256,9 +334,14 @@ impl DecoderConfig {
         Ok(())
     }
 
-    /// The decoder, for a model whose mask token is `mask_id`.
-    pub fn build(self, mask_id: u32) -> Box<dyn Decoder + Send> {
-        match self {
+    /// The decoder, for a model with these special tokens (`delete`/`split`: its
+    /// Levenshtein editing tokens, if it has them; `indel` needs them).
+    pub fn build(
+        self,
+        mask_id: u32,
+        edit_ids: Option<(u32, u32)>,
+    ) -> Result<Box<dyn Decoder + Send>> {
+        Ok(match self {
             DecoderConfig::Threshold { threshold } => Box::new(Threshold::new(threshold)),
             DecoderConfig::Joint {
                 threshold,
@@ -275,8 +358,62 @@ impl DecoderConfig {
                 threshold,
                 low_threshold,
             } => Box::new(Hierarchy::new(threshold, low_threshold, mask_id)),
-        }
+            DecoderConfig::JointSglang {
+                threshold,
+                editing_threshold,
+                max_post_steps,
+                penalty_lambda,
+            } => Box::new(JointSglang::new(
+                threshold,
+                editing_threshold,
+                max_post_steps,
+                penalty_lambda,
+                mask_id,
+            )),
+            DecoderConfig::Indel {
+                threshold,
+                editing_threshold,
+                max_post_steps,
+            } => {
+                let Some((delete, split)) = edit_ids else {
+                    return Err(Error::param(
+                        "decoder",
+                        "indel needs the model's DELETE and SPLIT tokens (delete_token_id and split_token_id in config.json, as LLaDA2.2 has them); this model has none",
+                    ));
+                };
+                let ids = EditTokens {
+                    mask: mask_id,
+                    delete,
+                    split,
+                };
+                Box::new(Indel::new(
+                    threshold,
+                    editing_threshold,
+                    max_post_steps,
+                    ids,
+                ))
+            }
+        })
     }
+}
+
+/// The editing settings shared by the joint decoders.
+fn edit_settings(editing_threshold: f32, max_post_steps: usize) -> Result<()> {
+    // joint: <= 0 turns editing off, as in diffusers; the SGLang rules edit whenever
+    // the probability exceeds it.
+    if editing_threshold.is_nan() || editing_threshold > 1.0 {
+        return Err(Error::param(
+            "editing_threshold",
+            format!("must be a number at most 1, got {editing_threshold}"),
+        ));
+    }
+    if max_post_steps > 1024 {
+        return Err(Error::param(
+            "max_post_steps",
+            format!("must be at most 1024, got {max_post_steps}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Tokens to fill at each of `steps` steps of a block of `block_length` positions.
