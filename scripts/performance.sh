@@ -200,6 +200,18 @@ else:
     L += ["No GPU machine has run `scripts/gpu-bench.sh` yet (the wgpu backend was written and tested on Mesa's",
           "lavapipe, which emulates a GPU on the CPU: correct, and about 60x slower than llada's CPU backend there,",
           "so its timings say nothing about GPUs). Its output goes to `docs/gpu/DEVICE.txt` and into this section.", ""]
+# LLaDA2.2: scripts/llada2_2-bench.sh's outputs in docs/llada2_2/, after the reading of
+# them (docs/llada2_2/reading.md, written from those outputs).
+llada22 = pathlib.Path("docs/llada2_2")
+if llada22.is_dir():
+    L += ["## LLaDA2.2: block routing and long contexts", ""]
+    reading = llada22 / "reading.md"
+    if reading.exists():
+        L += [reading.read_text().rstrip(), ""]
+    for name in ["routing", "context", "long-prefill"]:
+        f = llada22 / f"{name}.txt"
+        if f.exists():
+            L += [f"`scripts/llada2_2-bench.sh`, `docs/llada2_2/{f.name}`:", "", "```", f.read_text().rstrip(), "```", ""]
 pathlib.Path("docs/performance.md").write_text("\n".join(L) + "\n")
 print("\n".join(L))
 PY

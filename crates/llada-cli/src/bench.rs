@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// multiply-accumulates impose.
     #[arg(long)]
     pub limits: bool,
+    /// Instead of the rows: how cost grows with the context, at these prompt lengths
+    /// (comma-separated, e.g. 1024,8192,32768): prefill time (in --prefill-chunk
+    /// chunks), a block forward and an AR step after the prompt, the KV cache's size
+    /// (--kv-cache) and the process's memory.
+    #[arg(long, value_delimiter = ',')]
+    pub context: Vec<usize>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -98,6 +104,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bench::synthetic_prompt(args.prompt_length, loaded.model.config().vocab_size, &base)
         }
     };
+    if !args.context.is_empty() {
+        return context_growth(&args, &loaded, &base, load_seconds);
+    }
     let modes =
         bench::modes(&args.modes, &base, refresh, args.batch as usize).map_err(flag_error)?;
     let mut rows = modes
@@ -159,6 +168,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     print_rows(&rows);
+    let experts = loaded.model.expert_weight_bytes() as f64;
+    if experts > 0.0 {
+        println!(
+            "routed experts' weights read per forward, of {:.0} MiB ({}):",
+            experts / (1u64 << 20) as f64,
+            routing(loaded.model.config())
+        );
+        for r in &rows {
+            println!(
+                "  {:<26} {:>9.1} MiB ({:.1}%)",
+                r.mode,
+                r.expert_bytes_per_forward / (1u64 << 20) as f64,
+                100.0 * r.expert_bytes_per_forward / experts
+            );
+        }
+    }
     if let Some(l) = &limits {
         l.print();
         print_floors(&rows);
@@ -179,6 +204,100 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "break-even TPF at the floors {at_floors:.2} (block floor / AR floor): the part of the break-even that is physics"
             );
         }
+    }
+    Ok(())
+}
+
+/// How the model routes its experts, for people.
+fn routing(cfg: &llada::Llada2Config) -> String {
+    match cfg.expert_capacity {
+        0 => "no block routing (each token picks its experts alone)".to_string(),
+        c => format!(
+            "block routing: each routing block of {} positions picks {c} of {} experts ({:.1}%)",
+            cfg.routing_block(),
+            cfg.num_experts.unwrap_or(0),
+            100.0 * c as f64 / cfg.num_experts.unwrap_or(1) as f64
+        ),
+    }
+}
+
+/// `--context`: the context-growth table.
+fn context_growth(
+    args: &BenchArgs,
+    loaded: &llada::LoadedModel,
+    base: &llada::GenerateParams,
+    load_seconds: f64,
+) -> Result<()> {
+    let rows =
+        bench::context_growth(&loaded.model, &args.context, base, args.runs).map_err(flag_error)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let opt = |b: Option<u64>| b.map_or("?".into(), |b| format!("{:.0}", mib(b)));
+    println!(
+        "model {}, {} layers, on {}, weights {} ({:.0} MiB, loaded in {load_seconds:.1} s); KV cache {}, prefill chunks of {} tokens, block {}, {} runs per forward",
+        args.synthetic.as_deref().map_or_else(|| loaded.files.dir.display().to_string(), |s| format!("synthetic {s}")),
+        loaded.model.config().num_hidden_layers,
+        loaded.model.device_name(),
+        loaded.weights,
+        mib(loaded.model.weight_bytes() as u64),
+        base.kv_cache.name(),
+        base.prefill_chunk / base.block_length * base.block_length,
+        base.block_length,
+        args.runs
+    );
+    let experts = loaded.model.expert_weight_bytes() as u64;
+    println!(
+        "routed experts' weights: {:.0} MiB; {}",
+        mib(experts),
+        routing(loaded.model.config())
+    );
+    let head = [
+        "prompt",
+        "prefill s",
+        "prefill t/s",
+        "block fwd ms",
+        "AR step ms",
+        "break-even TPF",
+        "block experts MiB",
+        "AR experts MiB",
+        "KV cache MiB",
+        "RSS MiB",
+        "peak MiB",
+    ];
+    println!("| {} |", head.join(" | "));
+    println!("|{}|", head.map(|h| "-".repeat(h.len() + 2)).join("|"));
+    let share = |b: u64| 100.0 * b as f64 / experts.max(1) as f64;
+    for r in &rows {
+        let cells = [
+            r.prompt_tokens.to_string(),
+            format!("{:.2}", r.prefill_seconds),
+            format!("{:.1}", r.prefill_tokens_per_second),
+            format!("{:.2}", r.block_forward_ms),
+            format!("{:.2}", r.ar_step_ms),
+            format!("{:.2}", r.break_even_tpf),
+            format!(
+                "{:.1} ({:.1}%)",
+                mib(r.block_expert_bytes),
+                share(r.block_expert_bytes)
+            ),
+            format!(
+                "{:.1} ({:.1}%)",
+                mib(r.ar_expert_bytes),
+                share(r.ar_expert_bytes)
+            ),
+            format!("{:.1}", mib(r.kv_cache_bytes)),
+            opt(r.rss_bytes),
+            opt(r.peak_rss_bytes),
+        ];
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(head)
+            .map(|(c, h)| format!("{c:>w$}", w = h.len()))
+            .collect();
+        println!("| {} |", cells.join(" | "));
     }
     Ok(())
 }

@@ -46,6 +46,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let mut params = args.decode.params(&loaded)?;
     params.use_cache = !args.no_cache;
+    let positions = params.positions_needed(prompt.len());
+    let bytes = loaded
+        .model
+        .config()
+        .kv_cache_bytes(positions, params.kv_cache);
+    eprintln!(
+        "llada: KV cache of {positions} positions: {:.1} MiB ({})",
+        bytes as f64 / (1u64 << 20) as f64,
+        params.kv_cache.name()
+    );
     // Text in, text out; ids in, ids out.
     let tokenizer = loaded
         .tokenizer

@@ -9,12 +9,88 @@
 //! the buffer, so no step copies the cache; committing is just advancing the length over
 //! entries that are already in place.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+
+/// The number format the cache keeps keys and values in. f32 is exact (the reference's
+/// numerics); f16 and bf16 halve the cache (a 128K-token context of LLaDA2.2-mini: 5 GiB
+/// instead of 10), and attention reads them back as f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl KvDtype {
+    pub fn named(name: &str) -> crate::Result<Self> {
+        match name {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(crate::Error::param(
+                "kv_cache",
+                format!("unknown KV cache type {other:?} (use f32, f16 or bf16)"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
+    }
+
+    fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// Memory the system can still give this process (Linux: `MemAvailable`), if known.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
 
 #[derive(Debug, Clone)]
 struct LayerKv {
     k: Tensor,
     v: Tensor,
+}
+
+impl LayerKv {
+    /// Keys and values of positions `0..positions`, as f32.
+    fn view(&self, positions: usize) -> Result<(Tensor, Tensor)> {
+        let (k, v) = (
+            self.k.narrow(1, 0, positions)?,
+            self.v.narrow(1, 0, positions)?,
+        );
+        Ok(match k.dtype() {
+            DType::F32 => (k, v),
+            _ => (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?),
+        })
+    }
+
+    /// `t` as this buffer stores it.
+    fn stored(&self, t: &Tensor) -> Result<Tensor> {
+        t.to_dtype(self.k.dtype())?.contiguous()
+    }
 }
 
 /// The cache of one sequence: one buffer per layer, all holding the same positions
@@ -23,6 +99,7 @@ pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
     len: usize,
     capacity_hint: usize,
+    dtype: KvDtype,
     /// A device backend's buffers for this sequence (see [`KvCache::device_state`]).
     device: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -44,12 +121,22 @@ impl KvCache {
 
     /// A cache that will not reallocate below `positions`.
     pub fn with_capacity(num_layers: usize, positions: usize) -> Self {
+        Self::with_capacity_as(num_layers, positions, KvDtype::F32)
+    }
+
+    /// A cache for `positions` up front that keeps keys/values as `dtype`.
+    pub fn with_capacity_as(num_layers: usize, positions: usize, dtype: KvDtype) -> Self {
         Self {
             layers: vec![None; num_layers],
             len: 0,
             capacity_hint: positions,
+            dtype,
             device: None,
         }
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
     }
 
     pub(crate) fn num_layers(&self) -> usize {
@@ -98,9 +185,10 @@ impl KvCache {
         let capacity = entry.as_ref().map_or(0, |kv| kv.k.dim(1).unwrap_or(0));
         if capacity < needed {
             let new_capacity = needed.max(2 * capacity).max(self.capacity_hint);
+            let dtype = self.dtype.dtype();
             let grow = |old: Option<&Tensor>, new: &Tensor| -> Result<Tensor> {
                 let (heads, _, dim) = new.dims3()?;
-                let buf = Tensor::zeros((heads, new_capacity, dim), new.dtype(), new.device())?;
+                let buf = Tensor::zeros((heads, new_capacity, dim), dtype, new.device())?;
                 if let Some(old) = old {
                     if self.len > 0 {
                         buf.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
@@ -115,9 +203,9 @@ impl KvCache {
             *entry = Some(kv);
         }
         let kv = entry.as_ref().expect("allocated above");
-        kv.k.slice_set(&k.contiguous()?, 1, self.len)?;
-        kv.v.slice_set(&v.contiguous()?, 1, self.len)?;
-        Ok((kv.k.narrow(1, 0, needed)?, kv.v.narrow(1, 0, needed)?))
+        kv.k.slice_set(&kv.stored(k)?, 1, self.len)?;
+        kv.v.slice_set(&kv.stored(v)?, 1, self.len)?;
+        kv.view(needed)
     }
 
     /// For approximate block caching: `k`/`v` (`[kv_heads, rows.len(), head_dim]`) hold
@@ -147,11 +235,11 @@ impl KvCache {
                 j += 1;
             }
             let at = self.len + rows[i];
-            kv.k.slice_set(&k.narrow(1, i, j - i)?.contiguous()?, 1, at)?;
-            kv.v.slice_set(&v.narrow(1, i, j - i)?.contiguous()?, 1, at)?;
+            kv.k.slice_set(&kv.stored(&k.narrow(1, i, j - i)?)?, 1, at)?;
+            kv.v.slice_set(&kv.stored(&v.narrow(1, i, j - i)?)?, 1, at)?;
             i = j;
         }
-        Ok((kv.k.narrow(1, 0, needed)?, kv.v.narrow(1, 0, needed)?))
+        kv.view(needed)
     }
 
     /// Commits the first `positions` entries written by the last forward pass.

@@ -244,6 +244,17 @@ impl Llada2Config {
         self.num_experts.is_some() && layer >= self.first_k_dense_replace
     }
 
+    /// Bytes a KV cache of `positions` positions takes, keys and values of every layer
+    /// stored as `dtype`.
+    pub fn kv_cache_bytes(&self, positions: usize, dtype: crate::KvDtype) -> u64 {
+        let h = self.heads();
+        // Saturating: an impossible length (refused later) compares larger than any
+        // memory.
+        ((self.num_hidden_layers * 2 * h.kv * h.dim) as u64)
+            .saturating_mul(positions as u64)
+            .saturating_mul(dtype.bytes() as u64)
+    }
+
     /// How many weights the model's linear layers hold (attention, MLPs, experts, the head
     /// when untied) and how many the rest (embeddings, routers; norms are negligible).
     pub fn weight_counts(&self) -> (u64, u64) {

@@ -92,6 +92,14 @@ pub enum Error {
         context: usize,
     },
 
+    #[error("the KV cache of {positions} positions needs {:.2} GiB ({kv}), but only {:.2} GiB of memory is available; use a shorter prompt or answer, or --kv-cache bf16", *needed as f64 / 1073741824.0, *available as f64 / 1073741824.0)]
+    CacheTooLarge {
+        positions: usize,
+        kv: &'static str,
+        needed: u64,
+        available: u64,
+    },
+
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
 

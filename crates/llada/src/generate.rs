@@ -132,6 +132,26 @@ pub fn generate_observed(
     Ok(generation.finish())
 }
 
+/// The KV cache of a generation over `positions`, refused before it is allocated when the
+/// machine's available memory cannot hold it (a CPU cache; a GPU's lives on the device).
+pub(crate) fn new_cache(model: &Model, positions: usize, dtype: crate::KvDtype) -> Result<KvCache> {
+    let needed = model.config().kv_cache_bytes(positions, dtype);
+    if matches!(model, Model::Cpu(_)) {
+        if let Some(available) = crate::cache::available_memory() {
+            if needed > available {
+                return Err(Error::CacheTooLarge {
+                    positions,
+                    kv: dtype.name(),
+                    needed,
+                    available,
+                });
+            }
+        }
+    }
+    tracing::debug!(positions, bytes = needed, kv = dtype.name(), "KV cache");
+    model.new_cache_as(positions, dtype)
+}
+
 /// One answer being decoded, advanced one forward pass at a time, so that a caller can
 /// drive several of them through shared (batched) forward passes.
 pub struct Generation {
@@ -200,6 +220,8 @@ struct DualCache {
 
 /// What one pending forward pass of a [`Generation`] reads and writes.
 struct PendingPass {
+    /// Only commits prompt blocks to the cache (a chunk of a long prefill).
+    prefill: bool,
     start: usize,
     end: usize,
     commit: usize,
@@ -248,6 +270,7 @@ impl Generation {
                 context: cfg.max_position_embeddings,
             });
         }
+        let cache = new_cache(model, total, params.kv_cache)?;
         let schedule = transfer_schedule(b, params.steps.min(params.gen_length));
         let mut tokens = prompt.to_vec();
         tokens.resize(total, params.mask_id);
@@ -277,7 +300,7 @@ impl Generation {
                 computed: Vec::new(),
                 partial_passes: 0,
             },
-            cache: model.new_cache_for(total),
+            cache,
             stats: GenerateStats {
                 prompt_tokens: p,
                 ..Default::default()
@@ -396,6 +419,24 @@ impl Generation {
                 self.dual.computed.clear();
                 continue;
             }
+            if self.params.use_cache {
+                let pending = block_start - self.cache.len();
+                // A long prompt's blocks are committed in chunks of whole blocks before
+                // decoding starts: its prefill takes memory for a chunk, not the prompt.
+                let chunk = (self.params.prefill_chunk / b).max(1) * b;
+                if pending > chunk {
+                    let start = self.cache.len();
+                    return Some(PendingPass {
+                        prefill: true,
+                        start,
+                        end: start + chunk,
+                        commit: chunk,
+                        positions: Vec::new(),
+                        rows: Vec::new(),
+                        compute: None,
+                    });
+                }
+            }
             if !masked && !rewriting {
                 self.cursor.post_step += 1;
             }
@@ -443,6 +484,7 @@ impl Generation {
                 }
             }
             return Some(PendingPass {
+                prefill: false,
                 start,
                 end: block_end,
                 commit,
@@ -522,6 +564,9 @@ impl Generation {
         logits: Option<StepOutput>,
         observer: &mut dyn Observer,
     ) -> Result<()> {
+        if plan.prefill {
+            return Ok(());
+        }
         if self.decoder.rewrites_blocks() {
             return self.apply_rewrite(plan, logits, observer);
         }

@@ -55,7 +55,7 @@ pub mod tokenizer;
 mod weights;
 
 pub use backend::{Cpu, DeviceChoice, ForwardCost, Gpu};
-pub use cache::KvCache;
+pub use cache::{KvCache, KvDtype};
 pub use config::{
     GenerationConfig, Heads, Llada2Config, ModelFiles, MoeShape, COMPANION_FILES, DEFAULT_EOS_ID,
     DEFAULT_MASK_ID,

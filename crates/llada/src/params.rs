@@ -36,6 +36,11 @@ pub struct GenerateParams {
     /// Keys/values of the block being decoded: recomputed every step (exact), or kept
     /// for positions that did not change (approximate; needs `use_cache`).
     pub block_cache: BlockCache,
+    /// The number format of the KV cache (f32: exact).
+    pub kv_cache: crate::KvDtype,
+    /// With the cache, a prompt longer than this is committed in passes of this many
+    /// tokens (rounded down to whole blocks) before decoding starts.
+    pub prefill_chunk: usize,
 }
 
 /// How a step treats the keys/values of the block being decoded.
@@ -71,6 +76,9 @@ impl BlockCache {
 /// The reference's block length and denoising steps per block.
 const DEFAULT_BLOCK_LENGTH: usize = 32;
 const DEFAULT_STEPS: usize = 32;
+/// Tokens per prefill pass: memory for a 1024-token chunk of LLaDA2.2-mini's activations
+/// is tens of MB, and each pass still reads the weights once for many tokens.
+pub const DEFAULT_PREFILL_CHUNK: usize = 1024;
 
 impl GenerateParams {
     /// The reference defaults (block 32, 32 steps, threshold 0.95, greedy).
@@ -91,6 +99,8 @@ impl GenerateParams {
             ignore_eos: false,
             use_cache: true,
             block_cache: BlockCache::Exact,
+            kv_cache: crate::KvDtype::F32,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
         }
     }
 
@@ -107,7 +117,7 @@ impl GenerateParams {
     pub fn describe(&self) -> String {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "off".into());
         format!(
-            "decoder {}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}, block cache {}",
+            "decoder {}, block-length {}, steps {}, gen-length {}, temperature {}, top-k {}, top-p {}, seed {}, block cache {}, kv cache {}",
             self.decoder.describe(),
             self.block_length,
             self.steps,
@@ -120,7 +130,8 @@ impl GenerateParams {
                 BlockCache::Exact => "exact".to_string(),
                 BlockCache::Dual { refresh: 0 } => "dual".to_string(),
                 BlockCache::Dual { refresh } => format!("dual, refresh every {refresh} steps"),
-            }
+            },
+            self.kv_cache.name()
         )
     }
 
@@ -146,6 +157,7 @@ impl GenerateParams {
             ("gen_length", self.gen_length),
             ("block_length", self.block_length),
             ("steps", self.steps),
+            ("prefill_chunk", self.prefill_chunk),
         ] {
             if value == 0 {
                 return Err(Error::param(param, "must be at least 1"));

@@ -96,6 +96,14 @@ pub struct DecodeSettings {
     /// after an edit).
     #[cfg_attr(feature = "clap", arg(long))]
     pub block_cache_refresh: Option<usize>,
+    /// The KV cache's number format: f32 (exact; the default), f16 or bf16 (half the
+    /// memory: long contexts).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub kv_cache: Option<String>,
+    /// A prompt longer than this many tokens is committed to the cache in passes of this
+    /// many (whole blocks; default 1024): memory for a chunk, not the whole prompt.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub prefill_chunk: Option<usize>,
 }
 
 impl DecodeSettings {
@@ -158,6 +166,12 @@ impl DecodeSettings {
         }
         if let Some(ignore) = self.ignore_eos {
             p.ignore_eos = ignore;
+        }
+        if let Some(name) = &self.kv_cache {
+            p.kv_cache = crate::KvDtype::named(name)?;
+        }
+        if let Some(n) = self.prefill_chunk {
+            p.prefill_chunk = n;
         }
         let refresh = match p.block_cache {
             BlockCache::Dual { refresh } => refresh,
@@ -410,7 +424,7 @@ mod tests {
     #[test]
     fn keys_are_the_fields() {
         let keys = DecodeSettings::keys();
-        assert_eq!(keys.len(), 20);
+        assert_eq!(keys.len(), 22);
         assert!(keys.contains(&"editing_threshold") && keys.contains(&"block_cache_refresh"));
     }
 

@@ -211,22 +211,52 @@ impl SeqStep<'_> {
         self.start / b == (self.start + self.tokens.len() - 1) / b
     }
 
-    /// The additive block-causal mask `[tokens, cache + tokens]` (0 visible, -inf
-    /// hidden), row-major; `None` when the tokens lie in one block (nothing to hide: the
-    /// cache holds only earlier, fully visible blocks).
-    pub(crate) fn block_mask(&self) -> Option<Vec<f32>> {
-        if self.in_one_block() {
-            return None;
+    /// The block-causal mask of this step (`None` when the tokens lie in one block:
+    /// nothing to hide, the cache holds only earlier, fully visible blocks).
+    pub(crate) fn block_mask(&self) -> Option<BlockMask> {
+        (!self.in_one_block()).then(|| {
+            BlockMask::new(
+                self.start,
+                self.block_length,
+                self.cache.len(),
+                self.tokens.len(),
+            )
+        })
+    }
+}
+
+/// The additive block-causal mask of a step that spans blocks, built for the query rows
+/// a piece of attention needs (a long prefill never holds all of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockMask {
+    start: usize,
+    block_length: usize,
+    cached: usize,
+    len: usize,
+}
+
+impl BlockMask {
+    /// The mask of `len` tokens from position `start` over `cached` cached positions,
+    /// blocks of `block_length`.
+    pub(crate) fn new(start: usize, block_length: usize, cached: usize, len: usize) -> Self {
+        Self {
+            start,
+            block_length,
+            cached,
+            len,
         }
+    }
+
+    /// Rows `from..from + n` of the mask `[tokens, cache + tokens]` (0 visible, -inf
+    /// hidden), row-major.
+    pub(crate) fn rows(&self, from: usize, n: usize) -> Vec<f32> {
         let b = self.block_length;
-        let len = self.tokens.len();
-        let cached = self.cache.len();
-        let keys = cached + len;
-        let mut mask = Vec::with_capacity(len * keys);
-        for i in 0..len {
+        let keys = self.cached + self.len;
+        let mut mask = Vec::with_capacity(n * keys);
+        for i in from..from + n {
             let query_block = (self.start + i) / b;
-            mask.extend(std::iter::repeat_n(0.0, cached));
-            mask.extend((0..len).map(|j| {
+            mask.extend(std::iter::repeat_n(0.0, self.cached));
+            mask.extend((0..self.len).map(|j| {
                 if (self.start + j) / b <= query_block {
                     0.0
                 } else {
@@ -234,6 +264,10 @@ impl SeqStep<'_> {
                 }
             }));
         }
-        Some(mask)
+        mask
+    }
+
+    pub(crate) fn keys(&self) -> usize {
+        self.cached + self.len
     }
 }

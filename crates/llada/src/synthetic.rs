@@ -192,8 +192,11 @@ impl SyntheticSource {
         let amplitude = 2.0 / (shape[1] as f32).sqrt();
         let (d, dmin) = match dtype {
             GgmlDType::Q8_0 => (amplitude / 127.0, None),
-            // q4k: value = d * scale(6 bit) * q(4 bit) - dmin * min(6 bit)
-            GgmlDType::Q4K => (amplitude / (63.0 * 15.0), Some(amplitude / 63.0)),
+            // q4k: value = d * scale(6 bit) * q(4 bit) - dmin * min(6 bit), centred: with
+            // dmin = 7.5 d the mean over random bits is 0. (Uncentred, every row had the
+            // same negative mean, the products of all tokens pointed alike, and every
+            // token of a block chose nearly the same experts.)
+            GgmlDType::Q4K => (amplitude / (63.0 * 7.5), Some(amplitude / 63.0)),
             other => {
                 return Err(Error::InvalidRequest(format!(
                     "synthetic blocks for {other:?} are not supported"

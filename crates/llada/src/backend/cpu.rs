@@ -14,7 +14,11 @@ use crate::cache::KvCache;
 use crate::error::Result;
 use crate::kernels;
 use crate::quant::LinearWeight;
-use crate::step::{PassRows, SeqStep, StepOutput, Wanted};
+use crate::step::{BlockMask, PassRows, SeqStep, StepOutput, Wanted};
+
+/// Attention is computed in pieces of query rows whose scores take at most this many
+/// bytes: a long prefill over a long context never holds all of its scores (or mask).
+const ATTENTION_SCORE_BYTES: usize = 64 << 20;
 
 /// Up to this many tokens per forward, a MoE layer's experts run side by side on raw
 /// rows ([`Cpu::experts_side_by_side`]); longer inputs (prefill) keep candle's
@@ -29,6 +33,8 @@ const EXPERTS_SIDE_BY_SIDE_MAX_TOKENS: usize = 64;
 pub struct ForwardCost {
     pub macs: u64,
     pub weight_bytes: u64,
+    /// Of `weight_bytes`: the routed experts' (each expert a pass used, once).
+    pub expert_bytes: u64,
     pub sequence_passes: u64,
 }
 
@@ -40,6 +46,7 @@ impl std::ops::Sub for ForwardCost {
         ForwardCost {
             macs: self.macs - earlier.macs,
             weight_bytes: self.weight_bytes - earlier.weight_bytes,
+            expert_bytes: self.expert_bytes - earlier.expert_bytes,
             sequence_passes: self.sequence_passes - earlier.sequence_passes,
         }
     }
@@ -49,6 +56,7 @@ impl std::ops::Sub for ForwardCost {
 pub(super) struct CostMeter {
     macs: AtomicU64,
     weight_bytes: AtomicU64,
+    expert_bytes: AtomicU64,
     sequence_passes: AtomicUsize,
 }
 
@@ -59,6 +67,25 @@ impl CostMeter {
             .fetch_add(weight_bytes as u64, Ordering::Relaxed);
     }
 
+    /// The routed experts' weight bytes a MoE layer reads (also counted, product by
+    /// product, in `weight_bytes`).
+    pub(super) fn experts_read<B: Backend>(&self, b: &B, moe: &MoeInput<'_, B>) {
+        let mut used = vec![false; moe.experts.len()];
+        for route in moe.routes {
+            for &e in &route.experts {
+                used[e] = true;
+            }
+        }
+        let bytes: usize = moe
+            .experts
+            .iter()
+            .zip(&used)
+            .filter(|(_, &u)| u)
+            .map(|(m, _)| super::mlp_bytes(b, m))
+            .sum();
+        self.expert_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     pub(super) fn sequences(&self, n: usize) {
         self.sequence_passes.fetch_add(n, Ordering::Relaxed);
     }
@@ -67,6 +94,7 @@ impl CostMeter {
         ForwardCost {
             macs: self.macs.load(Ordering::Relaxed),
             weight_bytes: self.weight_bytes.load(Ordering::Relaxed),
+            expert_bytes: self.expert_bytes.load(Ordering::Relaxed),
             sequence_passes: self.sequence_passes.load(Ordering::Relaxed) as u64,
         }
     }
@@ -334,12 +362,65 @@ fn merge_heads(out: &Tensor) -> Result<Tensor> {
     Ok(out.transpose(0, 1)?.reshape((n, heads * d))?)
 }
 
+/// [`grouped_attention`] with llada's kernels, `piece` query rows at a time (each piece's
+/// scores and mask rows only).
+fn attend_in_pieces(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&BlockMask>,
+    piece: usize,
+) -> Result<Tensor> {
+    // One pass over the scores with a vectorized exp (candle's softmax calls libm's expf
+    // per score after a separate mask add).
+    let ops = AttentionOps {
+        matmul: kernels::matmul,
+        softmax: kernels::masked_softmax,
+    };
+    let (heads, len, _) = q.dims3()?;
+    let group = heads / k.dim(0)?;
+    let mut outputs = Vec::with_capacity(len.div_ceil(piece));
+    for from in (0..len).step_by(piece) {
+        let n = piece.min(len - from);
+        let q = if n == len {
+            q.clone()
+        } else {
+            q.narrow(1, from, n)?
+        };
+        let mask = match mask {
+            Some(mask) => Some(group_mask(mask, from, n, group)?),
+            None => None,
+        };
+        outputs.push(grouped_attention(&q, k, v, mask.as_ref(), &ops)?);
+    }
+    Ok(if outputs.len() == 1 {
+        outputs.pop().expect("one piece")
+    } else {
+        Tensor::cat(&outputs, 1)?
+    })
+}
+
+/// Rows `from..from + n` of a block mask as attention takes it: `[group * n, keys]`, the
+/// rows repeated for the query heads of one KV group (stacked in attention).
+fn group_mask(mask: &BlockMask, from: usize, n: usize, group: usize) -> Result<Tensor> {
+    let rows = Tensor::from_vec(
+        mask.rows(from, n),
+        (n, mask.keys()),
+        &candle_core::Device::Cpu,
+    )?;
+    Ok(if group == 1 {
+        rows
+    } else {
+        Tensor::cat(&vec![&rows; group], 0)?
+    })
+}
+
 /// One sequence's attention in a CPU pass.
 struct SeqAttention<'p> {
     offset: usize,
     len: usize,
-    /// `[group * len, cache + len]`, when the tokens span blocks.
-    mask: Option<Tensor>,
+    /// The block-causal mask, when the tokens span blocks.
+    mask: Option<BlockMask>,
     cache: &'p mut KvCache,
     /// A partial pass: the rows computed, of how many positions.
     rows: Option<(&'p [usize], usize)>,
@@ -425,12 +506,6 @@ impl Backend for Cpu {
         v: &Tensor,
     ) -> Result<Tensor> {
         let (heads, _, d) = q.dims3()?;
-        // One pass over the scores with a vectorized exp (candle's softmax calls libm's
-        // expf per score after a separate mask add).
-        let ops = AttentionOps {
-            matmul: kernels::matmul,
-            softmax: kernels::masked_softmax,
-        };
         let spans: Vec<(usize, usize)> = pass.seqs.iter().map(|s| (s.offset, s.len)).collect();
         attend_by_sequence(&spans, q, k, v, |i, q, k, v| {
             let seq = &mut pass.seqs[i];
@@ -438,9 +513,11 @@ impl Backend for Cpu {
                 None => seq.cache.write_and_view(layer, k, v)?,
                 Some((rows, total)) => seq.cache.write_rows_and_view(layer, k, v, rows, total)?,
             };
+            let keys = k_all.dim(1)?;
             // Scores and the weighted sum of values: 2 * heads * len * keys * d.
-            self.meter.add(2 * heads * seq.len * k_all.dim(1)? * d, 0);
-            grouped_attention(q, &k_all, &v_all, seq.mask.as_ref(), &ops)
+            self.meter.add(2 * heads * seq.len * keys * d, 0);
+            let piece = (ATTENTION_SCORE_BYTES / (4 * heads * keys).max(1)).max(1);
+            attend_in_pieces(q, &k_all, &v_all, seq.mask.as_ref(), piece)
         })
     }
 
@@ -454,6 +531,7 @@ impl Backend for Cpu {
     }
 
     fn experts(&self, x: &Tensor, moe: &MoeInput<'_, Self>) -> Result<Tensor> {
+        self.meter.experts_read(self, moe);
         let in_place = moe.experts.iter().chain(moe.shared).all(mlp_in_place);
         if in_place && x.dim(0)? <= EXPERTS_SIDE_BY_SIDE_MAX_TOKENS {
             return self.experts_side_by_side(x, moe);
@@ -482,30 +560,16 @@ impl Inference for Cpu {
         batch: &'p mut [SeqStep<'_>],
         rows: PassRows,
         rope: RopeTables,
-        heads: Heads,
+        _heads: Heads,
     ) -> Result<CpuPass<'p>> {
         let device = candle_core::Device::Cpu;
-        // Query heads of one KV group are stacked in attention: a mask repeats for each.
-        let group = heads.query / heads.kv;
         self.meter.sequences(batch.len());
         let mut seqs = Vec::with_capacity(batch.len());
         for (step, &offset) in batch.iter_mut().zip(&rows.offsets) {
-            let mask = match step.block_mask() {
-                Some(mask) => {
-                    let (len, keys) = (step.tokens.len(), mask.len() / step.tokens.len());
-                    let mask = Tensor::from_vec(mask, (len, keys), &device)?;
-                    Some(if group == 1 {
-                        mask
-                    } else {
-                        Tensor::cat(&vec![&mask; group], 0)?
-                    })
-                }
-                None => None,
-            };
             seqs.push(SeqAttention {
                 offset,
                 len: step.computed_rows(),
-                mask,
+                mask: step.block_mask(),
                 rows: step.compute.map(|rows| (rows, step.tokens.len())),
                 cache: &mut *step.cache,
             });
@@ -558,6 +622,33 @@ mod tests {
             up_proj: w("up_proj", [32, 64]),
             down_proj: w("down_proj", [64, 32]),
         }
+    }
+
+    /// Attention in pieces of query rows (as over long contexts) equals it in one piece,
+    /// with a block mask across blocks and a cache before them.
+    #[test]
+    fn attention_in_pieces_equals_attention_at_once() {
+        let device = candle_core::Device::Cpu;
+        let (heads, kv_heads, len, cached, d) = (4, 2, 11, 5, 8);
+        let q = Tensor::randn(0f32, 1.0, (heads, len, d), &device).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (kv_heads, cached + len, d), &device).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (kv_heads, cached + len, d), &device).unwrap();
+        let mask = BlockMask::new(cached, 4, cached, len);
+        let whole = attend_in_pieces(&q, &k, &v, Some(&mask), len).unwrap();
+        for piece in [1, 3, 4] {
+            let pieces = attend_in_pieces(&q, &k, &v, Some(&mask), piece).unwrap();
+            let diff = (&pieces - &whole)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "piece {piece}");
+        }
+        // The mask hides later blocks: the first query (block 1 of 4-position blocks
+        // from position 5) sees positions up to 7 only.
+        let row: Vec<f32> = mask.rows(0, 1);
+        assert_eq!(row.iter().filter(|v| v.is_finite()).count(), 8);
     }
 
     #[test]

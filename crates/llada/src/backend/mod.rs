@@ -169,6 +169,14 @@ pub trait Inference: Backend {
     }
 }
 
+/// Bytes an MLP's three weight matrices occupy on `b`'s device.
+pub fn mlp_bytes<B: Backend>(b: &B, m: &Mlp<B>) -> usize {
+    [&m.gate_proj, &m.up_proj, &m.down_proj]
+        .iter()
+        .map(|w| b.linear_bytes(w))
+        .sum()
+}
+
 /// Each sequence's output from host logits `[rows, vocab]` (all sequences' rows in
 /// order, `counts` per sequence): the rows themselves, or their greedy picks.
 pub fn outputs_from_logits(

@@ -2,8 +2,10 @@
 //! over several runs after a warm-up, with the work the model did ([`ForwardCost`]); the
 //! machine's limits ([`measure_machine`]) say how far each forward is from its floor.
 
+mod context;
 mod limits;
 
+pub use context::{context_growth, ContextRow};
 pub use limits::{measure as measure_machine, Floor, Machine, Rates};
 
 use serde::Serialize;
@@ -105,6 +107,9 @@ pub struct Row {
     pub tokens_per_forward: f64,
     pub ms_per_forward: f64,
     pub tokens_per_second: f64,
+    /// Bytes of routed experts' weights a forward read, on average (each expert any
+    /// token of the pass chose, once per MoE layer).
+    pub expert_bytes_per_forward: f64,
     /// The work of the timed runs, counted by the backend.
     #[serde(skip)]
     pub cost: ForwardCost,
@@ -134,14 +139,16 @@ pub fn measure(model: &Model, prompt: &[u32], mode: &Mode, runs: usize) -> Resul
         total.seconds += s.seconds;
         passes += p;
     }
+    let cost = model.cost() - before;
     Ok(Row {
         mode: mode.label,
+        expert_bytes_per_forward: cost.expert_bytes as f64 / passes.max(1) as f64,
         tokens: total.tokens / runs,
         forwards: passes / runs,
         tokens_per_forward: total.tokens_per_forward(),
         ms_per_forward: 1e3 * total.seconds / passes.max(1) as f64,
         tokens_per_second: total.tokens_per_second(),
-        cost: model.cost() - before,
+        cost,
         limits: None,
     })
 }
@@ -243,8 +250,13 @@ pub fn synthetic_prompt(len: usize, vocab: usize, params: &GenerateParams) -> Ve
 
 /// Peak resident memory of this process (Linux `VmHWM`).
 pub fn peak_rss() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// A memory line of `/proc/self/status` (in kB there) in bytes.
+fn status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::backend::{Backend, Heads, Inference, Mlp, MoeInput, RopeTables, Route};
+use crate::backend::{mlp_bytes, Backend, Heads, Inference, Mlp, MoeInput, RopeTables, Route};
 use crate::cache::KvCache;
 use crate::config::{Llada2Config, MoeShape};
 use crate::error::Result;
@@ -289,13 +289,6 @@ impl<B: Backend> SparseMoe<B> {
     }
 }
 
-fn mlp_bytes<B: Backend>(b: &B, m: &Mlp<B>) -> usize {
-    [&m.gate_proj, &m.up_proj, &m.down_proj]
-        .iter()
-        .map(|w| b.linear_bytes(w))
-        .sum()
-}
-
 enum FeedForward<B: Backend> {
     Dense(Mlp<B>),
     Moe(SparseMoe<B>),
@@ -535,6 +528,19 @@ impl<B: Backend> Llada2<B> {
         RoutingBlocks::of(offsets, positions, self.cfg.routing_block())
     }
 
+    /// Bytes of the routed experts' weights, all MoE layers (what a forward reads of
+    /// them is [`crate::ForwardCost::expert_bytes`]).
+    pub fn expert_weight_bytes(&self) -> usize {
+        let b = &self.backend;
+        self.layers
+            .iter()
+            .map(|layer| match &layer.mlp {
+                FeedForward::Moe(moe) => moe.experts.iter().map(|m| mlp_bytes(b, m)).sum(),
+                FeedForward::Dense(_) => 0,
+            })
+            .sum()
+    }
+
     /// The rotary tables of `positions`, for the pass that computes them.
     pub fn rope_tables(&self, positions: impl ExactSizeIterator<Item = usize>) -> RopeTables {
         self.rotary.tables(positions)
@@ -567,6 +573,11 @@ impl<B: Inference> Llada2<B> {
     /// A cache sized for `positions` up front (no reallocation while decoding).
     pub fn new_cache_for(&self, positions: usize) -> KvCache {
         KvCache::with_capacity(self.layers.len(), positions)
+    }
+
+    /// As [`Llada2::new_cache_for`], keeping keys/values as `dtype`.
+    pub fn new_cache_as(&self, positions: usize, dtype: crate::KvDtype) -> KvCache {
+        KvCache::with_capacity_as(self.layers.len(), positions, dtype)
     }
 
     /// Runs the model on every sequence of `batch` in one pass: the linear and MoE parts

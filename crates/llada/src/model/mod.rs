@@ -55,6 +55,27 @@ impl Model {
         on_backend!(self, m => m.new_cache_for(positions))
     }
 
+    /// A cache sized for `positions` that keeps keys/values as `dtype`; the GPU backend
+    /// keeps them in f32 only.
+    pub fn new_cache_as(&self, positions: usize, dtype: crate::KvDtype) -> Result<KvCache> {
+        match self {
+            Model::Cpu(m) => Ok(m.new_cache_as(positions, dtype)),
+            Model::Gpu(_) if dtype != crate::KvDtype::F32 => Err(crate::Error::param(
+                "kv_cache",
+                format!(
+                    "the GPU backend keeps its KV cache in f32; --kv-cache {} runs on the CPU (--device cpu)",
+                    dtype.name()
+                ),
+            )),
+            Model::Gpu(m) => Ok(m.new_cache_for(positions)),
+        }
+    }
+
+    /// Bytes of the routed experts' weights (all MoE layers).
+    pub fn expert_weight_bytes(&self) -> usize {
+        on_backend!(self, m => m.expert_weight_bytes())
+    }
+
     /// Bytes the weights occupy on their device.
     pub fn weight_bytes(&self) -> usize {
         on_backend!(self, m => m.weight_bytes())

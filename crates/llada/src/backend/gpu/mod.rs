@@ -648,6 +648,7 @@ impl Backend for Gpu {
     }
 
     fn experts(&self, x: &GpuTensor, moe: &MoeInput<'_, Self>) -> Result<GpuTensor> {
+        self.meter.experts_read(self, moe);
         let routed = self.routed_experts(x, moe)?;
         match moe.shared {
             Some(shared) => self.add(&routed, &self.mlp(shared, x)?),
