@@ -208,7 +208,7 @@ if llada22.is_dir():
     reading = llada22 / "reading.md"
     if reading.exists():
         L += [reading.read_text().rstrip(), ""]
-    for name in ["routing", "context", "long-prefill"]:
+    for name in ["routing", "context", "long-prefill", "context-128k"]:
         f = llada22 / f"{name}.txt"
         if f.exists():
             L += [f"`scripts/llada2_2-bench.sh`, `docs/llada2_2/{f.name}`:", "", "```", f.read_text().rstrip(), "```", ""]
