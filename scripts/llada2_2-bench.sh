@@ -56,3 +56,15 @@ header() {
     echo "\$ /usr/bin/time -v ${cmd[*]}"
     /usr/bin/time -v "${cmd[@]}" 2>&1 | grep -v -E '^\s+(Average|Exit|Socket|Signals|Swaps|File system|Voluntary|Involuntary|Page size|Minor|Major|Percent|System time|User time)'
 } | tee "$out/long-prefill.txt"
+
+# 4. context-128k.txt (FULL_CONTEXT=1, ~30 min): a 128K-position context filled (1 layer,
+#    bf16): resident memory against the printed estimate.
+if [ "${FULL_CONTEXT:-0}" = 1 ]; then
+    {
+        uptime
+        cmd=("$LLADA" bench --device cpu --synthetic llada2_2-mini --layers 1 --quant q4k
+            --kv-cache bf16 --context 131040 --runs 1)
+        echo "\$ /usr/bin/time -v ${cmd[*]}"
+        /usr/bin/time -v "${cmd[@]}" 2>&1 | grep -v -E '^\s+(Average|Exit|Socket|Signals|Swaps|File system|Voluntary|Involuntary|Page size|Minor|Major|Percent|System time|User time)'
+    } | tee "$out/context-128k.txt"
+fi
