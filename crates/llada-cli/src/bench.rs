@@ -244,7 +244,7 @@ fn context_growth(
         loaded.weights,
         mib(loaded.model.weight_bytes() as u64),
         base.kv_cache.name(),
-        base.prefill_chunk / base.block_length * base.block_length,
+        base.prefill_chunk_tokens(),
         base.block_length,
         args.runs
     );

@@ -423,7 +423,7 @@ impl Generation {
                 let pending = block_start - self.cache.len();
                 // A long prompt's blocks are committed in chunks of whole blocks before
                 // decoding starts: its prefill takes memory for a chunk, not the prompt.
-                let chunk = (self.params.prefill_chunk / b).max(1) * b;
+                let chunk = self.params.prefill_chunk_tokens();
                 if pending > chunk {
                     let start = self.cache.len();
                     return Some(PendingPass {

@@ -135,6 +135,13 @@ impl GenerateParams {
         )
     }
 
+    /// Tokens per prefill pass: `prefill_chunk` rounded down to whole blocks, at least
+    /// one block.
+    pub fn prefill_chunk_tokens(&self) -> usize {
+        let b = self.block_length.max(1);
+        (self.prefill_chunk / b).max(1) * b
+    }
+
     /// Whether `token` ends the answer.
     pub fn is_stop(&self, token: u32) -> bool {
         !self.ignore_eos && (token == self.eos_id || self.extra_stop_ids.contains(&token))

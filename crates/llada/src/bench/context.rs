@@ -68,7 +68,7 @@ pub fn context_growth(
         let mut cache = crate::generate::new_cache(model, positions, params.kv_cache)?;
         let text = super::synthetic_prompt(len + b, model.config().vocab_size, params);
         let (prompt, block) = text.split_at(len);
-        let chunk = (params.prefill_chunk / b).max(1) * b;
+        let chunk = params.prefill_chunk_tokens();
         let started = Instant::now();
         for from in (0..len).step_by(chunk) {
             let to = (from + chunk).min(len);

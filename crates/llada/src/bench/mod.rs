@@ -255,8 +255,5 @@ pub fn peak_rss() -> Option<u64> {
 
 /// A memory line of `/proc/self/status` (in kB there) in bytes.
 fn status_bytes(key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::cache::proc_bytes("/proc/self/status", key)
 }
