@@ -11,8 +11,9 @@ use crate::default_model::DEFAULT_MODEL;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder in Hugging Face layout, or a repo id (org/name[@revision]) found in
-    /// the local Hugging Face cache. Default: the model built into this binary
+    /// Model folder in Hugging Face layout, a GGUF file (llama.cpp's `llada2` layout; the
+    /// first of split files), or a repo id (org/name[@revision]) found in the local
+    /// Hugging Face cache. Default: the model built into this binary
     /// (or the folder in LLADA_DEFAULT_MODEL).
     #[arg(long, short = 'm')]
     pub model: Option<String>,

@@ -40,7 +40,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Chat with a model: multi-turn, streaming, with tokens/s and TPF after each answer.
     Chat(chat::ChatArgs),
-    /// Write a quantized copy of a model (q8_0 or q4k GGUF weights) for fast loading.
+    /// Write a model as GGUF (llama.cpp's llada2 layout, q8_0 or q4k blocks): one file, or a folder.
     Quantize(quantize::QuantizeArgs),
     /// Evaluate: task accuracy and TPF, held-out NELBO.
     Eval(eval::EvalArgs),

@@ -36,6 +36,9 @@ pub enum Error {
         message: String,
     },
 
+    #[error("GGUF file {path}: {message}")]
+    Gguf { path: PathBuf, message: String },
+
     #[error("shard {shard} listed in {index} does not exist")]
     MissingShard { index: PathBuf, shard: PathBuf },
 

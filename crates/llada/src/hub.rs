@@ -89,11 +89,18 @@ pub fn find_in_cache(cache: &Path, id: &RepoId) -> Option<PathBuf> {
     snapshot.join("config.json").is_file().then_some(snapshot)
 }
 
-/// Resolves `--model`: an existing folder, or a repo id found in the local HF cache.
+/// Resolves `--model`: an existing folder or GGUF file, or a repo id found in the local
+/// HF cache.
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
-    if path.is_dir() {
+    if path.is_dir() || path.is_file() {
         return Ok(path.to_path_buf());
+    }
+    if spec.ends_with(".gguf") {
+        return Err(Error::ModelNotFound {
+            spec: spec.to_string(),
+            detail: "no such GGUF file".into(),
+        });
     }
     let cache = cache_dir();
     match RepoId::parse(spec) {

@@ -184,6 +184,17 @@ impl Q8Matrix {
         })
     }
 
+    /// The blocks as ggml stores them (f16 scale, then 32 values); the scales came from
+    /// f16, so this is exact.
+    pub fn to_ggml(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.storage_bytes());
+        for (q, &d) in self.qs.chunks_exact(Q8_BLOCK).zip(&self.scales) {
+            out.extend(half::f16::from_f32(d).to_le_bytes());
+            out.extend(q.iter().map(|&v| v as u8));
+        }
+        out
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }

@@ -40,7 +40,7 @@ pub mod decode;
 mod error;
 pub mod files;
 mod generate;
-mod gguf;
+pub mod gguf;
 pub mod hub;
 pub mod kernels;
 mod load;
@@ -68,8 +68,9 @@ pub use generate::{
 };
 pub use gguf::{quantize_checkpoint, QuantizeReport};
 pub use load::{
-    load_embedded, load_embedded_on, load_model, load_model_on, load_model_with, load_synthetic,
-    load_synthetic_on, EmbeddedModel, LoadedModel, WeightFormat, Weights,
+    load_embedded, load_embedded_on, load_gguf_on, load_model, load_model_on, load_model_with,
+    load_synthetic, load_synthetic_on, write_gguf, EmbeddedModel, LoadedModel, ModelSource,
+    WeightFormat, Weights,
 };
 pub use model::{Llada2, Llada2Model, Model, RoutingBlocks};
 pub use params::{BlockCache, GenerateParams};

@@ -36,9 +36,9 @@ pub struct EmbeddedModel {
 pub enum WeightFormat {
     /// Safetensors in this element type (f32, bf16 or f16).
     Safetensors(DType),
-    /// A `model.gguf` written by `llada quantize`, its linear layers in these blocks
-    /// (`None`: f32).
-    Gguf(Option<Quant>),
+    /// A GGUF file (or a folder's `model.gguf` written by `llada quantize`), its linear
+    /// layers in this ggml type ("q8_0", "q4k", "q4_0", "f32", ...).
+    Gguf(&'static str),
     /// Random weights of a known shape ([`crate::synthetic`]).
     Random,
 }
@@ -53,9 +53,11 @@ pub struct Weights {
 
 impl Weights {
     /// The block type the linear layers run in (`None`: f32).
+    /// For a GGUF file's other block types, the nearest of llada's (8-bit: q8_0; fewer
+    /// bits: q4k), for memory estimates.
     pub fn compute(&self) -> Option<Quant> {
         match self.format {
-            WeightFormat::Gguf(q) => q,
+            WeightFormat::Gguf(name) => gguf_quant(name),
             _ => self.quantized_at_load,
         }
     }
@@ -65,9 +67,7 @@ impl fmt::Display for Weights {
     /// e.g. "bf16 safetensors, run in f32", "q4k GGUF", "random q8_0 blocks".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.format, self.quantized_at_load) {
-            (WeightFormat::Gguf(q), _) => {
-                write!(f, "{} GGUF", q.map_or("f32", Quant::name))
-            }
+            (WeightFormat::Gguf(name), _) => write!(f, "{name} GGUF"),
             (WeightFormat::Random, q) => match q {
                 Some(q) => write!(f, "random {} blocks", q.name()),
                 None => write!(f, "random f32"),
@@ -86,13 +86,26 @@ impl fmt::Display for Weights {
     }
 }
 
+/// The nearest of llada's quantizations to a GGUF type name (see [`Weights::compute`]).
+fn gguf_quant(name: &str) -> Option<Quant> {
+    match name {
+        "f32" | "f16" | "bf16" => None,
+        "q8_0" | "q8_1" => Some(Quant::Q8_0),
+        _ => Some(Quant::Q4k),
+    }
+}
+
 /// Where a loaded model's weights are read from (to load them again, e.g. onto another
 /// backend).
 #[derive(Debug, Clone)]
 enum Origin {
     Dir(PathBuf),
+    /// A GGUF file (the first of its splits).
+    GgufFile(PathBuf),
     Embedded(EmbeddedModel),
-    Synthetic { seed: u64 },
+    Synthetic {
+        seed: u64,
+    },
 }
 
 impl Origin {
@@ -106,8 +119,13 @@ impl Origin {
             {
                 // A folder written by `llada quantize` carries its weights in model.gguf.
                 let store = GgufStore::open(dir, cpu)?;
-                let quant = store.quantization().and_then(|q| q.parse().ok());
-                (Box::new(store), WeightFormat::Gguf(quant))
+                let format = gguf_format(&store);
+                (Box::new(store), format)
+            }
+            Origin::GgufFile(path) => {
+                let store = GgufStore::open_file(path, cpu)?;
+                let format = gguf_format(&store);
+                (Box::new(store), format)
             }
             Origin::Dir(dir) => {
                 let store = WeightStore::open(dir, cpu, DType::F32)?;
@@ -127,6 +145,19 @@ impl Origin {
     }
 }
 
+fn gguf_format(store: &GgufStore) -> WeightFormat {
+    let name = store.quantization().unwrap_or_else(|| "f32".into());
+    // The names a store reports are gguf::dtype_name's (or Quant's), all static.
+    let name = [
+        "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "q2_k", "q3_k",
+        "q4k", "q5_k", "q6_k", "q8_k",
+    ]
+    .into_iter()
+    .find(|n| *n == name)
+    .unwrap_or("f32");
+    WeightFormat::Gguf(name)
+}
+
 /// Bytes the model's weights will take on a GPU: bf16 weights stay bf16, other dense ones
 /// f32, quantized ones their blocks (q8_0 8.5 bits, q4k 4.5 bits per weight).
 fn device_bytes(cfg: &Llada2Config, format: WeightFormat, quant: Option<Quant>) -> u64 {
@@ -136,7 +167,7 @@ fn device_bytes(cfg: &Llada2Config, format: WeightFormat, quant: Option<Quant>) 
         _ => 4.0,
     };
     let quant = match format {
-        WeightFormat::Gguf(q) => q,
+        WeightFormat::Gguf(name) => gguf_quant(name),
         _ => quant,
     };
     let linear_bytes = match quant {
@@ -283,8 +314,8 @@ impl LoadedModel {
     }
 }
 
-/// Opens an HF-layout model folder: config, generation config and weights (computed in
-/// f32 on the CPU).
+/// Opens a model: an HF-layout folder (config, generation config and weights, computed
+/// in f32 on the CPU) or a GGUF file.
 pub fn load_model(dir: &Path) -> Result<LoadedModel> {
     load_model_with(dir, None)
 }
@@ -300,6 +331,9 @@ pub fn load_model_on(
     quant: Option<Quant>,
     device: DeviceChoice,
 ) -> Result<LoadedModel> {
+    if dir.is_file() {
+        return load_gguf_on(dir, quant, device);
+    }
     let files = ModelFiles::open(dir)?;
     let tokenizer = if dir.join("tokenizer.json").is_file() {
         Some(Tokenizer::from_dir(dir)?)
@@ -313,6 +347,163 @@ pub fn load_model_on(
         quant,
         device,
     )
+}
+
+/// Loads a GGUF file in the `llada2` layout (or the first of its splits): the config from
+/// its keys, the tokenizer and chat template from its metadata (when it has them), the
+/// mask and EOS ids from `tokenizer.ggml.*`.
+pub fn load_gguf_on(
+    path: &Path,
+    quant: Option<Quant>,
+    device: DeviceChoice,
+) -> Result<LoadedModel> {
+    let store = GgufStore::open_file(path, &Device::Cpu)?;
+    let meta = &store.head().metadata;
+    let id = |key: &str| match meta.get(&format!("tokenizer.ggml.{key}")) {
+        Some(candle_core::quantized::gguf_file::Value::U32(v)) => Some(*v),
+        _ => None,
+    };
+    let files = ModelFiles {
+        dir: path.to_path_buf(),
+        config: store.config()?,
+        generation: GenerationConfig {
+            eos_token_id: id("eos_token_id").map(serde_json::Value::from),
+            mask_token_id: id("mask_token_id"),
+            ..Default::default()
+        },
+    };
+    let tokenizer = crate::tokenizer::gguf::from_metadata(meta, path)?;
+    drop(store);
+    LoadedModel::assemble(
+        files,
+        Origin::GgufFile(path.to_path_buf()),
+        tokenizer,
+        quant,
+        device,
+    )
+}
+
+/// Where [`write_gguf`] takes a model from.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelSource<'a> {
+    /// An HF-layout folder (or a folder `llada quantize` wrote).
+    Dir(&'a Path),
+    Embedded(&'a EmbeddedModel),
+    /// Random weights of a preset's shapes ([`load_synthetic`]).
+    Synthetic {
+        name: &'a str,
+        layers: Option<usize>,
+        seed: u64,
+    },
+}
+
+/// Writes a model as one GGUF file in the `llada2` layout, with its tokenizer and chat
+/// template when it has them: what `llada quantize --out FILE.gguf` does. Linear layers
+/// in `quant`'s blocks exactly as a load with `--quant` makes them (so the file answers
+/// as that load does); f32 without.
+pub fn write_gguf(
+    source: ModelSource<'_>,
+    quant: Option<Quant>,
+    out: &Path,
+) -> Result<gguf::QuantizeReport> {
+    use candle_core::quantized::gguf_file::Value;
+    let (config, generation, origin, tokenizer_json): (_, _, _, Option<String>) = match source {
+        ModelSource::Dir(dir) => {
+            let files = ModelFiles::open(dir)?;
+            let json = dir.join("tokenizer.json");
+            let text = match json.is_file() {
+                true => {
+                    Some(std::fs::read_to_string(&json).map_err(|e| crate::Error::io(&json, e))?)
+                }
+                false => None,
+            };
+            (
+                files.config,
+                files.generation,
+                Origin::Dir(dir.to_path_buf()),
+                text,
+            )
+        }
+        ModelSource::Embedded(e) => {
+            let origin = PathBuf::from(e.name);
+            let config = Llada2Config::parse(e.config, &origin.join("config.json"))?;
+            let generation = match e.generation_config {
+                Some(text) => {
+                    GenerationConfig::parse(text, &origin.join("generation_config.json"))?
+                }
+                None => GenerationConfig::default(),
+            };
+            (
+                config,
+                generation,
+                Origin::Embedded(*e),
+                e.tokenizer.map(str::to_string),
+            )
+        }
+        ModelSource::Synthetic { name, layers, seed } => {
+            let origin = PathBuf::from(format!("synthetic:{name}"));
+            let config = Llada2Config::from_json(crate::synthetic::preset(name, layers)?, &origin)?;
+            (
+                config,
+                GenerationConfig::default(),
+                Origin::Synthetic { seed },
+                None,
+            )
+        }
+    };
+    let (source, _) = origin.open()?;
+    let label = match &origin {
+        Origin::Dir(d) | Origin::GgufFile(d) => d.display().to_string(),
+        Origin::Embedded(e) => e.name.to_string(),
+        Origin::Synthetic { .. } => "synthetic".to_string(),
+    };
+    let name = Path::new(&label)
+        .file_name()
+        .map_or(label.clone(), |n| n.to_string_lossy().into_owned());
+    let mut extra = vec![("general.name".to_string(), Value::String(name))];
+    let tokenizer = match (&tokenizer_json, &origin) {
+        (Some(json), Origin::Dir(dir)) => Some(Tokenizer::from_dir(dir).map(|t| (json, t))?),
+        (Some(json), Origin::Embedded(e)) => Some((
+            json,
+            Tokenizer::from_parts(json, e.tokenizer_config, None, Path::new(e.name))?,
+        )),
+        _ => None,
+    };
+    match &tokenizer {
+        Some((json, t)) => extra.extend(crate::tokenizer::gguf::to_metadata(
+            json,
+            t,
+            config.vocab_size,
+            Path::new(&label),
+        )?),
+        None => extra.push((
+            "tokenizer.ggml.model".to_string(),
+            Value::String("none".into()),
+        )),
+    }
+    // The model's own special ids win over the tokenizer's guesses.
+    let mask = generation
+        .mask_token_id
+        .or_else(|| tokenizer.as_ref().and_then(|(_, t)| t.mask_id()));
+    let eos = generation
+        .eos_id()
+        .or_else(|| config::first_id(config.eos_token_id.as_ref()))
+        .or_else(|| tokenizer.as_ref().and_then(|(_, t)| t.eos_id()));
+    for (key, id) in [("mask_token_id", mask), ("eos_token_id", eos)] {
+        if let Some(id) = id {
+            extra.retain(|(k, _)| *k != format!("tokenizer.ggml.{key}"));
+            extra.push((format!("tokenizer.ggml.{key}"), Value::U32(id)));
+        }
+    }
+    for (key, id) in [
+        ("delete_token_id", config.delete_token_id),
+        ("split_token_id", config.split_token_id),
+    ] {
+        if let Some(id) = id {
+            extra.push((format!("tokenizer.ggml.{key}"), Value::U32(id)));
+        }
+    }
+    gguf::write_llada2(out, &config, source.as_ref(), quant, extra)
 }
 
 /// Loads an [`EmbeddedModel`] exactly as [`load_model_with`] loads a folder holding the

@@ -238,6 +238,15 @@ impl LinearWeight {
         })
     }
 
+    /// The ggml block type and bytes of a quantized matrix (`None` when it is dense).
+    pub fn ggml_blocks(&self) -> Result<Option<(GgmlDType, Vec<u8>)>> {
+        Ok(match self {
+            LinearWeight::Q8 { weight, .. } => Some((GgmlDType::Q8_0, weight.to_ggml())),
+            LinearWeight::Quantized { weight, .. } => weight.ggml_blocks()?,
+            LinearWeight::Dense { .. } | LinearWeight::Packed { .. } => None,
+        })
+    }
+
     /// The bias, if the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         match self {

@@ -15,19 +15,6 @@ use crate::quant::Quant;
 use crate::step::{PassRows, SeqStep, StepOutput, Wanted};
 use crate::weights::WeightSource;
 
-/// Whether `name` is a matrix the model applies as a linear layer (and so may be
-/// quantized): attention, MLP/expert projections and lm_head, not the router.
-pub fn is_linear_weight(name: &str) -> bool {
-    name == "lm_head.weight"
-        || [
-            ".attention.query_key_value.weight",
-            ".attention.dense.weight",
-            "_proj.weight",
-        ]
-        .iter()
-        .any(|suffix| name.ends_with(suffix))
-}
-
 /// Reads weights by HF name and hands them to the backend; `quant` quantizes every
 /// linear layer but the router.
 struct Load<'a, B: Backend> {

@@ -5,7 +5,7 @@ mod llada2;
 
 use candle_core::Tensor;
 
-pub use llada2::{is_linear_weight, Llada2, Llada2Model, RoutingBlocks};
+pub use llada2::{Llada2, Llada2Model, RoutingBlocks};
 
 use crate::backend::{Cpu, ForwardCost, Gpu};
 use crate::cache::KvCache;

@@ -45,6 +45,7 @@ const TEMPLATE_FUEL: u64 = 5_000_000;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     is_fallback: bool,
 }
 
@@ -66,8 +67,14 @@ impl ChatTemplate {
             .map_err(|e| format!("chat template does not compile: {e:#}"))?;
         Ok(Self {
             env,
+            source: source.to_string(),
             is_fallback: source == FALLBACK_TEMPLATE,
         })
+    }
+
+    /// The template's Jinja text (what a GGUF file carries as `tokenizer.chat_template`).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// True when the model shipped no template and the LLaDA2 format is used.

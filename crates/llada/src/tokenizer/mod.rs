@@ -2,6 +2,7 @@
 //! special tokens, its chat template, and streaming detokenization.
 
 mod chat;
+pub mod gguf;
 mod stream;
 
 use std::path::{Path, PathBuf};
