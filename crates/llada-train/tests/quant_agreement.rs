@@ -60,6 +60,30 @@ fn quantized_default_model_answers_like_f32() {
         let got = answers(&q, &items);
         let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
         let right = correct(&q, &items, &got);
+        // The same quantization written as a llada2 GGUF file and read back answers
+        // exactly as the load-time quantization does.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("default-{}.gguf", quant.name()));
+        llada::write_gguf(
+            llada::ModelSource::Dir(&default_model()),
+            Some(quant),
+            &file,
+        )
+        .unwrap();
+        let from_file = llada::load_model(&file).unwrap();
+        let round_trip = answers(&from_file, &items);
+        let same_as_load = round_trip.iter().zip(&got).filter(|(a, b)| a == b).count();
+        println!(
+            "{}: GGUF round trip answers {same_as_load}/{} as the load-time quantization",
+            quant.name(),
+            items.len()
+        );
+        if same_as_load != items.len() {
+            failures.push(format!(
+                "{quant:?}: the GGUF file answers {same_as_load}/{} as the load",
+                items.len()
+            ));
+        }
         println!(
             "{}: {same}/{} task answers identical to f32, {right} correct (weights {:.2} MiB vs {:.2} MiB)",
             quant.name(),
