@@ -90,6 +90,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => args.model.load()?,
     };
     let load_seconds = started.elapsed().as_secs_f64();
+    // Before any forward pass: what loading alone keeps resident (kernels may lay out
+    // copies of the weights they multiply as they first use them).
+    let loaded_rss = bench::rss();
     // --block-cache-refresh alone configures the dual row; the other rows stay exact.
     let refresh = args.decode.settings.block_cache_refresh.unwrap_or(0);
     let mut decode = args.decode.clone();
@@ -135,11 +138,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
     println!(
-        "model {source}, {} layers, on {}, weights {}: {:.2} GiB in memory, loaded in {load_seconds:.1} s, peak RSS {}",
+        "model {source}, {} layers, on {}, weights {}: {:.2} GiB in memory, loaded in {load_seconds:.1} s, RSS after loading {}, peak RSS {}",
         loaded.model.config().num_hidden_layers,
         loaded.model.device_name(),
         loaded.weights,
         gib(loaded.model.weight_bytes() as f64),
+        loaded_rss.map_or("unknown".into(), |b| format!("{:.2} GiB", gib(b as f64))),
         bench::peak_rss().map_or("unknown".into(), |b| format!("{:.2} GiB", gib(b as f64))),
     );
     println!(

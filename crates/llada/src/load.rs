@@ -167,7 +167,9 @@ fn device_bytes(cfg: &Llada2Config, format: WeightFormat, quant: Option<Quant>) 
         _ => 4.0,
     };
     let quant = match format {
-        WeightFormat::Gguf(name) => gguf_quant(name),
+        // The GPU multiplies q4k and q8_0 blocks; other GGUF blocks become q8_0 there.
+        WeightFormat::Gguf("q4k") => Some(Quant::Q4k),
+        WeightFormat::Gguf(name) => gguf_quant(name).map(|_| Quant::Q8_0),
         _ => quant,
     };
     let linear_bytes = match quant {
@@ -373,6 +375,14 @@ pub fn load_gguf_on(
         },
     };
     let tokenizer = crate::tokenizer::gguf::from_metadata(meta, path)?;
+    if files.generation.mask_token_id.is_none()
+        && tokenizer.as_ref().and_then(Tokenizer::mask_id).is_none()
+    {
+        tracing::warn!(
+            "{} names no mask token (tokenizer.ggml.mask_token_id) and has no tokenizer with <|mask|>: pass --mask-id",
+            path.display()
+        );
+    }
     drop(store);
     LoadedModel::assemble(
         files,

@@ -297,3 +297,36 @@ fn gpu_runs_a_quantized_gguf_file() {
         );
     }
 }
+
+/// Published `llada2` GGUF files run on the device: f32 as the CPU does, q4_0 (blocks the
+/// GPU has no kernel for) re-blocked as q8_0, close to the CPU's q4_0 product.
+#[test]
+#[ignore = "needs a GPU adapter (lavapipe in .ci/run)"]
+fn gpu_runs_published_gguf_files() {
+    let ids = [5u32, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+    for (name, most) in [("model-f32.gguf", 1e-3f32), ("model-q4_0.gguf", 1.0)] {
+        let path = fixture_dir().join("gguf").join(name);
+        let gpu = load_model_on(&path, None, DeviceChoice::Gpu).unwrap();
+        let cpu = load_model_on(&path, None, DeviceChoice::Cpu).unwrap();
+        assert!(matches!(gpu.model, llada::Model::Gpu(_)));
+        let a = gpu.model.forward_full(&ids, 4).unwrap();
+        let b = cpu.model.forward_full(&ids, 4).unwrap();
+        let d = max_abs_diff(&a, &b);
+        let top = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        let same = top(&a)
+            .iter()
+            .zip(top(&b))
+            .filter(|(x, y)| **x == *y)
+            .count();
+        println!(
+            "{name}: GPU vs CPU logits max |diff| {d:.5}, argmax {same}/{}",
+            ids.len()
+        );
+        assert!(d < most, "{name}: {d}");
+        assert!(
+            same * 10 >= ids.len() * 9,
+            "{name}: argmax {same}/{}",
+            ids.len()
+        );
+    }
+}

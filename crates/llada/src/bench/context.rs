@@ -123,7 +123,7 @@ pub fn context_growth(
             block_expert_bytes,
             ar_expert_bytes,
             kv_cache_bytes,
-            rss_bytes: super::status_bytes("VmRSS:"),
+            rss_bytes: super::rss(),
             peak_rss_bytes: super::peak_rss(),
         });
     }

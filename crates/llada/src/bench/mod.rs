@@ -248,6 +248,11 @@ pub fn synthetic_prompt(len: usize, vocab: usize, params: &GenerateParams) -> Ve
     ids
 }
 
+/// Resident memory of this process now (Linux `VmRSS`).
+pub fn rss() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`).
 pub fn peak_rss() -> Option<u64> {
     status_bytes("VmHWM:")

@@ -300,6 +300,9 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     }
     let data_start = (c.pos as u64).next_multiple_of(alignment);
     let mut tensors = BTreeMap::new();
+    // As ggml requires: each tensor's data follows the previous one's, padded to the
+    // alignment, in table order (so no two overlap and no type is mislabelled by size).
+    let mut expected_offset = 0u64;
     for (name, ne, kind, offset) in table {
         let Some(dtype) = dtype_from_id(kind) else {
             return Err(Error::Gguf {
@@ -325,6 +328,16 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
             )));
         }
         let len = elems / block * dtype.type_size() as u64;
+        if offset != expected_offset {
+            return Err(c.corrupt(format!(
+                "tensor {name} has data offset {offset}, expected {expected_offset} (the end of \
+                 the previous tensor's data, aligned to {alignment})"
+            )));
+        }
+        expected_offset = offset
+            .checked_add(len)
+            .map(|e| e.next_multiple_of(alignment))
+            .unwrap_or(u64::MAX);
         let start = data_start.checked_add(offset);
         let end = start.and_then(|s| s.checked_add(len));
         match (start, end) {

@@ -209,8 +209,11 @@ impl Keys<'_> {
     fn float_opt(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::F32(v)) => Ok(Some(*v as f64)),
-            Some(Value::F64(v)) => Ok(Some(*v)),
+            Some(Value::F32(v)) if v.is_finite() => Ok(Some(*v as f64)),
+            Some(Value::F64(v)) if v.is_finite() => Ok(Some(*v)),
+            Some(Value::F32(_) | Value::F64(_)) => Err(self
+                .0
+                .error(format!("key {ARCH}.{key} is not a finite number"))),
             Some(other) => Err(self.mistyped(key, other, "a float")),
         }
     }
@@ -274,6 +277,21 @@ pub fn config<'a>(
         }
     }
     let rope_dim = k.uint_opt("rope.dimension_count")?.unwrap_or(head_dim);
+    if rope_dim > head_dim || head_dim == 0 || heads == 0 {
+        return Err(c.error(format!(
+            "{ARCH}.rope.dimension_count {rope_dim} with attention.key_length {head_dim} and \
+             attention.head_count {heads}: the rotary width must be at most the head width"
+        )));
+    }
+    if matches!(
+        c.metadata.get("diffusion.shift_logits"),
+        Some(Value::Bool(true))
+    ) {
+        return Err(c.error(
+            "diffusion.shift_logits is true: LLaDA2's logits at position i predict token i \
+             (false); this file is for a model that predicts the next token",
+        ));
+    }
     let vocab = match k.uint_opt("vocab_size")? {
         Some(v) => v,
         None => match tensor("token_embd.weight") {
@@ -410,6 +428,11 @@ pub fn config<'a>(
         )));
     }
     Ok(cfg)
+}
+
+/// `llada2.expert_count` (0 if absent or not a number), for messages.
+pub fn expert_count(c: &Container) -> usize {
+    Keys(c).uint_opt("expert_count").ok().flatten().unwrap_or(0)
 }
 
 /// `general.file_type` (llama_ftype) of a file whose main type is `dtype`.

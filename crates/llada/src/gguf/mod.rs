@@ -110,6 +110,17 @@ impl GgufStore {
             }
         }
         let head = &parts[0];
+        let count = match head.metadata.get("split.count") {
+            Some(Value::U16(n)) => Some(*n as usize),
+            Some(Value::U32(n)) => Some(*n as usize),
+            _ => None,
+        };
+        if count.is_some_and(|n| n != parts.len()) || (count.is_none() && parts.len() > 1) {
+            return Err(head.error(format!(
+                "split.count is {count:?}, but the file names say {} splits",
+                parts.len()
+            )));
+        }
         let naming = match head.string("general.architecture") {
             Some(layout::ARCH) => Naming::Llada2,
             Some(crate::config::MODEL_TYPE) => Naming::HuggingFace,
@@ -141,11 +152,55 @@ impl GgufStore {
 
     /// The config the file's `llada2.*` keys describe (a folder's older file has none:
     /// its config.json does).
+    /// The file's tensors must be exactly the ones that config reads: a layer count
+    /// larger than the file, a stray or missing tensor is an error naming it (checked
+    /// before anything is allocated for the model).
     pub fn config(&self) -> Result<Llada2Config> {
-        layout::config(self.head(), &|name| {
+        let cfg = layout::config(self.head(), &|name| {
             let &part = self.index.get(name)?;
             self.parts[part].tensors.get(name)
-        })
+        })?;
+        if self.naming == Naming::Llada2 {
+            self.check_tensor_set(&cfg)?;
+        }
+        Ok(cfg)
+    }
+
+    fn check_tensor_set(&self, cfg: &Llada2Config) -> Result<()> {
+        let head = self.head();
+        // Cheap first: a layer count beyond the file fails at its first missing layer.
+        for n in 0..cfg.num_hidden_layers {
+            let name = format!("blk.{n}.attn_qkv.weight");
+            if !self.index.contains_key(&name) {
+                return Err(head.error(format!(
+                    "{}.block_count is {}, but tensor {name} is missing",
+                    layout::ARCH,
+                    cfg.num_hidden_layers
+                )));
+            }
+        }
+        let mut wanted = std::collections::BTreeSet::new();
+        for (hf, _, _) in layout::hf_tensors(cfg, self) {
+            if let Some(loc) = layout::locate(&hf) {
+                wanted.insert(loc.tensor);
+            }
+        }
+        if let Some(missing) = wanted.iter().find(|n| !self.index.contains_key(*n)) {
+            return Err(head.error(format!("tensor {missing} is missing")));
+        }
+        let mut stray: Vec<&String> = self.index.keys().filter(|n| !wanted.contains(*n)).collect();
+        stray.sort();
+        if let Some(first) = stray.first() {
+            return Err(head.error(format!(
+                "tensor {first} is not part of the model its keys describe{}",
+                if stray.len() > 1 {
+                    format!(" ({} such tensors)", stray.len())
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        Ok(())
     }
 
     /// The block type the linear layers are stored in: older files record it; a
@@ -191,13 +246,18 @@ impl GgufStore {
         };
         if !ok {
             let expected = match expert {
-                None => shape.to_vec(),
-                Some(_) => [&[0usize][..], shape].concat(),
+                None => format!("{shape:?}"),
+                Some(_) => format!(
+                    "[{}, {}, {}]",
+                    layout::expert_count(self.head()),
+                    shape[0],
+                    shape[1]
+                ),
             };
             return Err(c.error(format!(
-                "tensor {} has shape {found:?} (HF order), but the model's keys imply {}{expected:?}",
+                "tensor {} has shape {found:?} (HF order, GGUF's read backwards), but the model's \
+                 keys imply {expected}",
                 self.entry_name(hf),
-                if expert.is_some() { "[experts, ..] " } else { "" },
             )));
         }
         let bytes = &c.bytes(entry)[range];

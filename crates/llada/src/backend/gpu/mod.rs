@@ -303,10 +303,25 @@ impl Gpu {
                     "a {rows} x {cols} q8_0 matrix has the wrong number of blocks"
                 ))),
             },
-            other => Err(Error::Device(format!(
+            // A GGUF file's other blocks (q4_0, q5_k, q6_k, ...): re-blocked as q8_0, which
+            // the GPU multiplies (8.5 bits per weight; q8_0's rounding of the stored values).
+            Some((dtype, bytes)) => {
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    &bytes,
+                    vec![rows, cols],
+                    &candle_core::Device::Cpu,
+                )?;
+                let values = q
+                    .dequantize(&candle_core::Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                q8(&Q8Matrix::quantize(&values, rows, cols))
+            }
+            None => Err(Error::Device(format!(
                 "{} weights do not run on the GPU backend (it multiplies f32, bf16, q8_0 and \
                  q4k): use --device cpu",
-                other.map_or_else(|| w.kind(), |(d, _)| format!("{d:?}"))
+                w.kind()
             ))),
         }
     }
