@@ -212,6 +212,16 @@ if llada22.is_dir():
         f = llada22 / f"{name}.txt"
         if f.exists():
             L += [f"`scripts/llada2_2-bench.sh`, `docs/llada2_2/{f.name}`:", "", "```", f.read_text().rstrip(), "```", ""]
+# GGUF files: scripts/gguf-bench.sh's output in docs/gguf/, after its reading.
+gguf_dir = pathlib.Path("docs/gguf")
+if gguf_dir.is_dir():
+    L += ["## GGUF files", ""]
+    reading = gguf_dir / "reading.md"
+    if reading.exists():
+        L += [reading.read_text().rstrip(), ""]
+    f = gguf_dir / "load.txt"
+    if f.exists():
+        L += ["`scripts/gguf-bench.sh`, `docs/gguf/load.txt`:", "", "```", f.read_text().rstrip(), "```", ""]
 pathlib.Path("docs/performance.md").write_text("\n".join(L) + "\n")
 print("\n".join(L))
 PY

@@ -393,6 +393,22 @@ pub fn load_gguf_on(
     )
 }
 
+/// A random model's special ids: LLaDA2's where the vocabulary has them, else its last
+/// two ids.
+fn synthetic_generation(config: &Llada2Config) -> GenerationConfig {
+    let vocab = config.vocab_size as u32;
+    let (mask, eos) = if config::DEFAULT_MASK_ID < vocab {
+        (config::DEFAULT_MASK_ID, config::DEFAULT_EOS_ID)
+    } else {
+        (vocab.saturating_sub(1), vocab.saturating_sub(2))
+    };
+    GenerationConfig {
+        eos_token_id: Some(serde_json::json!(eos)),
+        mask_token_id: Some(mask),
+        ..Default::default()
+    }
+}
+
 /// Where [`write_gguf`] takes a model from.
 #[derive(Debug, Clone, Copy)]
 pub enum ModelSource<'a> {
@@ -453,12 +469,8 @@ pub fn write_gguf(
         ModelSource::Synthetic { name, layers, seed } => {
             let origin = PathBuf::from(format!("synthetic:{name}"));
             let config = Llada2Config::from_json(crate::synthetic::preset(name, layers)?, &origin)?;
-            (
-                config,
-                GenerationConfig::default(),
-                Origin::Synthetic { seed },
-                None,
-            )
+            let generation = synthetic_generation(&config);
+            (config, generation, Origin::Synthetic { seed }, None)
         }
     };
     let (source, _) = origin.open()?;
@@ -565,18 +577,7 @@ pub fn load_synthetic_on(
 ) -> Result<LoadedModel> {
     let origin = PathBuf::from(format!("synthetic:{name}"));
     let config = Llada2Config::from_json(crate::synthetic::preset(name, layers)?, &origin)?;
-    // The LLaDA2 special ids where the vocabulary has them, else its last two ids.
-    let vocab = config.vocab_size as u32;
-    let generation = if config::DEFAULT_MASK_ID < vocab {
-        Default::default()
-    } else {
-        GenerationConfig {
-            eos_token_id: Some(serde_json::json!(vocab.saturating_sub(2))),
-            pad_token_id: None,
-            mask_token_id: Some(vocab.saturating_sub(1)),
-            ..Default::default()
-        }
-    };
+    let generation = synthetic_generation(&config);
     let files = ModelFiles {
         dir: origin,
         config,

@@ -355,20 +355,29 @@ fn broken_files_are_refused_naming_the_file_and_the_item() {
     shape[at + 4..at + 12].copy_from_slice(&128u64.to_le_bytes());
     shape[at + 12..at + 20].copy_from_slice(&64u64.to_le_bytes());
     let err = load_error(&write("shape.gguf", &shape));
-    assert!(err.contains("blk.1.attn_qkv.weight") && err.contains("shape"), "{err}");
+    assert!(
+        err.contains("blk.1.attn_qkv.weight") && err.contains("shape"),
+        "{err}"
+    );
     // Data that does not follow the previous tensor's (overlapping or misaligned).
     let mut offset = good.clone();
     let at = table_entry(&offset, "blk.1.attn_qkv.weight") + 4 + 2 * 8 + 4;
     let was = u64::from_le_bytes(offset[at..at + 8].try_into().unwrap());
     offset[at..at + 8].copy_from_slice(&(was + 1).to_le_bytes());
     let err = load_error(&write("offset.gguf", &offset));
-    assert!(err.contains("blk.1.attn_qkv.weight") && err.contains("offset"), "{err}");
+    assert!(
+        err.contains("blk.1.attn_qkv.weight") && err.contains("offset"),
+        "{err}"
+    );
     // A tensor the keys do not describe (and so one they do, missing).
     let mut stray = good.clone();
     let at = table_entry(&stray, "blk.2.attn_q_norm.weight") - "q_norm.weight".len();
     stray[at..at + 1].copy_from_slice(b"x");
     let err = load_error(&write("stray.gguf", &stray));
-    assert!(err.contains("blk.2.attn_q_norm.weight") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("blk.2.attn_q_norm.weight") && err.contains("missing"),
+        "{err}"
+    );
     // A file for a next-token model.
     let mut shifted = good.clone();
     let at = table_entry(&shifted, "diffusion.shift_logits") + 4;
@@ -381,7 +390,19 @@ fn broken_files_are_refused_naming_the_file_and_the_item() {
     let at = table_entry(&layers, "llada2.block_count") + 4;
     layers[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     let err = load_error(&write("layers.gguf", &layers));
-    assert!(err.contains("block_count") && err.contains("blk.3.attn_qkv.weight"), "{err}");
+    assert!(
+        err.contains("block_count") && err.contains("blk.3.attn_qkv.weight"),
+        "{err}"
+    );
+    // An expert count the stacked tensors do not have.
+    let mut experts = good.clone();
+    let at = table_entry(&experts, "llada2.expert_count") + 4;
+    experts[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = load_error(&write("experts.gguf", &experts));
+    assert!(
+        err.contains("expert_count") && err.contains("ffn_up_exps"),
+        "{err}"
+    );
     // A tensor type llada cannot read.
     let mut kind = good.clone();
     let at = table_entry(&kind, "blk.0.attn_qkv.weight") + 4 + 2 * 8;

@@ -315,6 +315,18 @@ pub fn config<'a>(
     let first_moe = (dense_layers < layers).then_some(dense_layers);
     let mut moe = serde_json::Map::new();
     if let (Some(e), Some(first)) = (experts, first_moe) {
+        // Against the stacked tensor before anything is sized by the key.
+        let stacked = format!("blk.{first}.ffn_up_exps.weight");
+        match tensor(&stacked) {
+            Some(t) if t.ne.len() == 3 && t.ne[2] == e => {}
+            Some(t) => {
+                return Err(c.error(format!(
+                    "{ARCH}.expert_count is {e}, but {stacked} has shape {:?} (GGUF order, experts last)",
+                    t.ne
+                )))
+            }
+            None => return Err(c.error(format!("tensor {stacked} is missing"))),
+        }
         let moe_ff = k.uint("expert_feed_forward_length")?;
         let shared_count = k.uint_opt("expert_shared_count")?.unwrap_or(0);
         // The shared tensors' width is authoritative (README: llama.cpp's loader
