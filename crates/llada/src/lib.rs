@@ -1,7 +1,7 @@
 //! llada: an engine for LLaDA2-style block-diffusion language models.
 //!
-//! A model folder in Hugging Face layout is opened with [`load_model`] (or a model held
-//! in memory with [`load_embedded`]); [`generate`] runs the reference block-diffusion
+//! A model folder in Hugging Face layout or a GGUF file (llama.cpp's `llada2` layout) is
+//! opened with [`load_model`] (or a model held in memory with [`load_embedded`]); [`generate`] runs the reference block-diffusion
 //! decoding with a KV cache of finished blocks. `examples/generate.rs` shows the whole
 //! path from a folder and a text prompt to a streamed answer; `docs/architecture.md`
 //! how the parts fit.
@@ -13,8 +13,9 @@
 //!   auto). A [`LoadedModel`] holds its [`ModelFiles`] ([`Llada2Config`],
 //!   [`GenerationConfig`]), the [`Model`] on its device,
 //!   [`Tokenizer`] and [`Weights`] ([`WeightFormat`], [`Quant`]). [`hub`] finds models in
-//!   the Hugging Face cache and downloads them; [`quantize_checkpoint`] writes a q8_0/q4k
-//!   GGUF copy; [`files`] writes files atomically.
+//!   the Hugging Face cache and downloads them; [`mod@gguf`] reads and writes GGUF files
+//!   ([`write_gguf`] from a [`ModelSource`], [`quantize_checkpoint`] a folder);
+//!   [`files`] writes files atomically.
 //! - Decoding: [`GenerateParams`] (set from [`DecodeSettings`], the settings flags, chat
 //!   commands and requests give), then [`generate`] / [`generate_observed`] (an
 //!   [`Observer`] sees commits and steps), or [`Generation`] with [`step_batch`] /
