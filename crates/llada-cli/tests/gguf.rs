@@ -77,38 +77,28 @@ fn a_gguf_file_generates_chats_and_benches_like_its_folder() {
 fn a_missing_or_foreign_gguf_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.gguf");
-    let out = llada(
-        &[
-            "generate",
-            "--model",
-            missing.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ],
-        &[],
-        None,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("no such GGUF file"),
-        "{err}"
-    );
+    let refused = |model: &std::path::Path| {
+        let out = llada(
+            &[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt",
+                "hi",
+            ],
+            &[],
+            None,
+        );
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&missing);
+    assert!(err.contains("no such GGUF file"), "{err}");
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00").unwrap();
-    let out = llada(
-        &[
-            "generate",
-            "--model",
-            junk.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ],
-        &[],
-        None,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&junk);
     assert!(
-        !out.status.success() && err.contains("junk.gguf") && err.contains("truncated"),
+        err.contains("junk.gguf") && err.contains("truncated"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");

@@ -63,6 +63,29 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .unwrap()
 }
 
+/// Max and mean |logit difference| of two models on the golden forward cases, and the
+/// share of positions whose argmax agrees.
+pub fn logits_distance(a: &LoadedModel, b: &LoadedModel) -> (f32, f32, f32) {
+    let (mut max, mut sum, mut n) = (0f32, 0f32, 0usize);
+    let (mut same_top1, mut positions) = (0usize, 0usize);
+    for case in golden()["forward"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        let block = case["block_length"].as_u64().unwrap() as usize;
+        let x = a.model.forward_full(&ids, block).unwrap();
+        let y = b.model.forward_full(&ids, block).unwrap();
+        let ax = x.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        let ay = y.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        same_top1 += ax.iter().zip(&ay).filter(|(p, q)| p == q).count();
+        positions += ax.len();
+        let d = (x - y).unwrap().abs().unwrap().flatten_all().unwrap();
+        let d = d.to_vec1::<f32>().unwrap();
+        max = d.iter().copied().fold(max, f32::max);
+        sum += d.iter().sum::<f32>();
+        n += d.len();
+    }
+    (max, sum / n as f32, same_top1 as f32 / positions as f32)
+}
+
 pub fn golden() -> serde_json::Value {
     golden_in(&fixture_dir())
 }

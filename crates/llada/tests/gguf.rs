@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use llada_testing as common;
 
-use common::{fixture_dir, generate_cases, golden, max_abs_diff};
+use common::{fixture_dir, generate_cases, logits_distance, max_abs_diff};
 use llada::{generate, load_model, load_model_with, LoadedModel, ModelSource, Quant};
 
 fn gguf_file(name: &str) -> PathBuf {
@@ -38,28 +38,6 @@ fn golden_generations(m: &LoadedModel) -> usize {
         .count()
 }
 
-/// Mean |logit difference| and argmax agreement between two models on the golden
-/// forward cases.
-fn distance(a: &LoadedModel, b: &LoadedModel) -> (f32, f32, f32) {
-    let (mut max, mut sum, mut n, mut same, mut rows) = (0f32, 0f32, 0usize, 0usize, 0usize);
-    for case in golden()["forward"].as_array().unwrap() {
-        let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
-        let block = case["block_length"].as_u64().unwrap() as usize;
-        let x = a.model.forward_full(&ids, block).unwrap();
-        let y = b.model.forward_full(&ids, block).unwrap();
-        let ax = x.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-        let ay = y.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-        same += ax.iter().zip(&ay).filter(|(p, q)| p == q).count();
-        rows += ax.len();
-        let d = (x - y).unwrap().abs().unwrap().flatten_all().unwrap();
-        let d = d.to_vec1::<f32>().unwrap();
-        max = d.iter().copied().fold(max, f32::max);
-        sum += d.iter().sum::<f32>();
-        n += d.len();
-    }
-    (max, sum / n as f32, same as f32 / rows as f32)
-}
-
 /// A folder holding the golden model's weights as `value` maps them (f32), and its config.
 fn folder_with(dir: &Path, value: impl Fn(&str, &[f32], &[usize]) -> Vec<f32>) -> PathBuf {
     let src = fixture_dir();
@@ -88,7 +66,7 @@ fn published_layout_files_answer_as_the_reference() {
     let f32_file = load_model(&gguf_file("model-f32.gguf")).unwrap();
     assert_eq!(f32_file.model.config().num_hidden_layers, 3);
     assert_eq!(f32_file.model.config().rope_dim(), 8);
-    let (max, _, _) = distance(&reference, &f32_file);
+    let (max, _, _) = logits_distance(&reference, &f32_file);
     assert!(max < 1e-4, "the same weights give the same logits ({max})");
     assert_eq!(
         golden_generations(&f32_file),
@@ -110,9 +88,9 @@ fn published_layout_files_answer_as_the_reference() {
     });
     let rounded = load_model(&rounded).unwrap();
     let bf16_file = load_model(&gguf_file("model-bf16.gguf")).unwrap();
-    let (max, _, _) = distance(&rounded, &bf16_file);
+    let (max, _, _) = logits_distance(&rounded, &bf16_file);
     assert_eq!(max, 0.0, "the bf16 file is the weights rounded to bf16");
-    let (max, mean, top1) = distance(&reference, &bf16_file);
+    let (max, mean, top1) = logits_distance(&reference, &bf16_file);
     let gens = golden_generations(&bf16_file);
     println!(
         "model-bf16.gguf vs the reference: logits max |diff| {max:.4}, mean {mean:.5}, argmax agreement {:.1}%, golden generations {gens}/8",
@@ -173,7 +151,7 @@ fn q4_0_block(b: &[u8]) -> Vec<f32> {
 fn quantized_layout_files_run_their_blocks_as_ggml_does() {
     let reference = load_model(&fixture_dir()).unwrap();
     let own_q8 = load_model_with(&fixture_dir(), Some(Quant::Q8_0)).unwrap();
-    let (_, own_mean, own_top1) = distance(&reference, &own_q8);
+    let (_, own_mean, own_top1) = logits_distance(&reference, &own_q8);
     let dir = tempfile::tempdir().unwrap();
     for (name, bytes, block) in [
         ("model-q8_0.gguf", 34, q8_0_block as fn(&[u8]) -> Vec<f32>),
@@ -184,8 +162,8 @@ fn quantized_layout_files_run_their_blocks_as_ggml_does() {
         let plain = load_model(&dequantized_folder(&sub, &gguf_file(name), bytes, block)).unwrap();
         let m = load_model(&gguf_file(name)).unwrap();
         assert!(m.weights.to_string().contains("GGUF"), "{}", m.weights);
-        let (_, kernel_mean, kernel_top1) = distance(&plain, &m);
-        let (_, mean, top1) = distance(&reference, &m);
+        let (_, kernel_mean, kernel_top1) = logits_distance(&plain, &m);
+        let (_, mean, top1) = logits_distance(&reference, &m);
         println!(
             "{name}: vs its own weights in f32: mean |diff| {kernel_mean:.5}, argmax agreement {:.1}% \
              (activations in q8_0, as ggml runs them); vs the reference: mean {mean:.5}, {:.1}% \
@@ -516,7 +494,7 @@ fn folders_written_by_older_llada_still_load() {
     }
     let m = load_model(dir.path()).unwrap();
     assert_eq!(m.weights.to_string(), "q8_0 GGUF");
-    let (_, mean, top1) = distance(&load_model(&src).unwrap(), &m);
+    let (_, mean, top1) = logits_distance(&load_model(&src).unwrap(), &m);
     assert!(
         mean < 0.15 && top1 > 0.9,
         "mean {mean}, argmax agreement {top1}"

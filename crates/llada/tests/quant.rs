@@ -5,36 +5,8 @@
 
 use llada_testing as common;
 
-use common::{fixture_dir, generate_cases, golden, max_abs_diff};
+use common::{fixture_dir, generate_cases, logits_distance, max_abs_diff};
 use llada::{generate, load_model, load_model_with, LoadedModel, Quant};
-
-/// Max and mean |logit difference| and the share of positions whose argmax agrees.
-fn logits_distance(a: &LoadedModel, b: &LoadedModel) -> (f32, f32, f32) {
-    let (mut max, mut sum, mut n) = (0f32, 0f32, 0usize);
-    let (mut same_top1, mut positions) = (0usize, 0usize);
-    for case in golden()["forward"].as_array().unwrap() {
-        let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
-        let block = case["block_length"].as_u64().unwrap() as usize;
-        let x = a.model.forward_full(&ids, block).unwrap();
-        let y = b.model.forward_full(&ids, block).unwrap();
-        let ax = x.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-        let ay = y.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-        same_top1 += ax.iter().zip(&ay).filter(|(p, q)| p == q).count();
-        positions += ax.len();
-        let d = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        max = d.iter().copied().fold(max, f32::max);
-        sum += d.iter().sum::<f32>();
-        n += d.len();
-    }
-    (max, sum / n as f32, same_top1 as f32 / positions as f32)
-}
 
 /// How many golden generate cases give exactly the reference ids.
 fn golden_agreement(m: &LoadedModel) -> (usize, usize) {
