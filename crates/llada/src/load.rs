@@ -374,7 +374,7 @@ pub fn load_gguf_on(
             ..Default::default()
         },
     };
-    let tokenizer = crate::tokenizer::gguf::from_metadata(meta, path)?;
+    let tokenizer = crate::tokenizer::gguf::from_metadata(meta, files.config.vocab_size, path)?;
     if files.generation.mask_token_id.is_none()
         && tokenizer.as_ref().and_then(Tokenizer::mask_id).is_none()
     {

@@ -276,10 +276,16 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     }
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
-        Some(Value::U32(a)) if a.is_power_of_two() => *a as u64,
+        Some(Value::U32(a)) if a.is_power_of_two() && *a <= 1 << 16 => *a as u64,
+        Some(Value::U32(a)) => {
+            return Err(c.corrupt(format!(
+                "general.alignment is {a}, not a power of two up to 65536"
+            )))
+        }
         Some(other) => {
             return Err(c.corrupt(format!(
-                "general.alignment is {other:?}, not a power of two"
+                "general.alignment should be a u32, found {:?}",
+                other.value_type()
             )))
         }
     };

@@ -283,14 +283,20 @@ pub fn config<'a>(
              attention.head_count {heads}: the rotary width must be at most the head width"
         )));
     }
-    if matches!(
-        c.metadata.get("diffusion.shift_logits"),
-        Some(Value::Bool(true))
-    ) {
-        return Err(c.error(
-            "diffusion.shift_logits is true: LLaDA2's logits at position i predict token i \
-             (false); this file is for a model that predicts the next token",
-        ));
+    match c.metadata.get("diffusion.shift_logits") {
+        None | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            return Err(c.error(
+                "diffusion.shift_logits is true: LLaDA2's logits at position i predict token i \
+                 (false); this file is for a model that predicts the next token",
+            ))
+        }
+        Some(other) => {
+            return Err(c.error(format!(
+                "diffusion.shift_logits should be a bool, found {:?}",
+                other.value_type()
+            )))
+        }
     }
     let vocab = match k.uint_opt("vocab_size")? {
         Some(v) => v,
@@ -397,7 +403,9 @@ pub fn config<'a>(
         moe.insert("num_experts".into(), serde_json::Value::Null);
     }
     let dense_ff = k.uint_opt("feed_forward_length")?;
-    let q_norm = tensor("blk.0.attn_q_norm.weight").is_some();
+    // Either norm present says the model has them (a missing one is then named).
+    let q_norm = tensor("blk.0.attn_q_norm.weight").is_some()
+        || tensor("blk.0.attn_k_norm.weight").is_some();
     let qkv_bias = tensor("blk.0.attn_qkv.bias").is_some();
     let out_bias = tensor("blk.0.attn_output.bias").is_some();
     let tied = tensor("output.weight").is_none();

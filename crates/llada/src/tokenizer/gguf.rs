@@ -72,7 +72,14 @@ fn id(meta: &BTreeMap<String, Value>, key: &str) -> Option<u32> {
 
 /// The tokenizer in `meta` (`None` when the file says it has none: `tokenizer.ggml.model`
 /// absent or `none`). `path` names the file in errors.
-pub fn from_metadata(meta: &BTreeMap<String, Value>, path: &Path) -> Result<Option<Tokenizer>> {
+/// The tokens must be one per row of the model's embeddings (`vocab_size`), and each
+/// special id and the template well-formed: a file's mistake is named by its key here,
+/// not later as a flag the user never passed.
+pub fn from_metadata(
+    meta: &BTreeMap<String, Value>,
+    vocab_size: usize,
+    path: &Path,
+) -> Result<Option<Tokenizer>> {
     let bad = |message: String| Error::Tokenizer {
         path: path.to_path_buf(),
         message,
@@ -93,6 +100,41 @@ pub fn from_metadata(meta: &BTreeMap<String, Value>, path: &Path) -> Result<Opti
     }
     let tokens = strings(meta, "tokenizer.ggml.tokens")
         .ok_or_else(|| bad("tokenizer.ggml.tokens is missing or not a list of strings".into()))?;
+    if tokens.len() != vocab_size {
+        return Err(bad(format!(
+            "tokenizer.ggml.tokens holds {} tokens, the model's embeddings {vocab_size} rows",
+            tokens.len()
+        )));
+    }
+    for key in [
+        "eos_token_id",
+        "bos_token_id",
+        "padding_token_id",
+        "mask_token_id",
+    ] {
+        let key = format!("tokenizer.ggml.{key}");
+        match meta.get(&key) {
+            None => {}
+            Some(_) if id(meta, &key).is_some_and(|i| (i as usize) < tokens.len()) => {}
+            Some(v) => {
+                return Err(bad(format!(
+                    "{key} is {v:?}, not a token id below {}",
+                    tokens.len()
+                )))
+            }
+        }
+    }
+    match (
+        id(meta, "tokenizer.ggml.mask_token_id"),
+        id(meta, "tokenizer.ggml.eos_token_id"),
+    ) {
+        (Some(m), Some(e)) if m == e => {
+            return Err(bad(format!(
+                "tokenizer.ggml.mask_token_id and eos_token_id are both {m}"
+            )))
+        }
+        _ => {}
+    }
     let merges = strings(meta, "tokenizer.ggml.merges")
         .ok_or_else(|| bad("tokenizer.ggml.merges is missing or not a list of strings".into()))?;
     let types: Vec<i32> = match meta.get("tokenizer.ggml.token_type") {
@@ -158,8 +200,17 @@ pub fn from_metadata(meta: &BTreeMap<String, Value>, path: &Path) -> Result<Opti
     if let Some(t) = token_text("tokenizer.ggml.bos_token_id") {
         config.insert("bos_token".into(), json!(t));
     }
-    if let Some(Value::String(t)) = meta.get("tokenizer.chat_template") {
-        config.insert("chat_template".into(), json!(t));
+    match meta.get("tokenizer.chat_template") {
+        None => {}
+        Some(Value::String(t)) => {
+            config.insert("chat_template".into(), json!(t));
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "tokenizer.chat_template should be a string, found {:?}",
+                other.value_type()
+            )))
+        }
     }
     Tokenizer::from_parts(
         &document.to_string(),
@@ -168,6 +219,18 @@ pub fn from_metadata(meta: &BTreeMap<String, Value>, path: &Path) -> Result<Opti
         path,
     )
     .map(Some)
+    // from_parts names a folder's tokenizer.json or tokenizer_config.json: here the
+    // tokenizer is the file's tokenizer.* keys.
+    .map_err(|e| {
+        let message = match e {
+            Error::Tokenizer { message, .. } => message,
+            Error::ChatTemplate { message, .. } => format!("tokenizer.chat_template: {message}"),
+            other => other.to_string(),
+        };
+        bad(format!(
+            "the tokenizer in its tokenizer.ggml.* keys: {message}"
+        ))
+    })
 }
 
 /// `tokenizer.ggml.*` and `tokenizer.chat_template` for the tokenizer of a model folder
@@ -301,4 +364,71 @@ pub fn to_metadata(
         Value::String(tokenizer.chat_template().source().to_string()),
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A two-letter byte-level BPE in GGUF metadata, with `extra` keys on top.
+    fn meta(extra: &[(&str, Value)]) -> BTreeMap<String, Value> {
+        let s = |v: &[&str]| Value::Array(v.iter().map(|t| Value::String(t.to_string())).collect());
+        let mut m = BTreeMap::from([
+            (
+                "tokenizer.ggml.model".to_string(),
+                Value::String("gpt2".into()),
+            ),
+            (
+                "tokenizer.ggml.pre".to_string(),
+                Value::String("gpt-2".into()),
+            ),
+            (
+                "tokenizer.ggml.tokens".to_string(),
+                s(&["a", "b", "ab", "<|mask|>"]),
+            ),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                Value::Array([1, 1, 1, 3].into_iter().map(Value::I32).collect()),
+            ),
+            ("tokenizer.ggml.merges".to_string(), s(&["a b"])),
+        ]);
+        for (k, v) in extra {
+            m.insert(k.to_string(), v.clone());
+        }
+        m
+    }
+
+    fn error(m: &BTreeMap<String, Value>, vocab: usize) -> String {
+        match from_metadata(m, vocab, Path::new("x.gguf")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn a_metadata_tokenizer_encodes_and_its_mistakes_are_named_by_key() {
+        let t = from_metadata(&meta(&[]), 4, Path::new("x.gguf"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.encode("ab<|mask|>a").unwrap(), vec![2, 3, 0]);
+        assert_eq!(t.mask_id(), Some(3));
+        assert!(error(&meta(&[]), 5).contains("tokenizer.ggml.tokens holds 4 tokens"));
+        let eos = ("tokenizer.ggml.eos_token_id", Value::U32(9));
+        assert!(error(&meta(&[eos]), 4).contains("tokenizer.ggml.eos_token_id"));
+        let same = [
+            ("tokenizer.ggml.eos_token_id", Value::U32(3)),
+            ("tokenizer.ggml.mask_token_id", Value::U32(3)),
+        ];
+        assert!(error(&meta(&same), 4).contains("both 3"));
+        let template = ("tokenizer.chat_template", Value::U32(1));
+        assert!(error(&meta(&[template]), 4).contains("tokenizer.chat_template"));
+        let pre = ("tokenizer.ggml.pre", Value::String("qwen2".into()));
+        assert!(error(&meta(&[pre]), 4).contains("\"qwen2\""));
+        let merges = (
+            "tokenizer.ggml.merges",
+            Value::Array(vec![Value::String("a zz".into())]),
+        );
+        let e = error(&meta(&[merges]), 4);
+        assert!(e.contains("x.gguf") && e.contains("tokenizer.ggml"), "{e}");
+    }
 }
