@@ -1,5 +1,6 @@
-//! `llada serve` over real sockets: the official OpenAI Python client and a load test
-//! (scripts/load_test.py: 32 clients, random disconnects) against the default model.
+//! `llada serve` over real sockets: the official OpenAI and Ollama Python clients and a
+//! load test (scripts/load_test.py: 32 clients, random disconnects) against the default
+//! model.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -60,19 +61,30 @@ fn python(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// Runs `tests/python/{script}` against a fresh server at its URL plus `path`; the
+/// script prints "ok" last. Without its Python package it fails (ImportError), never
+/// skips.
+fn client_check(script: &str, path: &str) {
+    let server = Server::start(&[]);
+    let script = repo().join("crates/llada-cli/tests/python").join(script);
+    let url = format!("{}{path}", server.url);
+    let out = python(&[script.to_str().unwrap(), &url, KEY]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "{script:?} failed:\n{stdout}");
+    assert!(stdout.trim_end().ends_with("ok"));
+}
+
 #[test]
 #[ignore = "needs Python with the openai package; .ci/run runs it with --include-ignored"]
 fn the_openai_python_client_works_against_the_server() {
-    let server = Server::start(&[]);
-    let script = repo().join("crates/llada-cli/tests/python/openai_client.py");
-    let out = python(&[script.to_str().unwrap(), &format!("{}/v1", server.url), KEY]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "openai client check failed:\n{stdout}"
-    );
-    assert!(stdout.trim_end().ends_with("ok"));
+    client_check("openai_client.py", "/v1");
+}
+
+#[test]
+#[ignore = "needs Python with the ollama package; .ci/run runs it with --include-ignored"]
+fn the_ollama_python_client_works_against_the_server() {
+    client_check("ollama_client.py", "");
 }
 
 #[test]

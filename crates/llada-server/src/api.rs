@@ -32,6 +32,11 @@ pub struct CommonParams {
     pub top_logprobs: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
+    /// The request field that sets the answer's length, as errors name it (`None`:
+    /// `max_tokens` or `max_completion_tokens`, whichever was given). Ollama's routes
+    /// fill these params from `options.num_predict`.
+    #[serde(skip)]
+    pub length_name: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -187,11 +192,13 @@ pub struct Limits {
 }
 
 /// Whether an optional setting is present with a value that asks for something.
-fn is_set(v: &Option<serde_json::Value>) -> bool {
+pub(crate) fn is_set(v: &Option<serde_json::Value>) -> bool {
     match v {
         None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
         Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
         Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::String(s)) => !s.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
         Some(_) => true,
     }
 }
@@ -297,10 +304,10 @@ impl CommonParams {
             .map_err(|e| ApiError::from_engine(e, "max_tokens"))?;
 
         let asked = self.max_completion_tokens.or(self.max_tokens);
-        let field = if self.max_completion_tokens.is_some() {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
+        let field = match self.length_name {
+            Some(name) => name,
+            None if self.max_completion_tokens.is_some() => "max_completion_tokens",
+            None => "max_tokens",
         };
         p.gen_length = match asked {
             Some(n) => n as usize,

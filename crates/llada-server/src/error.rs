@@ -1,5 +1,6 @@
 //! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the
-//! matching HTTP status, so SDKs raise their usual exception types.
+//! matching HTTP status, so SDKs raise their usual exception types. Ollama's paths
+//! rewrite the same errors as `{"error": "message"}` (`ollama::error_shape`).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +35,12 @@ impl ApiError {
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
+        self
+    }
+
+    /// The same error in other words (another API's wording of it).
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
         self
     }
 
@@ -138,6 +145,8 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The OpenAI-shaped body; the error itself rides along in the response's extensions
+    /// so that a layer can write it in another API's shape (Ollama's paths).
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
@@ -145,6 +154,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        response.extensions_mut().insert(self);
         response
     }
 }

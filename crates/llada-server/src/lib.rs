@@ -1,11 +1,14 @@
-//! llada-server: an OpenAI-compatible HTTP API over the llada engine, with a scheduler
-//! that decodes all active requests' blocks in one batched forward pass per step.
+//! llada-server: HTTP APIs over the llada engine, OpenAI's ([`routes`]) and Ollama's
+//! ([`ollama`]), with a scheduler that decodes all active requests' blocks in one
+//! batched forward pass per step. Both APIs read a request into the same settings
+//! ([`api::CommonParams`]) and share the scheduler, limits, timeouts and API key.
 //!
 //! [`router`] builds the axum app for a loaded model; [`serve`] runs it on a listener.
 
 pub mod api;
 pub mod error;
 pub mod metrics;
+pub mod ollama;
 pub mod routes;
 pub mod scheduler;
 mod serve;
@@ -104,6 +107,8 @@ pub struct AppState {
     pub fingerprint: String,
     /// The vocabulary's longest token in bytes (for the early length check).
     pub longest_token_bytes: usize,
+    /// What Ollama's model endpoints report (sizes and times of the weight files).
+    pub card: ollama::Card,
 }
 
 impl AppState {
@@ -153,6 +158,7 @@ impl AppState {
             },
             fingerprint: format!("llada-{}", env!("CARGO_PKG_VERSION")),
             longest_token_bytes,
+            card: ollama::Card::of(&model),
             started: routes::unix_now(),
             config,
             model,
@@ -162,8 +168,9 @@ impl AppState {
     }
 }
 
-/// The HTTP app: OpenAI endpoints, health and metrics, auth, limits, CORS, JSON errors,
-/// metrics and an access log line for every request.
+/// The HTTP app: OpenAI and Ollama endpoints, health and metrics, auth, limits, CORS,
+/// JSON errors (in Ollama's shape on its paths), metrics and an access log line for
+/// every request.
 pub fn router(state: Arc<AppState>) -> Result<Router, ServerError> {
     let cors = cors_layer(&state.config.cors_origins)?;
     let mut app = Router::new()
@@ -173,6 +180,13 @@ pub fn router(state: Arc<AppState>) -> Result<Router, ServerError> {
         .route("/v1/models/{id}", get(routes::model))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
+        .route("/", get(ollama::root))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -183,6 +197,9 @@ pub fn router(state: Arc<AppState>) -> Result<Router, ServerError> {
             routes::authorize,
         ))
         .route_layer(axum::middleware::from_fn(routes::label))
+        // Around everything but `track`, so that errors from routing and authorization
+        // get Ollama's shape too.
+        .layer(axum::middleware::from_fn(ollama::error_shape))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::track,

@@ -1,4 +1,7 @@
-//! The HTTP endpoints.
+//! The HTTP endpoints of OpenAI's API and the server's own (health, metrics), the
+//! middleware every route shares, and what every API's handlers share: reading a body,
+//! tokenizing a prompt off the async threads, queueing it (`AppState::submit`) and
+//! reading its answer back ([`Run`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream;
+use futures_util::{stream, Stream, StreamExt};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -20,11 +23,11 @@ use llada::Generation;
 
 use crate::api::{
     field_errors, ChatRequest, CommonParams, CompletionRequest, FinishReason, ModelCard, ModelList,
-    Prompt,
+    Prompt, Usage,
 };
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
-use crate::scheduler::{Event, Job, SubmitError};
+use crate::scheduler::{Event, Job, SubmitError, Timing};
 use crate::AppState;
 
 /// A JSON object body, read without regard to its content type (curl's `-d` sends a
@@ -89,9 +92,11 @@ pub async fn label(req: Request, next: Next) -> Response {
 }
 
 /// Rejects requests without the configured bearer token (constant-time comparison).
+/// Health probes stay open: `/health`, and `/`, where Ollama's clients look for a
+/// server ("Ollama is running").
 pub async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.config.api_key {
-        if req.uri().path() != "/health" {
+        if !matches!(req.uri().path(), "/health" | "/") {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -211,16 +216,7 @@ pub async fn chat_completions(
         .enumerate()
         .map(|(i, m)| m.to_engine(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let text_bytes = messages.iter().map(|m| m.content.len()).sum();
-    state.check_length(text_bytes, "messages")?;
-    let prompt = state
-        .off_async(move |state| {
-            let specials = state.config.content_special_tokens;
-            state
-                .tokenizer()
-                .encode_chat_with(&messages, true, specials)
-        })
-        .await?;
+    let prompt = state.encode_chat(messages).await?;
     respond(state, prompt, &common, Format::Chat).await
 }
 
@@ -247,13 +243,7 @@ pub async fn completions(
         }
         Prompt::Texts(_) | Prompt::IdLists(_) => return Err(one()),
     };
-    state.check_length(text.len(), "prompt")?;
-    let prompt = state
-        .off_async(move |state| state.tokenizer().encode(&text))
-        .await?;
-    if prompt.is_empty() {
-        return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
-    }
+    let prompt = state.encode_text(text).await?;
     respond(state, prompt, &common, Format::Completion).await
 }
 
@@ -274,21 +264,72 @@ async fn respond(
 
 /// An accepted request: its id, creation time and event stream.
 pub struct Run {
-    id: String,
-    created: u64,
+    pub ticket: Ticket,
     events: UnboundedReceiver<Event>,
     deadline: Instant,
     timeout: Duration,
 }
 
+/// What names an accepted request in its responses.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// A whole answer.
+pub struct Answer {
+    pub text: String,
+    pub reason: FinishReason,
+    pub usage: Usage,
+    pub timing: Timing,
+}
+
 impl Run {
-    /// The next event, or a timeout error once the request's time is up (also when the
-    /// decoding loop itself is stuck).
-    async fn next(&mut self) -> Option<Event> {
+    /// The next event: a timeout error once the request's time is up (also when the
+    /// decoding loop itself is stuck), unavailable if the loop is gone.
+    async fn next(&mut self) -> Event {
         match tokio::time::timeout_at(self.deadline.into(), self.events.recv()).await {
-            Ok(event) => event,
-            Err(_) => Some(Event::Failed(ApiError::timeout(self.timeout.as_secs_f64()))),
+            Ok(Some(event)) => event,
+            Ok(None) => Event::Failed(ApiError::unavailable()),
+            Err(_) => Event::Failed(ApiError::timeout(self.timeout.as_secs_f64())),
         }
+    }
+
+    /// Waits for the whole answer.
+    pub async fn answer(mut self) -> Result<Answer, ApiError> {
+        let mut text = String::new();
+        loop {
+            match self.next().await {
+                Event::Text(piece) => text.push_str(&piece),
+                Event::Done {
+                    reason,
+                    usage,
+                    timing,
+                } => {
+                    return Ok(Answer {
+                        text,
+                        reason,
+                        usage,
+                        timing,
+                    })
+                }
+                Event::Failed(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The events as they come, ending with a `Done` or `Failed`: what every API's
+    /// stream writes in its own shape. A client that goes away drops the stream, which
+    /// the scheduler sees at its next step.
+    pub fn events(self) -> impl Stream<Item = Event> + Send + 'static {
+        stream::unfold(Some(self), |run| async move {
+            let mut run = run?;
+            let event = run.next().await;
+            let more = matches!(event, Event::Text(_));
+            Some((event, more.then_some(run)))
+        })
     }
 }
 
@@ -309,6 +350,35 @@ impl AppState {
             .with_code("context_length_exceeded"));
         }
         Ok(())
+    }
+
+    /// The chat prompt of `messages` (contents' special tokens read as the server is
+    /// configured), after the early length check.
+    pub(crate) async fn encode_chat(
+        self: &Arc<Self>,
+        messages: Vec<llada::Message>,
+    ) -> Result<Vec<u32>, ApiError> {
+        let text_bytes = messages.iter().map(|m| m.content.len()).sum();
+        self.check_length(text_bytes, "messages")?;
+        self.off_async(move |state| {
+            let specials = state.config.content_special_tokens;
+            state
+                .tokenizer()
+                .encode_chat_with(&messages, true, specials)
+        })
+        .await
+    }
+
+    /// A prompt as plain text (no template), after the early length check; never empty.
+    pub(crate) async fn encode_text(self: &Arc<Self>, text: String) -> Result<Vec<u32>, ApiError> {
+        self.check_length(text.len(), "prompt")?;
+        let prompt = self
+            .off_async(move |state| state.tokenizer().encode(&text))
+            .await?;
+        if prompt.is_empty() {
+            return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
+        }
+        Ok(prompt)
     }
 
     /// Runs tokenizer work (template rendering, tokenizing) on the blocking pool, so a
@@ -332,7 +402,7 @@ impl AppState {
         }
     }
 
-    fn tokenizer(&self) -> &llada::Tokenizer {
+    pub(crate) fn tokenizer(&self) -> &llada::Tokenizer {
         self.model
             .tokenizer
             .as_ref()
@@ -350,7 +420,7 @@ impl AppState {
     }
 
     /// Checks the request's settings against the model and queues it.
-    fn submit(&self, prompt: Vec<u32>, common: &CommonParams) -> Result<Run, ApiError> {
+    pub(crate) fn submit(&self, prompt: Vec<u32>, common: &CommonParams) -> Result<Run, ApiError> {
         let config = &self.model.files.config;
         let params = common.to_params(&self.defaults, config, &self.limits, prompt.len())?;
         let stop = common.stop_strings()?;
@@ -370,8 +440,10 @@ impl AppState {
         };
         match self.scheduler.submit(job) {
             Ok(()) => Ok(Run {
-                id: new_id(),
-                created: unix_now(),
+                ticket: Ticket {
+                    id: new_id(),
+                    created: unix_now(),
+                },
                 events: rx,
                 deadline,
                 timeout,
@@ -408,16 +480,16 @@ impl Format {
         }
     }
 
-    fn envelope(self, state: &AppState, run: &Run, stream: bool, choices: Value) -> Value {
+    fn envelope(self, state: &AppState, ticket: &Ticket, stream: bool, choices: Value) -> Value {
         let object = match (self, stream) {
             (Format::Chat, false) => "chat.completion",
             (Format::Chat, true) => "chat.completion.chunk",
             (Format::Completion, _) => "text_completion",
         };
         json!({
-            "id": self.id(&run.id),
+            "id": self.id(&ticket.id),
             "object": object,
-            "created": run.created,
+            "created": ticket.created,
             "model": state.config.model_id,
             "system_fingerprint": state.fingerprint,
             "choices": choices,
@@ -460,116 +532,59 @@ impl Format {
 /// Waits for the whole answer.
 async fn whole_response(
     state: Arc<AppState>,
-    mut run: Run,
+    run: Run,
     format: Format,
 ) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    loop {
-        match run.next().await {
-            Some(Event::Text(piece)) => text.push_str(&piece),
-            Some(Event::Done { reason, usage }) => {
-                let mut body = format.envelope(
-                    &state,
-                    &run,
-                    false,
-                    json!([format.choice(&text, Some(reason))]),
-                );
-                body["usage"] = json!(usage);
-                return Ok(Json(body).into_response());
-            }
-            Some(Event::Failed(e)) => return Err(e),
-            None => return Err(ApiError::unavailable()),
-        }
-    }
+    let ticket = run.ticket.clone();
+    let answer = run.answer().await?;
+    let choices = json!([format.choice(&answer.text, Some(answer.reason))]);
+    let mut body = format.envelope(&state, &ticket, false, choices);
+    body["usage"] = json!(answer.usage);
+    Ok(Json(body).into_response())
 }
 
-/// Server-sent events: a first chunk at once, then text as it becomes final, a last
-/// chunk with the finish reason, optionally a usage chunk, and `[DONE]`. If the client
-/// goes away the stream is dropped, which the scheduler sees at its next step.
+/// Server-sent events: a first chunk at once (chat), then text as it becomes final, a
+/// last chunk with the finish reason, optionally a usage chunk, and `[DONE]`.
 fn stream_response(
     state: Arc<AppState>,
     run: Run,
     format: Format,
     include_usage: bool,
 ) -> Response {
-    let mut pending: Vec<SseEvent> = Vec::new();
-    if let Format::Chat = format {
-        let first = format.envelope(
-            &state,
-            &run,
-            true,
-            json!([format.delta(Some(""), true, None)]),
-        );
-        pending.push(data(&first));
-    }
-    let init = SseState {
-        state,
-        run,
-        format,
-        include_usage,
-        pending: pending.into(),
-        done: false,
-    };
-    let events = stream::unfold(init, |mut s| async move {
-        loop {
-            if let Some(event) = s.pending.pop_front() {
-                return Some((Ok::<_, Infallible>(event), s));
-            }
-            if s.done {
-                return None;
-            }
-            let event = s.run.next().await;
-            s.render(event);
-        }
+    let ticket = run.ticket.clone();
+    let first = matches!(format, Format::Chat).then(|| {
+        let delta = json!([format.delta(Some(""), true, None)]);
+        data(&format.envelope(&state, &ticket, true, delta))
     });
+    let chunks = run.events().flat_map(move |event| {
+        let chunk = |choices: Value| format.envelope(&state, &ticket, true, choices);
+        let events = match event {
+            Event::Text(text) => {
+                vec![data(&chunk(json!([format.delta(
+                    Some(&text),
+                    false,
+                    None
+                )])))]
+            }
+            Event::Done { reason, usage, .. } => {
+                let last = json!([format.delta(None, false, Some(reason))]);
+                let mut events = vec![data(&chunk(last))];
+                if include_usage {
+                    let mut c = chunk(json!([]));
+                    c["usage"] = json!(usage);
+                    events.push(data(&c));
+                }
+                events.push(SseEvent::default().data("[DONE]"));
+                events
+            }
+            Event::Failed(e) => vec![data(&e.body()), SseEvent::default().data("[DONE]")],
+        };
+        stream::iter(events)
+    });
+    let events = stream::iter(first).chain(chunks).map(Ok::<_, Infallible>);
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
-}
-
-struct SseState {
-    state: Arc<AppState>,
-    run: Run,
-    format: Format,
-    include_usage: bool,
-    pending: std::collections::VecDeque<SseEvent>,
-    done: bool,
-}
-
-impl SseState {
-    fn render(&mut self, event: Option<Event>) {
-        let chunk = |s: &Self, choices: Value| s.format.envelope(&s.state, &s.run, true, choices);
-        match event {
-            Some(Event::Text(text)) => {
-                let c = chunk(self, json!([self.format.delta(Some(&text), false, None)]));
-                self.pending.push_back(data(&c));
-            }
-            Some(Event::Done { reason, usage }) => {
-                let c = chunk(self, json!([self.format.delta(None, false, Some(reason))]));
-                self.pending.push_back(data(&c));
-                if self.include_usage {
-                    let mut c = chunk(self, json!([]));
-                    c["usage"] = json!(usage);
-                    self.pending.push_back(data(&c));
-                }
-                self.end();
-            }
-            Some(Event::Failed(e)) => {
-                self.pending.push_back(data(&e.body()));
-                self.end();
-            }
-            None => {
-                self.pending
-                    .push_back(data(&ApiError::unavailable().body()));
-                self.end();
-            }
-        }
-    }
-
-    fn end(&mut self) {
-        self.pending.push_back(SseEvent::default().data("[DONE]"));
-        self.done = true;
-    }
 }
 
 fn data(value: &Value) -> SseEvent {

@@ -36,8 +36,24 @@ pub enum Event {
     Done {
         reason: FinishReason,
         usage: Usage,
+        timing: Timing,
     },
     Failed(ApiError),
+}
+
+/// When a finished request's work happened, for APIs that report durations (Ollama's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Queued.
+    pub received: Instant,
+    /// Joined the batch.
+    pub admitted: Instant,
+    /// Its first denoising pass ended: the prompt is in the cache (a prompt is committed
+    /// in that pass or in commit-only passes before it) and the answer's first block has
+    /// had a step, the diffusion counterpart of an autoregressive model's prompt
+    /// evaluation.
+    pub prefilled: Instant,
+    pub finished: Instant,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -145,6 +161,8 @@ struct Active<'t> {
     text: TextStream<'t>,
     stop: StopMatcher,
     first_text: bool,
+    admitted: Instant,
+    prefilled: Option<Instant>,
 }
 
 impl Worker {
@@ -201,6 +219,8 @@ impl Worker {
                 text: tokenizer.stream_decoder(true),
                 stop,
                 first_text: true,
+                admitted: Instant::now(),
+                prefilled: None,
             });
         }
         self.metrics.active.set(active.len() as i64);
@@ -272,10 +292,14 @@ impl Worker {
             self.metrics.sequence_forwards.inc_by(members as u64);
             self.metrics.batch_size.observe(members as f64);
         }
+        let now = Instant::now();
         let mut i = 0;
         active.retain_mut(|a| {
             let ids = std::mem::take(&mut commits[i]);
             i += 1;
+            if a.prefilled.is_none() && a.job.generation.stats().denoising_steps > 0 {
+                a.prefilled = Some(now);
+            }
             !self.emit(a, &ids)
         });
         self.metrics.refresh_tpf();
@@ -350,7 +374,18 @@ impl Worker {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
         });
-        let _ = a.job.events.send(Event::Done { reason, usage });
+        let finished = Instant::now();
+        let timing = Timing {
+            received: a.job.received,
+            admitted: a.admitted,
+            prefilled: a.prefilled.unwrap_or(finished),
+            finished,
+        };
+        let _ = a.job.events.send(Event::Done {
+            reason,
+            usage,
+            timing,
+        });
         true
     }
 
