@@ -377,7 +377,9 @@ pub fn load_gguf_on(
     let tokenizer = crate::tokenizer::gguf::from_metadata(meta, files.config.vocab_size, path)?;
     if files.generation.mask_token_id.is_none()
         && tokenizer.as_ref().and_then(Tokenizer::mask_id).is_none()
+        && config::DEFAULT_MASK_ID as usize >= files.config.vocab_size
     {
+        // LLaDA2's default mask id does not fit this vocabulary: say where one comes from.
         tracing::warn!(
             "{} names no mask token (tokenizer.ggml.mask_token_id) and has no tokenizer with <|mask|>: pass --mask-id",
             path.display()

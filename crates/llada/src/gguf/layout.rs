@@ -441,13 +441,58 @@ pub fn config<'a>(
     if let Some(map) = cfg.as_object_mut() {
         map.extend(moe);
     }
-    let cfg = Llada2Config::from_json(cfg, &c.path)?;
+    let cfg = Llada2Config::from_json(cfg, &c.path).map_err(|e| match e {
+        crate::Error::Config { message, .. } => c.error(with_key_names(&message)),
+        other => other,
+    })?;
     if cfg.rope_dim() != rope_dim {
         return Err(c.error(format!(
             "{ARCH}.rope.dimension_count {rope_dim} is not a whole fraction of key_length {head_dim}"
         )));
     }
     Ok(cfg)
+}
+
+/// The config's field names in a validation message, each followed by the GGUF key it
+/// came from (the message is about the file's keys, not a config.json).
+const KEY_OF_FIELD: &[(&str, &str)] = &[
+    ("num_hidden_layers", "block_count"),
+    ("num_attention_heads", "attention.head_count"),
+    ("num_key_value_heads", "attention.head_count_kv"),
+    ("max_position_embeddings", "context_length"),
+    ("rms_norm_eps", "attention.layer_norm_rms_epsilon"),
+    ("rope_theta", "rope.freq_base"),
+    (
+        "partial_rotary_factor",
+        "rope.dimension_count / attention.key_length",
+    ),
+    ("routed_scaling_factor", "expert_weights_scale"),
+    ("num_experts_per_tok", "expert_used_count"),
+    ("num_experts", "expert_count"),
+    ("topk_group", "expert_group_used_count"),
+    ("n_group", "expert_group_count"),
+    ("moe_intermediate_size", "expert_feed_forward_length"),
+    ("intermediate_size", "feed_forward_length"),
+    ("first_k_dense_replace", "leading_dense_block_count"),
+    ("expert_capacity", "expert_capacity"),
+    ("vocab_size", "vocab_size"),
+    ("hidden_size", "embedding_length"),
+];
+
+fn with_key_names(message: &str) -> String {
+    let named: Vec<String> = KEY_OF_FIELD
+        .iter()
+        .filter(|(field, _)| {
+            message
+                .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+                .any(|word| word == *field)
+        })
+        .map(|(field, key)| format!("{field} is {ARCH}.{key}"))
+        .collect();
+    match named.is_empty() {
+        true => message.to_string(),
+        false => format!("{message} ({})", named.join(", ")),
+    }
 }
 
 /// `llada2.expert_count` (0 if absent or not a number), for messages.
@@ -563,5 +608,15 @@ mod tests {
         assert_eq!(at("lm_head.weight"), Some(("output.weight".into(), None)));
         assert_eq!(at("model.layers.x.mlp.gate.weight"), None);
         assert_eq!(at("model.layers.1.mlp.experts.7.bogus"), None);
+    }
+
+    #[test]
+    fn config_messages_name_the_gguf_keys() {
+        let m =
+            with_key_names("num_attention_heads (4) must be a multiple of num_key_value_heads (3)");
+        assert!(m.ends_with(
+            "(num_attention_heads is llada2.attention.head_count, num_key_value_heads is llada2.attention.head_count_kv)"
+        ), "{m}");
+        assert_eq!(with_key_names("nothing here"), "nothing here");
     }
 }
