@@ -643,7 +643,10 @@ mod tests {
                 .unwrap()
                 .max_all()
                 .unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "piece {piece}");
+            // Products of other shapes sum in another order: equal to f32 rounding (a
+            // random draw in CI once differed by just over 1e-6).
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "piece {piece}: {diff}");
         }
         // The mask hides later blocks: the first query (block 1 of 4-position blocks
         // from position 5) sees positions up to 7 only.
